@@ -1,0 +1,47 @@
+"""hpo: hyperparameter optimization for Keras models, on local workers or RunPod serverless GPUs.
+
+    import hpo
+    result = hpo.optimize(dataset="fashion_mnist", trials=8)
+
+Importing hpo is light: TensorFlow is imported only where training happens (worker processes).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "optimize",
+    "load_results",
+    "OptimizationConfig",
+    "OptimizationResult",
+    "HPOError",
+    "ConfigError",
+    "DatasetError",
+]
+
+from .exceptions import ConfigError, DatasetError, HPOError
+
+if TYPE_CHECKING:
+    from .config import OptimizationConfig
+    from .orchestrator import optimize
+    from .results import OptimizationResult, load_results
+
+_LAZY = {
+    "optimize": ("orchestrator", "optimize"),
+    "load_results": ("results", "load_results"),
+    "OptimizationConfig": ("config", "OptimizationConfig"),
+    "OptimizationResult": ("results", "OptimizationResult"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'hpo' has no attribute {name!r}")

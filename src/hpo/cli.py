@@ -1,0 +1,200 @@
+"""The command line: ``main(argv) -> exit code``, testable in-process.
+
+    hpo optimize key=value ...     run (or resume) an optimization
+    hpo datasets                   the datasets, their shapes, and whether their files are here
+    hpo show RUN_DIR               summary of a finished or running run
+
+Exit codes: 0 done, 1 the run failed, 2 usage or configuration error (nothing written), 130 interrupted.
+One place (:func:`main`) maps exceptions to exit codes; user mistakes never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .exceptions import BackendUnavailable, ConfigError, DatasetError, HPOError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # no SystemExit from deep inside; main() maps it to exit code 2
+        raise _UsageError(f"{message}\n{self.format_usage().strip()}")
+
+
+def _build_parser() -> _Parser:
+    from .config import options_help
+
+    parser = _Parser(prog="hpo", description="Hyperparameter optimization for Keras models, locally or on RunPod.")
+    parser.add_argument("--version", action="version", version=f"hpo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    opt = sub.add_parser("optimize", help="run or resume an optimization (key=value options)",
+                         description="Run an optimization. Example: hpo optimize dataset=fashion_mnist trials=8",
+                         epilog=options_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    opt.add_argument("options", nargs="*", metavar="key=value")
+    ds = sub.add_parser("datasets", help="list datasets and whether their files are available offline")
+    ds.add_argument("--json", action="store_true", help="machine-readable output")
+    show = sub.add_parser("show", help="summarize a run folder")
+    show.add_argument("run_dir")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.add_argument("--open", action="store_true", help="print the path of the run's report.html")
+    return parser
+
+
+def _print(*args: Any) -> None:
+    print(*args, flush=True)
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from .config import config_from_options, parse_kv
+    from .orchestrator import optimize
+
+    config = config_from_options(parse_kv(args.options))
+    result = optimize(config)
+    _print("")
+    _print(f"run folder: {result.run_dir}")
+    _print(f"trials: {result.completed} completed, {result.pruned} pruned, {result.failed} failed")
+    for note in result.notes:
+        _print(f"note: {note}")
+    if result.best_trial_number is not None:
+        _print(f"best trial: #{result.best_trial_number} value={_fmt(result.best_value)} "
+               f"val_accuracy={_fmt(result.best_val_accuracy)} test_accuracy={_fmt(result.best_test_accuracy)}")
+        _print(f"best params: {json.dumps(result.best_params, sort_keys=True)}")
+    if result.interrupted:
+        _print(f"interrupted. Resume with: hpo optimize run_name={Path(result.run_dir).name} "
+               f"output_dir={Path(result.run_dir).parent} dataset={config.dataset} trials={config.trials}")
+        return EXIT_INTERRUPTED
+    if result.stop_reason:
+        _print(f"stopped: {result.stop_reason}")
+    if result.completed == 0:
+        print("error: no trial completed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_FAILED if result.stop_reason and "failed in a row" in result.stop_reason else EXIT_OK
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from . import datasets
+
+    rows = []
+    for name in datasets.DATASET_NAMES:
+        info = datasets.info(name)
+        synthetic = name.startswith("synthetic")
+        found = synthetic or datasets.locate(name) is not None
+        rows.append({"name": name, "modality": info.modality, "input_shape": list(info.input_shape),
+                     "classes": info.num_classes, "available_offline": found, "description": info.description})
+    if args.json:
+        _print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    _print(f"{'dataset':<18}{'modality':<10}{'shape':<14}{'classes':>8}  offline")
+    for r in rows:
+        shape = "x".join(map(str, r["input_shape"]))
+        _print(f"{r['name']:<18}{r['modality']:<10}{shape:<14}{r['classes']:>8}  "
+               f"{'yes' if r['available_offline'] else 'no (downloaded on first use)'}")
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .results import load_results
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} does not exist")
+    result = load_results(run_dir)
+    if args.open:
+        report = run_dir / "report.html"
+        if not report.is_file():
+            raise ConfigError(f"{run_dir} has no report.html (plot_generation=none, or the run has not finished)")
+        _print(str(report.resolve()))
+        return EXIT_OK
+    if args.json:
+        _print(json.dumps(result.to_dict(), indent=2, default=str))
+        return EXIT_OK
+    _print(f"run: {result.run_dir}")
+    _print(f"trials: {result.completed} completed, {result.pruned} pruned, {result.failed} failed, "
+           f"{sum(t['state'] == 'running' for t in result.trials)} running")
+    if result.best_trial_number is not None:
+        _print(f"best trial: #{result.best_trial_number} value={_fmt(result.best_value)} "
+               f"val_accuracy={_fmt(result.best_val_accuracy)} test_accuracy={_fmt(result.best_test_accuracy)}")
+        _print(f"best params: {json.dumps(result.best_params, sort_keys=True)}")
+    if result.pareto_front:
+        _print("pareto front (val_accuracy, overall_health):")
+        for entry in result.pareto_front:
+            _print(f"  #{entry['number']}: {_fmt(entry['val_accuracy'])}, {_fmt(entry['overall_health'])}")
+    _print(f"{'#':>4} {'state':<11} {'value':>8} {'val_acc':>8} {'test_acc':>8} {'epochs':>6}  where")
+    for t in result.trials:
+        _print(f"{t['number']:>4} {t['state']:<11} {_fmt(t['value']) if t['value'] is not None else '-':>8} "
+               f"{_fmt(t['val_accuracy']) if t['val_accuracy'] is not None else '-':>8} "
+               f"{_fmt(t['test_accuracy']) if t['test_accuracy'] is not None else '-':>8} "
+               f"{t['epochs'] if t['epochs'] is not None else '-':>6}  {t['executed_on'] or ''}")
+    return EXIT_OK
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script passes it to sys.exit)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        if args.command == "optimize":
+            previous = signal.getsignal(signal.SIGTERM)
+            try:
+                signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+            except ValueError:  # not the main thread (embedded use)
+                previous = None
+            try:
+                return _cmd_optimize(args)
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
+        if args.command == "datasets":
+            return _cmd_datasets(args)
+        return _cmd_show(args)
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BackendUnavailable as exc:
+        print(f"error: the execution backend is unavailable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except HPOError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""OptimizationConfig: every option of a run, in one frozen, validated dataclass.
+
+The dataclass is the single source of truth: ``key=value`` parsing derives each option's type from its annotation,
+``hpo optimize --help`` and the README's table are generated from the fields' metadata, and ``Literal`` annotations
+list the allowed choices. Search-space parameters given as ``key=value`` (``activation=relu``) become *pins*: fixed
+instead of searched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from . import datasets, search_space
+from .exceptions import ConfigError
+
+__all__ = [
+    "OptimizationConfig",
+    "Mode",
+    "SamplerName",
+    "PrunerName",
+    "PlotGeneration",
+    "parse_kv",
+    "config_from_options",
+    "options_help",
+    "options_markdown_table",
+    "load_dotenv_values",
+    "runpod_api_key",
+]
+
+Mode = Literal["simple", "health", "pareto"]
+SamplerName = Literal["tpe", "random"]
+PrunerName = Literal["hyperband", "median", "successive_halving", "none"]
+PlotGeneration = Literal["all", "best", "none"]
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _opt(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+         low_open: bool = False, env: str | None = None) -> Any:
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "env": env}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    """All options of one optimization run. Build it with keyword arguments or :func:`config_from_options`."""
+
+    dataset: datasets.DatasetName = field(metadata={"help": "dataset to optimize on (`hpo datasets` lists them); "
+                                                    "required", "low": None, "high": None, "low_open": False,
+                                                    "env": None})
+    trials: int = _opt(20, "number of trials to train (a resumed run continues up to this total)", low=1)
+    mode: Mode = _opt("simple", "objective: simple = validation accuracy; health = accuracy blended with model "
+                      "health; pareto = both, Pareto front reported")
+    health_weight: float = _opt(0.3, "mode=health: weight of overall health in the objective", low=0.0, high=1.0)
+    concurrent_workers: int = _opt(1, "trials run at the same time (local worker processes or remote jobs)",
+                                   low=1, high=64)
+    min_epochs_per_trial: int = _opt(1, "epochs every trial gets before pruning or early stopping may end it", low=1)
+    max_epochs_per_trial: int = _opt(10, "most epochs a trial trains", low=1)
+    early_stopping_patience: int = _opt(3, "epochs without validation improvement before a trial stops", low=1)
+    validation_split: float = _opt(0.2, "share of the official training split held out for validation "
+                                   "(selection uses validation only; the test split is never touched)",
+                                   low=0.0, high=0.9, low_open=True)
+    data_fraction: float = _opt(1.0, "share of the training part each trial trains on (fast proxies)",
+                                low=0.0, high=1.0, low_open=True)
+    vocab_size: int | None = _opt(None, "text datasets: vocabulary size (default: the dataset's)", low=3)
+    sequence_length: int | None = _opt(None, "text datasets: tokens per text, longer truncated, shorter padded "
+                                       "(default: the dataset's)", low=1)
+    image_size: int | None = _opt(None, "gtsrb: images are resized to image_size x image_size (default 32)", low=8)
+    seed: int = _opt(42, "seed of the sampler, the data split and every trial", low=0)
+    timeout_minutes: float | None = _opt(None, "stop starting new trials after this many minutes",
+                                         low=0.0, low_open=True)
+    trial_timeout_minutes: float | None = _opt(None, "a trial running longer than this is cancelled and failed",
+                                               low=0.0, low_open=True)
+    max_consecutive_failures: int = _opt(5, "stop the run after this many failed trials in a row", low=1)
+    run_name: str | None = _opt(None, "run folder name (default: <dataset>-<YYYYmmdd-HHMMSS>); an existing "
+                                "run's name resumes it")
+    resume: bool = _opt(False, "continue the latest run of this dataset (or run_name) instead of starting anew")
+    output_dir: str = _opt("optimization_results", "folder that holds the run folders")
+    storage: str | None = _opt(None, "Optuna storage URL (default: sqlite study.db in the run folder)")
+    sampler: SamplerName = _opt("tpe", "Optuna sampler (seeded)")
+    pruner: PrunerName = _opt("hyperband", "pruner fed by every epoch's validation accuracy "
+                              "(off in pareto mode)")
+    max_params: int = _opt(2_000_000, "configurations with more parameters are rejected before training", low=1)
+    use_runpod_service: bool = _opt(False, "send trials to a RunPod serverless endpoint instead of local workers")
+    runpod_endpoint_id: str | None = _opt(None, "RunPod endpoint id (default: RUNPOD_ENDPOINT_ID from the "
+                                          "environment or .env)", env="RUNPOD_ENDPOINT_ID")
+    runpod_endpoint_url: str | None = _opt(None, "endpoint base URL, overrides the id "
+                                           "(e.g. http://127.0.0.1:8000/v2/sim)")
+    runpod_fallback_local: bool = _opt(True, "run a trial locally when the endpoint is unreachable")
+    runpod_timeout_s: float = _opt(3600.0, "execution timeout of one remote trial, in seconds",
+                                   low=0.0, low_open=True)
+    use_multi_gpu: bool = _opt(True, "train with MirroredStrategy when a worker sees more than one GPU")
+    target_gpus_per_worker: int = _opt(0, "most GPUs one trial uses (0 = all visible)", low=0)
+    plot_generation: PlotGeneration = _opt("all", "plots written to the run folder: all, best (best trial only) "
+                                           "or none")
+    quiet: bool = _opt(False, "no progress display")
+    pins: dict[str, Any] = _opt({}, "search-space parameters fixed instead of searched (give them as key=value)")
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            if f.name == "pins":
+                continue
+            value = _check_type(f.name, getattr(self, f.name), hints[f.name])
+            object.__setattr__(self, f.name, value)
+            _check_range(f, value)
+        if self.min_epochs_per_trial > self.max_epochs_per_trial:
+            raise ConfigError(
+                f"min_epochs_per_trial={self.min_epochs_per_trial} is above max_epochs_per_trial="
+                f"{self.max_epochs_per_trial}; allowed: min_epochs_per_trial <= max_epochs_per_trial")
+        if self.run_name is not None and not _RUN_NAME.match(self.run_name):
+            raise ConfigError(f"run_name={self.run_name!r} is not a safe folder name; allowed: letters, digits, "
+                              "'.', '_' and '-', starting with a letter or digit, at most 100 characters")
+        if self.use_runpod_service and not (self.runpod_endpoint_id or self.runpod_endpoint_url):
+            raise ConfigError("use_runpod_service=true needs runpod_endpoint_id (or RUNPOD_ENDPOINT_ID in the "
+                              "environment / .env) or runpod_endpoint_url")
+        info = self.dataset_info  # validates dataset options
+        object.__setattr__(self, "pins", _check_pins(dict(self.pins), info))
+
+    # -- derived -------------------------------------------------------------------------------------------------
+    @property
+    def dataset_options(self) -> dict[str, Any]:
+        """The options of the dataset (only those it takes), defaults filled in."""
+        opts = datasets.default_options(self.dataset)
+        for key in opts:
+            value = getattr(self, key)
+            if value is not None:
+                opts[key] = value
+        return opts
+
+    @property
+    def dataset_info(self) -> datasets.DatasetInfo:
+        given = [k for k in ("vocab_size", "sequence_length", "image_size") if getattr(self, k) is not None]
+        takes = datasets.default_options(self.dataset)
+        for key in given:
+            if key not in takes:
+                allowed = ", ".join(takes) or "none"
+                raise ConfigError(f"{key} does not apply to dataset {self.dataset}; its dataset options: {allowed}")
+        return datasets.info(self.dataset, self.dataset_options)
+
+    @property
+    def modality(self) -> str:
+        return self.dataset_info.modality
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every option (no secrets live in the config)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> OptimizationConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# -- type and range checks -----------------------------------------------------------------------------------------
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _type_name(tp: Any) -> str:
+    base, optional = _unwrap_optional(tp)
+    if get_origin(base) is Literal:
+        name = "one of " + ", ".join(str(a) for a in get_args(base))
+    else:
+        name = {bool: "bool", int: "int", float: "float", str: "str"}.get(base, str(base))
+    return f"{name} or none" if optional else name
+
+
+def _check_type(name: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` (native or string) to the annotated type or raise a ConfigError that names what is allowed."""
+    base, optional = _unwrap_optional(tp)
+    if isinstance(value, str):
+        text = value.strip()
+        if optional and text.lower() in ("none", "null", ""):
+            return None
+    else:
+        text = None
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must not be empty; allowed: {_type_name(tp)}")
+    if get_origin(base) is Literal:
+        allowed = get_args(base)
+        candidate = text if text is not None else value
+        if candidate in allowed:
+            return candidate
+        hint = _closest(str(candidate), [str(a) for a in allowed])
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}{hint}")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in _TRUE:
+            return True
+        if text is not None and text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{name}={value!r} is not a boolean; allowed: true, false, 1, 0, yes, no")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and re.fullmatch(r"[+-]?\d+", text.replace("_", "")):
+            return int(text.replace("_", ""))
+        raise ConfigError(f"{name}={value!r} is not a whole number; allowed: {_type_name(tp)}")
+    if base is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(text if text is not None else value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r} is not a number; allowed: {_type_name(tp)}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{name}={value!r} is not a finite number")
+        return number
+    if base is str:
+        if text is not None:
+            return text
+        raise ConfigError(f"{name}={value!r} is not text; allowed: {_type_name(tp)}")
+    raise TypeError(f"unsupported option type for {name}: {tp}")  # a programming error, not a user's
+
+
+def _range_text(meta: dict[str, Any]) -> str:
+    low, high = meta["low"], meta["high"]
+    if low is not None and high is not None:
+        return f"{'(' if meta['low_open'] else '['}{low:g}, {high:g}]"
+    if low is not None:
+        return f"> {low:g}" if meta["low_open"] else f">= {low:g}"
+    return f"<= {high:g}"
+
+
+def _check_range(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if value is None or isinstance(value, (bool, str)) or (meta["low"] is None and meta["high"] is None):
+        return
+    low, high = meta["low"], meta["high"]
+    too_low = low is not None and (value <= low if meta["low_open"] else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        raise ConfigError(f"{f.name}={value} is out of range; allowed: {_range_text(meta)}")
+
+
+def _closest(word: str, candidates: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _check_pins(pins: dict[str, Any], info: datasets.DatasetInfo) -> dict[str, Any]:
+    space = {p.name: p for p in search_space.space_for(info.modality)}
+    checked = {}
+    for key, value in pins.items():
+        if key not in space:
+            if key in search_space.all_param_names():
+                raise ConfigError(f"{key} is a parameter of the {'LSTM' if info.modality == 'image' else 'CNN'} "
+                                  f"space and does not apply to {info.modality} dataset {info.name}; its "
+                                  f"parameters: {', '.join(space)}")
+            raise ConfigError(f"unknown option {key!r}{_closest(key, space)}")
+        shape = info.input_shape if info.modality == "image" else None
+        checked[key] = search_space.coerce_pin(space[key], value, shape)
+    return checked
+
+
+# -- construction from key=value / keyword options ------------------------------------------------------------------
+
+def _option_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(OptimizationConfig) if f.name != "pins"]
+
+
+def parse_kv(args: typing.Sequence[str]) -> dict[str, str]:
+    """``["trials=8", "mode=health"]`` -> ``{"trials": "8", "mode": "health"}``; malformed items raise ConfigError."""
+    options: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f"malformed argument {arg!r}; expected key=value, e.g. dataset=cifar10 trials=8")
+        if key in options:
+            raise ConfigError(f"{key} is given twice ({key}={options[key]!r} and {arg!r}); give it once")
+        options[key] = value
+    return options
+
+
+def load_dotenv_values(path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Values from ``.env`` (current directory by default), overridden by the real environment."""
+    from dotenv import dotenv_values
+
+    env_path = Path(path) if path is not None else Path.cwd() / ".env"
+    values = {k: v for k, v in dotenv_values(env_path).items() if v} if env_path.is_file() else {}
+    values.update({k: v for k, v in os.environ.items() if k.startswith(("RUNPOD_", "HPO_")) and v})
+    return values
+
+
+def runpod_api_key(env_file: str | os.PathLike[str] | None = None) -> str | None:
+    """RUNPOD_API_KEY from the environment or .env. Kept out of the config so it never reaches results."""
+    return load_dotenv_values(env_file).get("RUNPOD_API_KEY")
+
+
+def config_from_options(options: dict[str, Any], *, env_file: str | os.PathLike[str] | None = None,
+                        use_env: bool = True) -> OptimizationConfig:
+    """Build a config from keyword / ``key=value`` options (strings are converted by the annotated type).
+
+    Keys that are search-space parameters become pins; anything else unknown is a ConfigError naming the closest
+    valid keys. RunPod settings missing from ``options`` are filled from the environment and ``.env``.
+    """
+    names = _option_names()
+    kwargs: dict[str, Any] = {}
+    pins: dict[str, Any] = dict(options.get("pins") or {})
+    for key, value in options.items():
+        if key == "pins":
+            continue
+        if key in names:
+            kwargs[key] = value
+        elif key in search_space.all_param_names():
+            pins[key] = value
+        else:
+            candidates = names + sorted(search_space.all_param_names())
+            raise ConfigError(f"unknown option {key!r}{_closest(key, candidates)}; `hpo optimize --help` lists "
+                              "every option")
+    if "dataset" not in kwargs:
+        raise ConfigError(f"dataset is required, e.g. dataset=fashion_mnist; allowed: {', '.join(datasets.DATASET_NAMES)}")
+    if use_env:
+        env = load_dotenv_values(env_file)
+        for f in dataclasses.fields(OptimizationConfig):
+            var = f.metadata.get("env")
+            if var and kwargs.get(f.name) in (None, "") and env.get(var):
+                kwargs[f.name] = env[var]
+    return OptimizationConfig(**kwargs, pins=pins)
+
+
+# -- documentation generated from the dataclass --------------------------------------------------------------------
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        return "required"
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if default is None:
+        return "none"
+    return str(default)
+
+
+def _rows() -> list[tuple[str, str, str, str]]:
+    hints = typing.get_type_hints(OptimizationConfig)
+    rows = []
+    for f in dataclasses.fields(OptimizationConfig):
+        if f.name == "pins":
+            continue
+        kind = _type_name(hints[f.name])
+        if f.metadata["low"] is not None or f.metadata["high"] is not None:
+            kind += f" {_range_text(f.metadata)}"
+        rows.append((f.name, kind, _default_text(f), f.metadata["help"]))
+    return rows
+
+
+def options_help() -> str:
+    """Text for ``hpo optimize --help``: every key with type, default and meaning, plus the search parameters."""
+    lines = ["keys (give each as key=value):"]
+    for name, kind, default, help_text in _rows():
+        lines.append(f"  {name:<26} {help_text}")
+        lines.append(f"  {'':<26}   type: {kind}; default: {default}")
+    for modality, label in (("image", "CNN (image datasets)"), ("text", "LSTM (text datasets)")):
+        lines.append("")
+        lines.append(f"search parameters of the {label}; give one as key=value to pin it:")
+        for p in search_space.space_for(modality):
+            lines.append(f"  {p.name:<26} {p.help}; {p.describe()}")
+    return "\n".join(lines)
+
+
+def options_markdown_table() -> str:
+    """The README's table of options (a test keeps README.md in sync with this)."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, kind, default, help_text in _rows():
+        lines.append(f"| `{name}` | {kind} | `{default}` | {help_text} |")
+    return "\n".join(lines)

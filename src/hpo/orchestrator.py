@@ -1,0 +1,479 @@
+"""The run loop: an Optuna study driven with ask/tell from ``concurrent_workers`` threads.
+
+Each thread: ask a trial -> suggest params -> TrialJob -> backend -> TrialResult -> tell. Every trial's numbers
+travel in its own TrialResult, stored in the trial's user attributes. Exceptions decide a trial's fate: a failed
+result is recorded and the study goes on; ``max_consecutive_failures`` failures in a row stop the run.
+
+Resume: the same run folder continues its study. Trials left RUNNING by a killed run, and trials cancelled by Ctrl-C,
+are marked failed and their parameters retried (``enqueue_trial``); completed trials are never repeated.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import datasets, search_space
+from .backends import Backend, CancelToken
+from .config import OptimizationConfig
+from .exceptions import ConfigError, HPOError
+from .progress import ProgressTracker
+from .protocol import EpochReport, TrialJob, TrialResult
+from .results import (CONFIG_FILE, MODEL_FILE, STUDY_FILE, OptimizationResult, build_result, trial_records,
+                      write_best, write_config, write_trials_csv)
+
+__all__ = ["Orchestrator", "prepare_run_dir", "objective_values"]
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_REJECTIONS = 100
+
+
+def objective_values(result: TrialResult, config: OptimizationConfig) -> list[float]:
+    """The value(s) told to Optuna for a finished trial (validation metrics only; test metrics are never used)."""
+    from . import health
+
+    return health.objective(result, mode=config.mode, health_weight=config.health_weight)
+
+
+# -- run folder -------------------------------------------------------------------------------------------------------
+
+def _existing_config(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def prepare_run_dir(config: OptimizationConfig, *, create: bool = True) -> tuple[Path, bool, OptimizationConfig]:
+    """Decide the run folder: (path, resuming?, config with run_name filled in). Validates before creating it."""
+    root = Path(config.output_dir)
+    if config.run_name:
+        run_dir = root / config.run_name
+        existing = _existing_config(run_dir)
+        if existing is not None:
+            old = existing["config"]
+            for key in ("dataset", "mode"):
+                if old.get(key) != getattr(config, key):
+                    raise ConfigError(f"run {config.run_name!r} exists with {key}={old.get(key)}; you asked for "
+                                      f"{key}={getattr(config, key)} — pick another run_name to start a new run")
+            return run_dir, True, config
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"{run_dir} exists but is not an hpo run folder; pick another run_name")
+        if config.resume:
+            raise ConfigError(f"resume=true but there is no run {config.run_name!r} in {root}")
+        return run_dir, False, config
+    if config.resume:
+        candidates = []
+        for child in root.glob("*") if root.is_dir() else []:
+            existing = _existing_config(child)
+            if existing and existing["config"].get("dataset") == config.dataset:
+                candidates.append((child.stat().st_mtime, child))
+        if not candidates:
+            raise ConfigError(f"resume=true but {root} holds no run of dataset {config.dataset}; start one without "
+                              "resume, or give run_name")
+        run_dir = max(candidates)[1]
+        return run_dir, True, config.replace(run_name=run_dir.name)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")  # no colons: safe on every OS
+    name = f"{config.dataset}-{stamp}"
+    run_dir, n = root / name, 2
+    while run_dir.exists():
+        run_dir, n = root / f"{name}-{n}", n + 1
+    return run_dir, False, config.replace(run_name=run_dir.name)
+
+
+# -- orchestrator -----------------------------------------------------------------------------------------------------
+
+class Orchestrator:
+    """Runs one optimization. Use :meth:`run`; :meth:`request_stop` stops it gracefully from another thread."""
+
+    def __init__(self, config: OptimizationConfig, backend: Backend, run_dir: Path, *,
+                 progress: ProgressTracker | None = None, model_store: bool = True) -> None:
+        self.config = config
+        self.backend = backend
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.model_store = model_store
+        self.info = config.dataset_info
+        self._lock = threading.RLock()  # guards the study (ask/tell/report) and the counters
+        self._files_lock = threading.Lock()
+        self._tokens: dict[int, CancelToken] = {}
+        self._counted = 0
+        self._running = 0
+        self._consecutive_failures = 0
+        self._consecutive_rejections = 0
+        self._stop_reason: str | None = None
+        self._interrupted = False
+        self._deadline: float | None = None
+        self._best_value: float | None = None
+        self._best_number: int | None = None
+        self.notes: list[str] = []
+        self.study: Any = None
+
+    # -- study ----------------------------------------------------------------------------------------------------
+    @property
+    def storage_url(self) -> str:
+        return self.config.storage or f"sqlite:///{(self.run_dir / STUDY_FILE).resolve()}"
+
+    def _create_study(self) -> Any:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        url = self.storage_url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        storage = optuna.storages.RDBStorage(url, **kwargs)
+        directions = ["maximize", "maximize"] if self.config.mode == "pareto" else ["maximize"]
+        name = self.config.run_name
+        try:
+            existing = optuna.load_study(study_name=name, storage=storage)
+            previous = len(existing.trials)
+        except KeyError:
+            previous = 0
+        # A resumed study gets a sampler seeded past the trials it already has, so its random start-up trials do
+        # not repeat the parameters of the first run.
+        seed = self.config.seed + previous
+        if self.config.sampler == "random":
+            sampler = optuna.samplers.RandomSampler(seed=seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=self.config.concurrent_workers > 1)
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
+                                    pruner=self._make_pruner(), load_if_exists=True)
+        study.set_user_attr("hpo_mode", self.config.mode)
+        return study
+
+    def _make_pruner(self) -> Any:
+        import optuna
+
+        c = self.config
+        if c.mode == "pareto" or c.pruner == "none":
+            if c.mode == "pareto" and c.pruner != "none":
+                self.notes.append(f"pruner={c.pruner} is off: Optuna cannot prune multi-objective (pareto) studies")
+            return optuna.pruners.NopPruner()
+        if c.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=c.min_epochs_per_trial,
+                                                  max_resource=c.max_epochs_per_trial)
+        if c.pruner == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=c.min_epochs_per_trial)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=c.min_epochs_per_trial)
+
+    def _recover(self) -> None:
+        """Fail trials a killed run left RUNNING, and re-enqueue them and Ctrl-C'd trials that were not retried."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        for t in trials:
+            stale = t.state == TrialState.RUNNING
+            if stale:
+                self.study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                self.notes.append(f"trial {t.number} was left running by an earlier run; it is retried")
+            if (stale or t.user_attrs.get("interrupted")) and t.number not in retried and t.params:
+                self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        self._counted = sum(1 for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("counted"))
+        done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if done and self.config.mode != "pareto":
+            best = max(done, key=lambda t: t.value)
+            self._best_value, self._best_number = best.value, best.number
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+    def request_stop(self, reason: str = "interrupted", *, hard: bool = True) -> None:
+        """No new trials; running ones are cancelled (hard: without waiting for their epoch to end)."""
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+            self._interrupted = self._interrupted or reason == "interrupted"
+            tokens = list(self._tokens.values())
+        for token in tokens:
+            token.cancel(reason, hard=hard)
+
+    def run(self) -> OptimizationResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.study = self._create_study()
+        write_config(self.run_dir, self.config, storage_url=self.storage_url, study_name=self.config.run_name or "")
+        self._recover()
+        if self.progress is not None:
+            self.progress.total = self.config.trials
+            self.progress.already_done = self._counted
+            self.progress.best = self._best_value
+        if self.config.timeout_minutes:
+            self._deadline = time.monotonic() + self.config.timeout_minutes * 60
+        threads = [threading.Thread(target=self._thread_main, name=f"hpo-trial-{i}", daemon=True)
+                   for i in range(self.config.concurrent_workers)]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(timeout=0.2)
+        except KeyboardInterrupt:
+            self.request_stop("interrupted", hard=True)
+            for t in threads:
+                t.join()
+        return self._finish()
+
+    def _thread_main(self) -> None:
+        while True:
+            with self._lock:
+                if self._stop_reason is not None:
+                    return
+                if self._counted + self._running >= self.config.trials:
+                    return
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    self._stop_reason = f"timeout_minutes={self.config.timeout_minutes:g} reached"
+                    return
+                self._running += 1
+            try:
+                self._one_trial()
+            except Exception as exc:  # noqa: BLE001 - an orchestrator bug must not hang the other threads
+                log.exception("unexpected error while running a trial")
+                with self._lock:
+                    self._stop_reason = f"internal error: {type(exc).__name__}: {exc}"
+            finally:
+                with self._lock:
+                    self._running -= 1
+
+    def _ask(self) -> tuple[Any, dict[str, Any]] | None:
+        """Ask for a trial and its params; rejects (not counted) configurations over max_params."""
+        info = self.info
+        while True:
+            with self._lock:
+                if self._stop_reason is not None:
+                    return None
+                trial = self.study.ask()
+                shape = info.input_shape if info.modality == "image" else None
+                params = search_space.suggest(trial, info.modality, self.config.pins, input_shape=shape)
+                n = search_space.count_params(params, info.modality, info.input_shape, info.num_classes,
+                                              info.vocab_size)
+                trial.set_user_attr("param_count", n)
+                if n <= self.config.max_params:
+                    self._consecutive_rejections = 0
+                    return trial, params
+                import optuna
+
+                trial.set_user_attr("rejected", True)
+                trial.set_user_attr("reason", f"{n} parameters > max_params={self.config.max_params}")
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                self._consecutive_rejections += 1
+                if self._consecutive_rejections >= MAX_CONSECUTIVE_REJECTIONS:
+                    self._stop_reason = (f"{MAX_CONSECUTIVE_REJECTIONS} sampled configurations in a row exceeded "
+                                         f"max_params={self.config.max_params}; raise max_params or pin smaller "
+                                         "layers")
+                    return None
+
+    def _job(self, trial: Any, params: dict[str, Any]) -> TrialJob:
+        c = self.config
+        return TrialJob(trial_id=f"{c.run_name}#{trial.number}", dataset=c.dataset,
+                        dataset_options=c.dataset_options, params=params, max_epochs=c.max_epochs_per_trial,
+                        min_epochs=c.min_epochs_per_trial, patience=c.early_stopping_patience,
+                        seed=c.seed + trial.number, validation_split=c.validation_split,
+                        data_fraction=c.data_fraction, use_multi_gpu=c.use_multi_gpu,
+                        target_gpus=c.target_gpus_per_worker, compute_health=c.mode != "simple")
+
+    def _one_trial(self) -> None:
+        asked = self._ask()
+        if asked is None:
+            return
+        trial, params = asked
+        job = self._job(trial, params)
+        token = CancelToken()
+        pruned_at: list[int] = []
+        with self._lock:
+            self._tokens[trial.number] = token
+            trial.set_user_attr("job", job.to_dict())
+            if self._stop_reason is not None:
+                token.cancel(self._stop_reason, hard=True)
+        if self.progress:
+            self.progress.trial_started(trial.number, where=self.backend.name, max_epochs=job.max_epochs)
+
+        def on_epoch(report: EpochReport) -> None:
+            if self.progress:
+                self.progress.epoch(trial.number, report.epoch, report.metrics)
+            acc = report.metrics.get("val_accuracy")
+            if self.config.mode == "pareto" or acc is None or token.cancelled:
+                return
+            with self._lock:
+                trial.report(float(acc), report.epoch)
+                if trial.should_prune():
+                    pruned_at.append(report.epoch)
+                    token.cancel(f"pruned at epoch {report.epoch}")
+
+        model_path = self._model_path(trial.number)
+        try:
+            result = self.backend.run(job, on_epoch=on_epoch, cancel=token,
+                                      timeout_s=(self.config.trial_timeout_minutes or 0) * 60 or None,
+                                      save_model_to=str(model_path) if model_path else None)
+        except Exception as exc:  # noqa: BLE001 - the backend could not run it: a failed trial, the study goes on
+            log.error("trial %s: backend error with params %s\n%s", trial.number, params, traceback.format_exc())
+            result = TrialResult(trial_id=job.trial_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._tokens.pop(trial.number, None)
+        self._tell(trial, job, result, pruned_at, token)
+
+    def _tell(self, trial: Any, job: TrialJob, result: TrialResult, pruned_at: list[int], token: CancelToken) -> None:
+        from optuna.trial import TrialState
+
+        state, value, reason = "failed", None, result.error
+        with self._lock:
+            trial.set_user_attr("result", result.to_dict())
+            if result.details.get("fallback_reason"):
+                trial.set_user_attr("fallback_reason", result.details["fallback_reason"])
+            if result.status == "completed":
+                try:
+                    values = objective_values(result, self.config)
+                except HPOError as exc:
+                    values, reason = None, str(exc)
+                if values is not None and all(math.isfinite(v) for v in values):
+                    trial.set_user_attr("counted", True)
+                    self.study.tell(trial, values if len(values) > 1 else values[0])
+                    self._counted += 1
+                    self._consecutive_failures = 0
+                    state, value = "completed", values[0]
+                    self._keep_model_if_best(trial.number, values)
+                else:
+                    self._fail(trial, reason or "the objective could not be computed")
+            elif result.status == "stopped" and pruned_at:
+                trial.set_user_attr("counted", True)
+                trial.set_user_attr("reason", token.reason)
+                self.study.tell(trial, state=TrialState.PRUNED)
+                self._counted += 1
+                self._consecutive_failures = 0
+                state, value, reason = "pruned", result.val_accuracy, token.reason
+            elif token.cancelled and (self._interrupted or token.reason == "interrupted"):
+                trial.set_user_attr("interrupted", True)
+                trial.set_user_attr("reason", "interrupted; retried when the run resumes")
+                self.study.tell(trial, state=TrialState.FAIL)
+                state, reason = None, None
+            else:
+                self._fail(trial, result.error or token.reason or "failed")
+            self._drop_model(trial.number)
+        if self.progress:
+            if state is None:
+                self.progress.trial_discarded(trial.number)
+            else:
+                self.progress.trial_finished(trial.number, state, value=value, where=result.executed_on,
+                                             reason=reason)
+        self._write_files()
+
+    def _fail(self, trial: Any, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        log.warning("trial %s failed with params %s: %s", trial.number, trial.params, reason)
+        trial.set_user_attr("counted", True)
+        trial.set_user_attr("reason", reason[:2000])
+        self.study.tell(trial, state=TrialState.FAIL)
+        self._counted += 1
+        self._consecutive_failures += 1
+        if self._consecutive_failures >= self.config.max_consecutive_failures and self._stop_reason is None:
+            self._stop_reason = (f"{self._consecutive_failures} trials failed in a row "
+                                 f"(max_consecutive_failures={self.config.max_consecutive_failures}); last error: "
+                                 f"{reason.splitlines()[0] if reason else '?'}")
+
+    # -- best model -------------------------------------------------------------------------------------------------
+    def _model_path(self, number: int) -> Path | None:
+        if not self.model_store:
+            return None
+        folder = self.run_dir / "models"
+        folder.mkdir(exist_ok=True)
+        return folder / f"trial-{number}.keras"
+
+    def _keep_model_if_best(self, number: int, values: list[float]) -> None:
+        """Single objective: the best-so-far model becomes best_model.keras. Pareto: models are kept until the end."""
+        path = self._model_path(number)
+        if path is None or not path.exists():
+            return
+        if self.config.mode == "pareto":
+            return
+        if self._best_value is None or values[0] > self._best_value:
+            self._best_value, self._best_number = values[0], number
+            shutil.move(str(path), self.run_dir / MODEL_FILE)
+
+    def _drop_model(self, number: int) -> None:
+        path = self._model_path(number)
+        if path is not None and path.exists() and self.config.mode != "pareto":
+            path.unlink()
+
+    def _finalize_models(self, result: OptimizationResult) -> None:
+        folder = self.run_dir / "models"
+        if self.config.mode == "pareto" and result.best_trial_number is not None:
+            chosen = folder / f"trial-{result.best_trial_number}.keras"
+            if chosen.exists():
+                shutil.move(str(chosen), self.run_dir / MODEL_FILE)
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- files ------------------------------------------------------------------------------------------------------
+    def _write_files(self) -> None:
+        with self._files_lock:
+            with self._lock:
+                records = trial_records(self.study)
+            write_trials_csv(self.run_dir, records)
+            write_best(self.run_dir, self.study, records, self.config.mode)
+
+    def _finish(self) -> OptimizationResult:
+        self._write_files()
+        result = build_result(self.run_dir, self.study, self.config.mode, interrupted=self._interrupted,
+                              stop_reason=self._stop_reason if self._stop_reason != "interrupted" else None,
+                              notes=self.notes)
+        self._finalize_models(result)
+        return result
+
+
+# -- the public entry point ---------------------------------------------------------------------------------------------
+
+def make_backend(config: OptimizationConfig, run_dir: Path) -> Backend:
+    """The backend the config asks for: local worker processes, or RunPod (with local fallback)."""
+    from .backends.local import LocalBackend
+
+    local = LocalBackend(workers=config.concurrent_workers, log_dir=run_dir / "logs")
+    if not config.use_runpod_service:
+        return local
+    from .backends.runpod import make_runpod_backend
+
+    return make_runpod_backend(config, local_fallback=local if config.runpod_fallback_local else None)
+
+
+def optimize(config: OptimizationConfig | None = None, *, progress: Any = None, backend: Backend | None = None,
+             env_file: str | None = None, **options: Any) -> OptimizationResult:
+    """Run an optimization. Options are the CLI's keys (``hpo optimize --help``), validated the same way.
+
+    ``progress``: a callable receiving ``(event, snapshot)`` dicts as trials start, report epochs and end.
+    Returns an :class:`~hpo.results.OptimizationResult`; Ctrl-C stops gracefully (``result.interrupted``).
+    """
+    from .config import config_from_options
+    from .progress import LineLog
+
+    if config is None:
+        config = config_from_options(options, env_file=env_file)
+    elif options:
+        raise ConfigError("give either a config or keyword options, not both")
+    run_dir, _resuming, config = prepare_run_dir(config)
+    local_needed = not config.use_runpod_service or config.runpod_fallback_local
+    if local_needed and backend is None:
+        datasets.ensure_available(config.dataset)  # DatasetError before any folder is made
+    listeners = []
+    if not config.quiet:
+        listeners.append(LineLog())
+    if progress is not None:
+        listeners.append(progress)
+    tracker = ProgressTracker(config.trials, concurrency=config.concurrent_workers, listeners=listeners)
+    backend = backend or make_backend(config, run_dir)
+    orchestrator = Orchestrator(config, backend, run_dir, progress=tracker)
+    try:
+        backend.start()
+        return orchestrator.run()
+    finally:
+        backend.close()

@@ -1,0 +1,231 @@
+"""The run folder: ``optimization_results/<run_name>/`` writing and loading.
+
+    config.json        every option of the run (no secrets; passwords in storage URLs are masked)
+    study.db           the Optuna study (default storage)
+    trials.csv         one row per trial
+    best.json          the best trial (or the Pareto front in pareto mode)
+    best_model.keras   the best trial's model
+
+Trials serialize to plain dicts (:func:`trial_records`) built from the Optuna study, which is the store of record:
+each trial's own TrialResult travels in its user attributes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .exceptions import ConfigError
+
+__all__ = [
+    "OptimizationResult",
+    "trial_records",
+    "write_config",
+    "write_trials_csv",
+    "write_best",
+    "load_results",
+    "mask_url",
+    "CONFIG_FILE",
+    "BEST_FILE",
+    "TRIALS_FILE",
+    "MODEL_FILE",
+]
+
+CONFIG_FILE = "config.json"
+BEST_FILE = "best.json"
+TRIALS_FILE = "trials.csv"
+MODEL_FILE = "best_model.keras"
+STUDY_FILE = "study.db"
+
+
+@dataclass
+class OptimizationResult:
+    """What a run produced. ``trials`` are plain dicts (see :func:`trial_records`)."""
+
+    run_dir: str
+    study_name: str
+    best_params: dict[str, Any] | None
+    best_value: float | list[float] | None
+    best_trial_number: int | None
+    best_val_accuracy: float | None
+    best_test_accuracy: float | None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    pareto_front: list[dict[str, Any]] = field(default_factory=list)
+    completed: int = 0
+    pruned: int = 0
+    failed: int = 0
+    interrupted: bool = False
+    stop_reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __repr__(self) -> str:  # short, notebook-friendly
+        return (f"OptimizationResult(run_dir={self.run_dir!r}, best_value={self.best_value!r}, "
+                f"best_test_accuracy={self.best_test_accuracy!r}, completed={self.completed}, "
+                f"pruned={self.pruned}, failed={self.failed})")
+
+
+def mask_url(url: str | None) -> str | None:
+    """Hide the password of a storage URL (``postgresql://user:***@host/db``)."""
+    if not url:
+        return url
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+def _state_name(trial: Any) -> str:
+    return trial.state.name.lower()
+
+
+def trial_records(study: Any) -> list[dict[str, Any]]:
+    """One plain dict per counted trial (trials rejected before training are left out), ordered by number."""
+    records = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        if attrs.get("rejected"):
+            continue
+        result = attrs.get("result") or {}
+        val, test = result.get("val_metrics") or {}, result.get("test_metrics") or {}
+        values = t.values
+        record = {
+            "number": t.number,
+            "state": "interrupted" if attrs.get("interrupted") else _state_name(t),
+            "value": (values[0] if values and len(values) == 1 else values),
+            "val_accuracy": val.get("accuracy"),
+            "val_loss": val.get("loss"),
+            "test_accuracy": test.get("accuracy"),
+            "test_loss": test.get("loss"),
+            "overall_health": (result.get("health") or {}).get("overall_health"),
+            "epochs": result.get("epochs_run"),
+            "best_epoch": result.get("best_epoch"),
+            "train_seconds": result.get("train_seconds"),
+            "param_count": result.get("param_count") or attrs.get("param_count"),
+            "executed_on": result.get("executed_on"),
+            "device": result.get("device"),
+            "fallback_reason": attrs.get("fallback_reason"),
+            "reason": attrs.get("reason"),
+            "params": dict(t.params),
+            "health": result.get("health") or {},
+            "history": result.get("history") or {},
+            "retry_of": attrs.get("retry_of"),
+        }
+        records.append(record)
+    return records
+
+
+_CSV_FIXED = ["number", "state", "value", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "overall_health",
+              "epochs", "best_epoch", "train_seconds", "param_count", "executed_on", "device", "fallback_reason",
+              "reason"]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_trials_csv(run_dir: Path, records: list[dict[str, Any]]) -> Path:
+    param_names = sorted({k for r in records for k in r["params"]})
+    path = Path(run_dir) / TRIALS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(_CSV_FIXED + [f"param_{p}" for p in param_names])
+        for r in records:
+            value = r["value"]
+            row = [json.dumps(value) if isinstance(value, list) else value] + [r[k] for k in _CSV_FIXED[3:]]
+            writer.writerow([r["number"], r["state"]] + row + [r["params"].get(p, "") for p in param_names])
+    os.replace(tmp, path)
+    return path
+
+
+def write_config(run_dir: Path, config: Any, *, storage_url: str, study_name: str) -> Path:
+    data = config.to_dict()
+    data["storage"] = mask_url(data.get("storage"))
+    from . import __version__
+
+    doc = {"hpo_version": __version__, "study_name": study_name, "storage_url": mask_url(storage_url),
+           "config": data}
+    path = Path(run_dir) / CONFIG_FILE
+    _atomic_write(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def _best_entry(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("number", "value", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "overall_health",
+            "epochs", "best_epoch", "param_count", "executed_on", "device", "params", "health")
+    return {k: record[k] for k in keys}
+
+
+def best_records(study: Any, records: list[dict[str, Any]], mode: str) -> tuple[dict | None, list[dict]]:
+    """(best trial record, Pareto front records). In pareto mode the 'best' is the front member with the highest
+    validation accuracy."""
+    by_number = {r["number"]: r for r in records}
+    complete = [r for r in records if r["state"] == "complete"]
+    if not complete:
+        return None, []
+    if mode == "pareto":
+        front = sorted((by_number[t.number] for t in study.best_trials if t.number in by_number),
+                       key=lambda r: r["number"])
+        best = max(front, key=lambda r: (r["val_accuracy"] or 0.0)) if front else None
+        return best, front
+    best_trial = study.best_trial
+    return by_number.get(best_trial.number), []
+
+
+def write_best(run_dir: Path, study: Any, records: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
+    best, front = best_records(study, records, mode)
+    path = Path(run_dir) / BEST_FILE
+    if best is None:
+        if path.exists():
+            path.unlink()
+        return None
+    doc = _best_entry(best)
+    doc["selected_by"] = {"simple": "validation accuracy", "health": "validation accuracy blended with health",
+                          "pareto": "highest validation accuracy on the Pareto front"}[mode]
+    if mode == "pareto":
+        doc["pareto_front"] = [_best_entry(r) for r in front]
+    _atomic_write(path, json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def load_results(path: str | os.PathLike[str]) -> OptimizationResult:
+    """Read a run folder back (finished or still running)."""
+    import optuna
+
+    run_dir = Path(path)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir} is not an hpo run folder (no {CONFIG_FILE})")
+    doc = json.loads(config_path.read_text())
+    storage = doc["storage_url"]
+    if "***" in storage:
+        raise ConfigError(f"the study of {run_dir} lives in {storage}; its password is not stored — open it with "
+                          "optuna.load_study and your credentials")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=doc["study_name"], storage=storage)
+    mode = doc["config"]["mode"]
+    return build_result(run_dir, study, mode)
+
+
+def build_result(run_dir: Path, study: Any, mode: str, *, interrupted: bool = False,
+                 stop_reason: str | None = None, notes: list[str] | None = None) -> OptimizationResult:
+    records = trial_records(study)
+    best, front = best_records(study, records, mode)
+    return OptimizationResult(
+        run_dir=str(run_dir), study_name=study.study_name,
+        best_params=best["params"] if best else None, best_value=best["value"] if best else None,
+        best_trial_number=best["number"] if best else None,
+        best_val_accuracy=best["val_accuracy"] if best else None,
+        best_test_accuracy=best["test_accuracy"] if best else None,
+        trials=records, pareto_front=[_best_entry(r) for r in front],
+        completed=sum(r["state"] == "complete" for r in records),
+        pruned=sum(r["state"] == "pruned" for r in records),
+        failed=sum(r["state"] == "fail" for r in records),
+        interrupted=interrupted, stop_reason=stop_reason, notes=list(notes or []))

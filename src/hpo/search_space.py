@@ -1,0 +1,217 @@
+"""The CNN (images) and LSTM (text) search spaces, as data.
+
+A space is a tuple of :class:`Param`. :func:`suggest` asks an Optuna trial for every parameter that is not pinned;
+pinned parameters (``activation=relu`` on the command line) are fixed instead of searched, and still recorded in the
+trial's params (as a one-choice categorical) so that every trial's params are complete.
+
+Nothing here imports TensorFlow: parameter counts are computed analytically by :func:`count_params`, which
+``models.py`` must agree with exactly (a test checks it), so oversized configurations are rejected before any job is
+dispatched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .exceptions import ConfigError
+
+__all__ = [
+    "Param",
+    "CNN_SPACE",
+    "LSTM_SPACE",
+    "space_for",
+    "all_param_names",
+    "max_conv_blocks",
+    "coerce_pin",
+    "suggest",
+    "count_params",
+]
+
+Modality = Literal["image", "text"]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: Literal["int", "float", "categorical"]
+    help: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    #: the param is only used when this (name, predicate) holds for the already-suggested params
+    active_if: tuple[str, str] | None = None
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return "one of " + ", ".join(_fmt(c) for c in self.choices)
+        scale = " (log scale)" if self.log else ""
+        return f"{self.kind} in [{_fmt(self.low)}, {_fmt(self.high)}]{scale}"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+_BOOL = (True, False)
+
+CNN_SPACE: tuple[Param, ...] = (
+    Param("conv_blocks", "int", "convolution blocks (conv + pool); capped so pooling never collapses the image", 1, 4),
+    Param("filters", "categorical", "filters of the first block; doubled each block, at most 256", choices=(16, 32, 64, 128)),
+    Param("kernel_size", "categorical", "convolution kernel size", choices=(3, 5)),
+    Param("activation", "categorical", "activation of conv and dense layers", choices=("relu", "elu", "gelu", "swish")),
+    Param("batch_norm", "categorical", "batch normalization after each convolution", choices=_BOOL),
+    Param("global_pooling", "categorical", "global average pooling (true) or flatten (false) before the head", choices=_BOOL),
+    Param("dense_layers", "int", "dense layers in the head", 0, 2),
+    Param("dense_units", "categorical", "units per dense layer", choices=(64, 128, 256, 512), active_if=("dense_layers", ">0")),
+    Param("dropout", "float", "dropout rate before each dense layer and the output", 0.0, 0.5),
+    Param("learning_rate", "float", "optimizer learning rate", 1e-4, 1e-2, log=True),
+    Param("optimizer", "categorical", "optimizer", choices=("adam", "adamw", "sgd", "rmsprop")),
+    Param("batch_size", "categorical", "batch size per replica", choices=(32, 64, 128, 256)),
+    Param("weight_decay", "float", "L2 weight decay on conv and dense kernels", 1e-6, 1e-3, log=True),
+    Param("augmentation", "categorical", "light augmentation (random shifts) while training", choices=("none", "light")),
+)
+
+LSTM_SPACE: tuple[Param, ...] = (
+    Param("embedding_dim", "categorical", "embedding size", choices=(32, 64, 128)),
+    Param("lstm_layers", "int", "stacked LSTM layers", 1, 2),
+    Param("lstm_units", "categorical", "units per LSTM layer", choices=(32, 64, 128)),
+    Param("bidirectional", "categorical", "bidirectional LSTM layers", choices=_BOOL),
+    Param("dropout", "float", "dropout rate after the LSTM stack and the dense layer", 0.0, 0.5),
+    Param("dense_units", "categorical", "units of the dense layer before the output (0 = none)", choices=(0, 32, 64, 128)),
+    Param("learning_rate", "float", "optimizer learning rate", 1e-4, 1e-2, log=True),
+    Param("optimizer", "categorical", "optimizer", choices=("adam", "adamw", "rmsprop")),
+    Param("batch_size", "categorical", "batch size per replica", choices=(32, 64, 128)),
+)
+
+
+def space_for(modality: str) -> tuple[Param, ...]:
+    if modality == "image":
+        return CNN_SPACE
+    if modality == "text":
+        return LSTM_SPACE
+    raise ConfigError(f"unknown modality {modality!r}; allowed: image, text")
+
+
+def all_param_names() -> set[str]:
+    return {p.name for p in CNN_SPACE} | {p.name for p in LSTM_SPACE}
+
+
+def max_conv_blocks(input_shape: tuple[int, ...]) -> int:
+    """Most conv blocks (each halves height and width) that keep the feature map at least 2x2 (at most 4)."""
+    side = min(input_shape[0], input_shape[1])
+    blocks = 0
+    while blocks < 4 and side // 2 >= 2:
+        side //= 2
+        blocks += 1
+    return max(blocks, 1)
+
+
+def _bounds(p: Param, input_shape: tuple[int, ...] | None) -> tuple[float | None, float | None]:
+    if p.name == "conv_blocks" and input_shape is not None:
+        return p.low, min(int(p.high), max_conv_blocks(input_shape))
+    return p.low, p.high
+
+
+def coerce_pin(p: Param, value: Any, input_shape: tuple[int, ...] | None = None) -> Any:
+    """Convert a pinned value (possibly a string from the CLI) to the param's type, or raise ConfigError."""
+    if p.kind == "categorical":
+        for choice in p.choices:
+            if value == choice and type(value) is type(choice):
+                return choice
+            if isinstance(value, str) and value.strip().lower() == _fmt(choice).lower():
+                return choice
+        raise ConfigError(f"{p.name}={value!r} is not allowed; {p.name} is {p.describe()}")
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if p.kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            number: float = int(value) if not isinstance(value, str) else int(value.strip())
+        else:
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{p.name}={value!r} is not a valid {p.kind}; {p.name} is {p.describe()}") from None
+    low, high = _bounds(p, input_shape)
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise ConfigError(f"{p.name}={value} is out of range; allowed: {p.kind} in [{_fmt(low)}, {_fmt(high)}]")
+    return number
+
+
+def _is_active(p: Param, params: dict[str, Any]) -> bool:
+    if p.active_if is None:
+        return True
+    name, cond = p.active_if
+    assert cond == ">0"
+    return params.get(name, 0) > 0
+
+
+def suggest(trial: Any, modality: str, pins: dict[str, Any] | None = None,
+            input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Ask ``trial`` (an ``optuna.Trial``) for one configuration of the modality's space; pins are fixed."""
+    pins = pins or {}
+    params: dict[str, Any] = {}
+    for p in space_for(modality):
+        if not _is_active(p, params):
+            continue
+        if p.name in pins:
+            params[p.name] = trial.suggest_categorical(p.name, [pins[p.name]])
+            continue
+        low, high = _bounds(p, input_shape)
+        if p.kind == "int":
+            params[p.name] = trial.suggest_int(p.name, int(low), int(high))
+        elif p.kind == "float":
+            params[p.name] = trial.suggest_float(p.name, float(low), float(high), log=p.log)
+        else:
+            params[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+    return params
+
+
+def _conv_filters(params: dict[str, Any]) -> list[int]:
+    return [min(int(params["filters"]) * 2**i, 256) for i in range(int(params["conv_blocks"]))]
+
+
+def count_params(params: dict[str, Any], modality: str, input_shape: tuple[int, ...], num_classes: int,
+                 vocab_size: int | None = None) -> int:
+    """Exact trainable + non-trainable parameter count of the model ``models.py`` builds from ``params``."""
+    if modality == "image":
+        h, w, c = input_shape
+        k = int(params["kernel_size"])
+        total = 0
+        channels = c
+        for f in _conv_filters(params):
+            total += k * k * channels * f + f  # conv kernel + bias
+            if params["batch_norm"]:
+                total += 4 * f  # gamma, beta, moving mean, moving variance
+            channels = f
+            h, w = h // 2, w // 2
+        features = channels if params["global_pooling"] else h * w * channels
+        for _ in range(int(params["dense_layers"])):
+            units = int(params["dense_units"])
+            total += features * units + units
+            features = units
+        return total + features * num_classes + num_classes
+    if modality == "text":
+        if vocab_size is None:
+            raise ValueError("vocab_size is needed to count a text model's parameters")
+        emb = int(params["embedding_dim"])
+        units = int(params["lstm_units"])
+        directions = 2 if params["bidirectional"] else 1
+        total = vocab_size * emb
+        features = emb
+        for _ in range(int(params["lstm_layers"])):
+            total += directions * 4 * (features * units + units * units + units)
+            features = units * directions
+        dense = int(params["dense_units"])
+        if dense:
+            total += features * dense + dense
+            features = dense
+        return total + features * num_classes + num_classes
+    raise ConfigError(f"unknown modality {modality!r}; allowed: image, text")

@@ -1,0 +1,190 @@
+"""run_trial: train one TrialJob and return its TrialResult. Shared by local worker processes and RunPod workers.
+
+Seeds everything, loads the dataset's honest splits, builds the model (MirroredStrategy over several GPUs when asked
+and available), trains with early stopping on validation accuracy, reports every epoch, stops when asked, restores
+the best epoch's weights, evaluates on validation and test, and frees the Keras session. Failures (NaN loss, an
+exception while training) come back as a failed TrialResult, never as an exception.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from . import datasets
+from .protocol import TrialJob, TrialResult
+
+__all__ = ["run_trial", "configure_tensorflow"]
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+StopCheck = Callable[[], bool]
+
+_TF_READY = False
+
+
+def configure_tensorflow() -> None:
+    """One-time process setup: quiet logs, GPU memory growth (several workers may share a GPU), determinism."""
+    global _TF_READY
+    if _TF_READY:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # identical numbers on every worker of the same machine
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialized: keep going with what we have
+            pass
+    threads = os.environ.get("HPO_TF_THREADS")
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, int(threads)))
+        except RuntimeError:
+            pass
+    tf.config.experimental.enable_op_determinism()
+    _TF_READY = True
+
+
+def _strategy(job: TrialJob, devices: list[str] | None) -> tuple[Any, str]:
+    import tensorflow as tf
+
+    if devices is not None:
+        if len(devices) > 1:
+            return tf.distribute.MirroredStrategy(devices), f"{len(devices)}x {devices[0].split(':')[-2].strip('/').upper()} (MirroredStrategy)"
+        return tf.distribute.OneDeviceStrategy(devices[0]), devices[0]
+    gpus = tf.config.list_logical_devices("GPU")
+    if job.use_multi_gpu and len(gpus) > 1:
+        n = len(gpus) if job.target_gpus == 0 else min(job.target_gpus, len(gpus))
+        if n > 1:
+            names = [g.name for g in gpus[:n]]
+            return tf.distribute.MirroredStrategy(names), f"{n}x GPU (MirroredStrategy)"
+    return tf.distribute.get_strategy(), "1x GPU" if gpus else "CPU"
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: StopCheck | None) -> Any:
+    import keras
+
+    class TrialCallback(keras.callbacks.Callback):
+        """Reports epochs, watches for NaN, keeps the best weights, early-stops, and honours stop requests."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.history: dict[str, list[float | None]] = {}
+            self.best_acc = -math.inf
+            self.best_epoch: int | None = None
+            self.best_weights: list[Any] | None = None
+            self.non_finite: str | None = None
+            self.stopped_on_request = False
+            self.epochs_run = 0
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            loss = (logs or {}).get("loss")
+            if loss is not None and _finite(loss) is None:
+                self.non_finite = f"loss became {float(loss)} at batch {batch + 1} of epoch {self.epochs_run + 1}"
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if self.non_finite:
+                return
+            metrics = {k: _finite(v) for k, v in (logs or {}).items()}
+            if metrics.get("loss") is None:
+                self.non_finite = f"loss is not finite at epoch {epoch + 1}"
+                self.model.stop_training = True
+                return
+            self.epochs_run = epoch + 1
+            for key, value in metrics.items():
+                self.history.setdefault(key, []).append(value)
+            acc = metrics.get("val_accuracy")
+            if acc is not None and acc > self.best_acc:
+                self.best_acc, self.best_epoch = acc, epoch + 1
+                self.best_weights = self.model.get_weights()
+            if on_epoch is not None:
+                on_epoch(epoch + 1, metrics)
+            if should_stop is not None and should_stop():
+                self.stopped_on_request = True
+                self.model.stop_training = True
+            elif (self.epochs_run >= job.min_epochs and self.best_epoch is not None
+                  and self.epochs_run - self.best_epoch >= job.patience):
+                self.model.stop_training = True
+
+    return TrialCallback()
+
+
+def _evaluate(model: Any, x: Any, y: Any, batch_size: int) -> dict[str, float | None]:
+    values = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+    return {k: _finite(v) for k, v in values.items()}
+
+
+def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop: StopCheck | None = None, *,
+              save_model_to: str | None = None, devices: list[str] | None = None,
+              executed_on: str | None = None) -> TrialResult:
+    """Train ``job`` and return its result.
+
+    ``on_epoch(epoch, metrics)`` is called after every epoch (1-based; metrics: loss, accuracy, val_loss,
+    val_accuracy). Training stops after the epoch in which ``should_stop()`` returns true (status ``stopped``).
+    ``devices`` overrides device discovery (e.g. two logical CPUs, to exercise the MirroredStrategy path).
+    ``save_model_to`` saves the best-epoch model as a ``.keras`` file.
+    """
+    started = time.perf_counter()
+    where = executed_on or f"{socket.gethostname()} (pid {os.getpid()})"
+    base = dict(trial_id=job.trial_id, executed_on=where)
+    try:
+        configure_tensorflow()
+        import keras
+
+        from . import models
+
+        keras.utils.set_random_seed(job.seed)
+        data = datasets.load(job.dataset, options=job.dataset_options, validation_split=job.validation_split,
+                             seed=job.seed, data_fraction=job.data_fraction)
+        info = data.info
+        strategy, device = _strategy(job, devices)
+        replicas = strategy.num_replicas_in_sync
+        batch_size = int(job.params.get("batch_size", 64)) * replicas
+        model = models.build_model(dict(job.params), modality=info.modality, input_shape=info.input_shape,
+                                   num_classes=info.num_classes, vocab_size=info.vocab_size, strategy=strategy)
+        callback = _make_callback(job, on_epoch, should_stop)
+        model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=job.max_epochs,
+                  validation_data=(data.x_val, data.y_val), callbacks=[callback], shuffle=True, verbose=0)
+        seconds = time.perf_counter() - started
+        common = dict(base, history=callback.history, epochs_run=callback.epochs_run, device=device,
+                      param_count=int(model.count_params()), train_seconds=seconds)
+        if callback.non_finite:
+            return TrialResult(status="failed", error=f"training diverged: {callback.non_finite}", **common)
+        if callback.best_weights is None:
+            return TrialResult(status="failed", error="no epoch finished with a validation accuracy", **common)
+        model.set_weights(callback.best_weights)
+        eval_batch = max(batch_size, 256)
+        val_metrics = _evaluate(model, data.x_val, data.y_val, eval_batch)
+        test_metrics = _evaluate(model, data.x_test, data.y_test, eval_batch)
+        if save_model_to:
+            model.save(save_model_to)
+        return TrialResult(status="stopped" if callback.stopped_on_request else "completed",
+                           best_epoch=callback.best_epoch, val_metrics=val_metrics, test_metrics=test_metrics,
+                           **dict(common, train_seconds=time.perf_counter() - started))
+    except Exception as exc:  # noqa: BLE001 - one trial's failure never escapes as an exception
+        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
+        return TrialResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{tail}"[:4000],
+                           train_seconds=time.perf_counter() - started, **base)
+    finally:
+        if "keras" in sys.modules:
+            sys.modules["keras"].backend.clear_session()  # also runs gc.collect()
+        else:
+            gc.collect()
