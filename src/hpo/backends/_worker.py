@@ -3,13 +3,15 @@
 Speaks JSON lines on stdin/stdout with :class:`hpo.backends.local.LocalBackend`:
 
     parent -> worker   {"type": "run", "job": {TrialJob}, "save_model_to": path|null, "executed_on": str}
-                       {"type": "stop", "trial_id": str}          stop that trial after its current epoch
+                       {"type": "continue" | "stop", "trial_id": str, "epoch": int}
+                                                                  the decision after each epoch report
                        {"type": "exit"}
     worker -> parent   {"type": "ready", "pid": int}
                        {"type": "epoch", "report": {EpochReport}}
                        {"type": "result", "result": {TrialResult}, "rss_mb": float}
 
-TensorFlow is imported once per process, not per trial. Anything else that writes to stdout (a library's print) is
+After each epoch the worker waits (briefly) for the parent's decision, so a pruned or cancelled trial stops exactly
+at the epoch it was judged on. TensorFlow is imported once per process, not per trial. Anything else that writes to stdout (a library's print) is
 redirected to stderr so it cannot corrupt the protocol stream.
 """
 
@@ -20,7 +22,12 @@ import os
 import queue
 import sys
 import threading
+import time
 from typing import Any, TextIO
+
+
+#: how long a worker waits for the parent's decision after an epoch before it trains on anyway
+DECISION_TIMEOUT_S = 30.0
 
 
 def _rss_mb() -> float:
@@ -44,7 +51,7 @@ def main() -> int:
             channel.flush()
 
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
-    stop_requested: set[str] = set()
+    decisions: queue.Queue[dict[str, Any]] = queue.Queue()
 
     def read_stdin() -> None:
         for line in sys.stdin:
@@ -53,11 +60,12 @@ def main() -> int:
             except json.JSONDecodeError:
                 print(f"hpo worker: ignoring malformed line {line[:200]!r}", file=sys.stderr)
                 continue
-            if message.get("type") == "stop":
-                stop_requested.add(str(message.get("trial_id")))
+            if message.get("type") in ("stop", "continue"):
+                decisions.put(message)
             else:
                 inbox.put(message)
         inbox.put(None)  # parent closed stdin: finish
+        decisions.put({"type": "stop", "trial_id": None, "epoch": None})
 
     threading.Thread(target=read_stdin, name="hpo-worker-stdin", daemon=True).start()
 
@@ -81,13 +89,25 @@ def main() -> int:
                   "result": TrialResult(trial_id=trial_id, status="failed", error=str(exc)).to_dict()})
             continue
 
-        def on_epoch(epoch: int, metrics: dict[str, float], _job: TrialJob = job) -> None:
+        stop = threading.Event()
+
+        def on_epoch(epoch: int, metrics: dict[str, float], _job: TrialJob = job, _stop: threading.Event = stop) -> None:
             send({"type": "epoch", "report": EpochReport(trial_id=_job.trial_id, epoch=epoch,
                                                          metrics=metrics).to_dict()})
+            deadline = time.monotonic() + DECISION_TIMEOUT_S
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    decision = decisions.get(timeout=left)
+                except queue.Empty:
+                    break
+                if decision.get("trial_id") is None or (decision.get("trial_id") == _job.trial_id
+                                                        and decision.get("epoch") == epoch):
+                    if decision["type"] == "stop":
+                        _stop.set()
+                    break
 
-        result = run_trial(job, on_epoch, lambda _id=job.trial_id: _id in stop_requested,
-                           save_model_to=message.get("save_model_to"), executed_on=message.get("executed_on"))
-        stop_requested.discard(job.trial_id)
+        result = run_trial(job, on_epoch, stop.is_set, save_model_to=message.get("save_model_to"),
+                           executed_on=message.get("executed_on"))
         send({"type": "result", "result": result.to_dict(), "rss_mb": _rss_mb()})
 
 

@@ -238,35 +238,39 @@ class LocalBackend(Backend):
         try:
             while True:
                 try:
-                    message = worker.messages.get(timeout=0.1)
+                    message: dict[str, Any] | None = worker.messages.get(timeout=0.1)
                 except queue.Empty:
                     message = None
                 now = time.monotonic()
-                if message is not None:
-                    kind = message.get("type")
-                    if kind == "epoch" and on_epoch is not None:
+                kind = message.get("type") if message else None
+                if kind == "epoch":
+                    report = EpochReport.from_dict(message["report"])  # type: ignore[index]
+                    if on_epoch is not None:
                         try:
-                            on_epoch(EpochReport.from_dict(message["report"]))
+                            on_epoch(report)
                         except Exception:  # noqa: BLE001 - a faulty listener must not lose the trial
                             log.exception("epoch listener failed for %s", job.trial_id)
-                    elif kind == "result":
-                        worker.trials_done += 1
-                        worker.rss_mb = float(message.get("rss_mb") or 0.0)
-                        self._release(worker)
-                        return TrialResult.from_dict(message["result"])
-                    elif kind == "eof":
-                        code = worker.proc.wait()
-                        tail = worker.log_tail()
-                        self._retire(worker, kill=True)
-                        self._release(None)
-                        if cancel is not None and cancel.cancelled:
-                            return self._stopped(job, where, started, cancel.reason or "cancelled")
-                        return TrialResult(
-                            trial_id=job.trial_id, status="failed", executed_on=where,
-                            train_seconds=now - started,
-                            error=f"the worker process crashed during the trial (exit code {code}); "
-                                  f"last log lines: {tail}; full log: {worker.log_path}")
-                    continue
+                    stop = cancel is not None and cancel.cancelled
+                    worker.send({"type": "stop" if stop else "continue", "trial_id": job.trial_id,
+                                 "epoch": report.epoch})
+                    if stop and stop_sent_at is None:
+                        stop_sent_at = now
+                elif kind == "result":
+                    worker.trials_done += 1
+                    worker.rss_mb = float(message.get("rss_mb") or 0.0)  # type: ignore[union-attr]
+                    self._release(worker)
+                    return TrialResult.from_dict(message["result"])  # type: ignore[index]
+                elif kind == "eof":
+                    code = worker.proc.wait()
+                    tail = worker.log_tail()
+                    self._retire(worker, kill=True)
+                    self._release(None)
+                    if cancel is not None and cancel.cancelled:
+                        return self._stopped(job, where, started, cancel.reason or "cancelled")
+                    return TrialResult(
+                        trial_id=job.trial_id, status="failed", executed_on=where, train_seconds=now - started,
+                        error=f"the worker process crashed during the trial (exit code {code}); "
+                              f"last log lines: {tail}; full log: {worker.log_path}")
                 if timeout_s is not None and now - started > timeout_s:
                     self._retire(worker, kill=True)
                     self._release(None)
@@ -274,13 +278,13 @@ class LocalBackend(Backend):
                                        train_seconds=now - started,
                                        error=f"the trial ran past its time limit of {timeout_s:g} s and was stopped")
                 if cancel is not None and cancel.cancelled:
-                    if cancel.hard or (stop_sent_at is not None and now - stop_sent_at > self.stop_grace_s):
+                    # soft: the worker stops at its next epoch decision; hard, or past the grace: kill it now
+                    if stop_sent_at is None:
+                        stop_sent_at = now
+                    if cancel.hard or now - stop_sent_at > self.stop_grace_s:
                         self._retire(worker, kill=True)
                         self._release(None)
                         return self._stopped(job, where, started, cancel.reason or "cancelled")
-                    if stop_sent_at is None:
-                        worker.send({"type": "stop", "trial_id": job.trial_id})
-                        stop_sent_at = now
         except BaseException:
             self._retire(worker, kill=True)
             self._release(None)

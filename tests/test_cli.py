@@ -1,0 +1,201 @@
+"""The CLI as a user runs it: a subprocess, real worker processes, a real run folder."""
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpo.cli import main
+
+from .conftest import hpo_env, run_hpo
+
+FAST = ["max_epochs_per_trial=2", "data_fraction=0.5", "quiet=true"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_optimize_end_to_end_writes_a_consistent_run_folder(tmp_path):
+    proc = run_hpo("optimize", "dataset=synthetic_images", "trials=3", "max_epochs_per_trial=2", "pruner=none",
+                   "run_name=smoke", f"output_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "smoke"
+    for name in ("config.json", "study.db", "trials.csv", "best.json", "best_model.keras"):
+        assert (run / name).is_file(), name
+    rows = read_csv(run / "trials.csv")
+    assert [r["state"] for r in rows] == ["complete"] * 3
+    best = json.loads((run / "best.json").read_text())
+    best_row = max(rows, key=lambda r: float(r["value"]))
+    assert int(best_row["number"]) == best["number"]
+    assert float(best_row["test_accuracy"]) == pytest.approx(best["test_accuracy"])
+    assert best["value"] == pytest.approx(best["val_accuracy"])  # mode=simple: validation accuracy
+    with sqlite3.connect(run / "study.db") as db:
+        states = db.execute("select state from trials").fetchall()
+        top = db.execute("select max(value) from trial_values").fetchone()[0]
+    assert [s for (s,) in states] == ["COMPLETE"] * 3
+    assert top == pytest.approx(best["value"])
+    assert f"best trial: #{best['number']}" in proc.stdout
+    assert "run folder:" in proc.stdout
+    # the saved model is the best trial's model
+    import keras
+
+    from hpo import datasets
+
+    model = keras.models.load_model(run / "best_model.keras")
+    data = datasets.load("synthetic_images", seed=42 + best["number"])
+    _, acc = model.evaluate(data.x_test, data.y_test, verbose=0)
+    assert acc == pytest.approx(best["test_accuracy"], abs=1e-5)
+    # `hpo show` reads it back
+    shown = run_hpo("show", str(run), cwd=tmp_path)
+    assert shown.returncode == 0 and f"best trial: #{best['number']}" in shown.stdout
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["trials"] == 3 and config["study_name"] == "smoke"
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["dataset=synthetic_images", "trails=3"], "unknown option 'trails' (did you mean trials?)"),
+    (["dataset=synthetic_images", "quiet=maybe"], "not a boolean"),
+    (["dataset=synthetic_images", "trials=-2"], "out of range"),
+    (["dataset=synthetic_images", "mode=best"], "allowed: simple, health, pareto"),
+    (["dataset=synthetic_images", "trials"], "expected key=value"),
+    (["dataset=nope"], "is not allowed; allowed: mnist"),
+    (["trials=3"], "dataset is required"),
+])
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, args, fragment):
+    out = tmp_path / "results"
+    code = main(["optimize", *args, f"output_dir={out}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert fragment in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_dataset_files_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch):
+    from hpo import datasets
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(datasets, "_download", no_network)
+    monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    out = tmp_path / "results"
+    code = main(["optimize", "dataset=cifar10", f"output_dir={out}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cifar" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["frobnicate"]) == 2
+    assert main([]) == 2
+    assert main(["show"]) == 2
+    assert main(["show", "/nonexistent/run"]) == 2
+
+
+def test_help_and_import_do_not_import_tensorflow():
+    code = ("import sys, contextlib, io\n"
+            "import hpo\n"
+            "from hpo.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n"
+            "        main(['optimize', '--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "assert 'learning_rate' in out.getvalue() and 'concurrent_workers' in out.getvalue()\n"
+            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=hpo_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "hpo", "--help"], env=hpo_env(), capture_output=True, text=True)
+    assert proc.returncode == 0 and "optimize" in proc.stdout
+
+
+def test_datasets_command_lists_every_dataset(capsys):
+    assert main(["datasets", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "gtsrb", "imdb", "reuters",
+                         "synthetic_images", "synthetic_text"}
+    assert rows["gtsrb"]["classes"] == 43 and rows["cifar100"]["input_shape"] == [32, 32, 3]
+    assert rows["fashion_mnist"]["available_offline"] is True  # Debian's dataset-fashion-mnist package
+    assert rows["imdb"]["modality"] == "text"
+
+
+def _wait_for_rows(csv_path: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"hpo exited early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        if csv_path.exists() and sum(r["state"] == "complete" for r in read_csv(csv_path)) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for trials")
+
+
+def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
+    args = [sys.executable, "-m", "hpo", "optimize", "dataset=synthetic_images", "trials=4", "run_name=intr",
+            f"output_dir={tmp_path}", "pruner=none", "max_epochs_per_trial=30", "early_stopping_patience=30",
+            "data_fraction=0.5", "quiet=true"]
+    proc = subprocess.Popen(args, env=hpo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(tmp_path / "intr" / "trials.csv", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Resume with: hpo optimize run_name=intr" in out
+    rows = read_csv(tmp_path / "intr" / "trials.csv")
+    done = [r for r in rows if r["state"] == "complete"]
+    assert len(done) >= 1 and len(done) < 4
+    # resuming finishes the study without repeating completed trials
+    resumed = run_hpo("optimize", "dataset=synthetic_images", "trials=4", "run_name=intr", f"output_dir={tmp_path}",
+                      "pruner=none", "max_epochs_per_trial=2", "data_fraction=0.5", "quiet=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = read_csv(tmp_path / "intr" / "trials.csv")
+    complete = [r for r in rows if r["state"] == "complete"]
+    assert len(complete) == 4
+    assert {r["number"] for r in done} <= {r["number"] for r in complete}
+    params = [tuple(v for k, v in sorted(r.items()) if k.startswith("param_")) for r in complete]
+    assert len(set(params)) == 4
+
+
+def test_a_killed_run_resumes_to_exactly_the_asked_total(tmp_path):
+    args = [sys.executable, "-m", "hpo", "optimize", "dataset=synthetic_images", "trials=4", "run_name=killed",
+            f"output_dir={tmp_path}", "pruner=none", *FAST]
+    proc = subprocess.Popen(args, env=hpo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(tmp_path / "killed" / "trials.csv", 2, proc)
+    proc.kill()  # SIGKILL: no cleanup at all
+    proc.communicate()
+    first = [r for r in read_csv(tmp_path / "killed" / "trials.csv") if r["state"] == "complete"]
+    assert 2 <= len(first) < 4
+    resumed = run_hpo("optimize", "dataset=synthetic_images", "trials=4", "run_name=killed",
+                      f"output_dir={tmp_path}", "pruner=none", *FAST, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = read_csv(tmp_path / "killed" / "trials.csv")
+    complete = [r for r in rows if r["state"] == "complete"]
+    assert len(complete) == 4
+    params = [tuple(v for k, v in sorted(r.items()) if k.startswith("param_")) for r in complete]
+    assert len(set(params)) == 4, "a completed trial was repeated"
+    for r in first:  # earlier results are kept as they were
+        same = [c for c in complete if c["number"] == r["number"]]
+        assert same and same[0]["value"] == r["value"]
+
+
+def test_fashion_mnist_smoke_run_on_the_debian_files(tmp_path):
+    """Real data (package dataset-fashion-mnist), a small fraction, 2 trials of 1 epoch."""
+    proc = run_hpo("optimize", "dataset=fashion_mnist", "trials=2", "max_epochs_per_trial=1", "data_fraction=0.03",
+                   "pruner=none", "run_name=fm", f"output_dir={tmp_path}", "quiet=true", "max_params=300000",
+                   cwd=tmp_path, HPO_DATA_DIR=str(tmp_path / "empty"), KERAS_HOME=str(tmp_path / "keras"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(tmp_path / "fm" / "trials.csv")
+    assert [r["state"] for r in rows] == ["complete", "complete"]
+    best = json.loads((tmp_path / "fm" / "best.json").read_text())
+    assert best["val_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert best["test_accuracy"] > 0.3

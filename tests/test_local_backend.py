@@ -1,0 +1,114 @@
+"""LocalBackend: persistent worker processes; crashes and time limits fail one trial; workers are recycled."""
+
+import os
+import signal
+import sys
+
+import pytest
+
+from hpo.backends import CancelToken
+from hpo.backends.local import LocalBackend
+from hpo.protocol import TrialJob
+
+PARAMS = {"conv_blocks": 1, "filters": 16, "kernel_size": 3, "activation": "relu", "batch_norm": False,
+          "global_pooling": True, "dense_layers": 0, "dropout": 0.0, "learning_rate": 0.005, "optimizer": "adam",
+          "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}
+
+
+def job(n: int = 0, epochs: int = 1, patience: int = 3, **kw) -> TrialJob:
+    return TrialJob(trial_id=f"t#{n}", dataset="synthetic_images", params=dict(PARAMS, **kw), max_epochs=epochs,
+                    seed=n, compute_health=False, data_fraction=0.5, patience=patience)
+
+
+@pytest.fixture
+def backend(tmp_path):
+    b = LocalBackend(workers=1, log_dir=tmp_path / "logs")
+    b.start()
+    yield b
+    b.close()
+
+
+def test_runs_jobs_in_one_persistent_worker_and_reports_epochs(backend):
+    reports = []
+    first = backend.run(job(0, epochs=2), on_epoch=reports.append)
+    second = backend.run(job(1))
+    assert first.status == second.status == "completed"
+    assert [r.epoch for r in reports] == [1, 2] and all(r.trial_id == "t#0" for r in reports)
+    assert first.executed_on == second.executed_on  # TensorFlow imported once: the same process ran both
+    assert f"pid {backend.worker_pids()[0]}" in first.executed_on
+
+
+def test_a_crashing_worker_fails_only_its_trial(backend):
+    def kill_worker(report):
+        os.kill(backend.worker_pids()[0], signal.SIGKILL)
+
+    crashed = backend.run(job(0, epochs=3), on_epoch=kill_worker)
+    assert crashed.status == "failed"
+    assert "crashed" in crashed.error and "exit code -9" in crashed.error
+    after = backend.run(job(1))
+    assert after.status == "completed"  # a fresh worker replaced the dead one
+    assert after.executed_on != crashed.executed_on
+
+
+def test_a_trial_past_its_time_limit_fails_alone(backend):
+    slow = backend.run(job(0, epochs=500, patience=500), timeout_s=3)
+    assert slow.status == "failed" and "time limit of 3 s" in slow.error
+    assert backend.run(job(1)).status == "completed"
+
+
+def test_cancel_stops_after_the_current_epoch(backend):
+    token = CancelToken()
+    seen = []
+
+    def on_epoch(report):
+        seen.append(report.epoch)
+        token.cancel("pruned at epoch 1")
+
+    result = backend.run(job(0, epochs=20, patience=50), on_epoch=on_epoch, cancel=token)
+    assert result.status == "stopped" and result.epochs_run == 1 and seen == [1]
+
+
+def test_hard_cancel_kills_without_waiting_for_the_epoch(backend):
+    token = CancelToken()
+    token.cancel("interrupted", hard=True)
+    result = backend.run(job(0, epochs=50, patience=50), cancel=token)
+    assert result.status == "stopped" and result.error == "interrupted"
+    assert backend.run(job(1)).status == "completed"
+
+
+def test_workers_are_recycled_and_memory_does_not_grow(tmp_path):
+    backend = LocalBackend(workers=1, log_dir=tmp_path, max_trials_per_worker=4)
+    pids, rss = [], []
+    orig_release = backend._release
+
+    def spy(worker):
+        if worker is not None:
+            pids.append(worker.pid)
+            rss.append(worker.rss_mb)
+        orig_release(worker)
+
+    backend._release = spy
+    try:
+        for n in range(6):
+            assert backend.run(job(n, epochs=1, filters=32, dense_layers=1, dense_units=128)).status == "completed"
+    finally:
+        backend.close()
+    assert len(set(pids[:4])) == 1 and pids[4] != pids[3]  # recycled after 4 trials
+    # after warm-up, a worker's memory stays flat from trial to trial (Keras sessions are freed)
+    assert rss[3] - rss[1] < 150, rss
+
+
+def test_a_worker_that_cannot_start_is_backend_unavailable(tmp_path):
+    from hpo.exceptions import BackendUnavailable
+
+    backend = LocalBackend(workers=1, log_dir=tmp_path, env={"PYTHONPATH": "/nonexistent"},
+                           start_timeout_s=60)
+    backend._env["PYTHONPATH"] = "/nonexistent"
+    # make the child unable to import hpo: run it with -I (isolated) via a bogus interpreter flag
+    orig = sys.executable
+    try:
+        sys.executable = "/bin/false"
+        with pytest.raises(BackendUnavailable, match="failed to start"):
+            backend.start()
+    finally:
+        sys.executable = orig

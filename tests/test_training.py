@@ -1,0 +1,134 @@
+"""run_trial: learns, is deterministic, reports, stops, fails cleanly; the multi-replica path matches one device."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hpo.protocol import TrialJob, TrialResult
+from hpo.training import run_trial
+
+from .conftest import hpo_env
+
+CNN = {"conv_blocks": 2, "filters": 16, "kernel_size": 3, "activation": "relu", "batch_norm": False,
+       "global_pooling": True, "dense_layers": 0, "dropout": 0.0, "learning_rate": 0.005, "optimizer": "adam",
+       "batch_size": 32, "weight_decay": 1e-5, "augmentation": "none"}
+LSTM = {"embedding_dim": 32, "lstm_layers": 1, "lstm_units": 32, "bidirectional": False, "dropout": 0.0,
+        "dense_units": 0, "learning_rate": 0.01, "optimizer": "adam", "batch_size": 32}
+
+
+def job(dataset="synthetic_images", params=CNN, **kw) -> TrialJob:
+    base = dict(trial_id="test#0", dataset=dataset, params=params, max_epochs=4, seed=7, compute_health=False)
+    base.update(kw)
+    return TrialJob(**base)
+
+
+def test_cnn_on_synthetic_images_beats_chance_clearly():
+    epochs = []
+    result = run_trial(job(), on_epoch=lambda e, m: epochs.append((e, m)))
+    assert result.status == "completed", result.error
+    assert result.val_metrics["accuracy"] >= 0.6  # chance is 0.25
+    assert result.test_metrics["accuracy"] >= 0.6
+    assert [e for e, _ in epochs] == list(range(1, result.epochs_run + 1))
+    assert set(epochs[0][1]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert result.history["val_accuracy"][result.best_epoch - 1] == max(result.history["val_accuracy"])
+    assert result.param_count > 0 and result.train_seconds > 0 and result.device == "CPU"
+
+
+def test_lstm_on_synthetic_text_beats_chance_clearly():
+    result = run_trial(job("synthetic_text", LSTM, max_epochs=6))
+    assert result.status == "completed", result.error
+    assert result.val_metrics["accuracy"] >= 0.6  # chance is 0.25
+
+
+def test_the_same_job_twice_gives_the_same_metrics():
+    a = run_trial(job(max_epochs=2))
+    b = run_trial(job(max_epochs=2))
+    assert a.history == b.history
+    assert a.val_metrics == b.val_metrics and a.test_metrics == b.test_metrics
+
+
+def test_a_different_seed_gives_different_numbers():
+    a = run_trial(job(max_epochs=1, seed=1))
+    b = run_trial(job(max_epochs=1, seed=2))
+    assert a.history["loss"] != b.history["loss"]
+
+
+def test_should_stop_ends_training_after_the_current_epoch():
+    calls = []
+    result = run_trial(job(max_epochs=5), on_epoch=lambda e, m: calls.append(e), should_stop=lambda: len(calls) >= 2)
+    assert result.status == "stopped"
+    assert result.epochs_run == 2 and calls == [1, 2]
+    assert result.val_metrics["accuracy"] is not None  # the best epoch is still evaluated
+
+
+def test_early_stopping_restores_the_best_epoch():
+    # a learning rate this high makes validation accuracy stall quickly; patience 1 stops the run early
+    params = dict(CNN, learning_rate=0.01, optimizer="sgd")
+    result = run_trial(job(params=params, max_epochs=12, patience=1, min_epochs=1))
+    assert result.status == "completed"
+    hist = result.history["val_accuracy"]
+    assert result.epochs_run == len(hist)
+    assert result.epochs_run < 12 or hist[-1] == max(hist)
+    # the reported validation accuracy is the best epoch's (the weights were restored)
+    assert result.val_metrics["accuracy"] == pytest.approx(max(hist), abs=1e-6)
+
+
+def test_nan_loss_is_a_failed_result_not_an_exception():
+    params = dict(CNN, learning_rate=1e4, optimizer="sgd", weight_decay=1e-3)
+    params["learning_rate"] = 1e9
+    result = run_trial(job(params=params, max_epochs=3))
+    assert result.status == "failed"
+    assert "diverged" in result.error
+
+
+def test_an_exception_inside_training_is_a_failed_result():
+    result = run_trial(job(dataset="no_such_dataset"))
+    assert result.status == "failed"
+    assert "DatasetError" in result.error and "no_such_dataset" in result.error
+
+
+def test_save_model_to_writes_a_loadable_model(tmp_path):
+    path = tmp_path / "m.keras"
+    result = run_trial(job(max_epochs=1), save_model_to=str(path))
+    import keras
+    import numpy as np
+
+    from hpo import datasets
+
+    model = keras.models.load_model(path)
+    data = datasets.load("synthetic_images", seed=7)
+    _, acc = model.evaluate(data.x_test, data.y_test, verbose=0)
+    assert acc == pytest.approx(result.test_metrics["accuracy"], abs=1e-6)
+    assert np.isfinite(acc)
+
+
+def test_multi_replica_path_on_two_logical_cpus_matches_one_device():
+    """MirroredStrategy over 2 logical CPU devices with per-replica batch b/2 (global b) trains like one device
+    with batch b: gradients are averaged across replicas."""
+    script = textwrap.dedent(f"""
+        import json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from hpo.protocol import TrialJob
+        from hpo.training import run_trial
+        params = {json.dumps(CNN)}
+        def job(batch):
+            return TrialJob(trial_id="t#0", dataset="synthetic_images", params=dict(params, batch_size=batch),
+                            max_epochs=2, seed=3, compute_health=False)
+        multi = run_trial(job(16), devices=["/cpu:0", "/cpu:1"])
+        single = run_trial(job(32), devices=["/cpu:0"])
+        print(json.dumps({{"multi": multi.to_dict(), "single": single.to_dict()}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=hpo_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    multi, single = TrialResult.from_dict(out["multi"]), TrialResult.from_dict(out["single"])
+    assert multi.status == single.status == "completed", (multi.error, single.error)
+    assert "MirroredStrategy" in multi.device and "2x" in multi.device
+    for a, b in zip(multi.history["loss"], single.history["loss"], strict=True):
+        assert a == pytest.approx(b, rel=2e-3, abs=2e-3)
+    assert multi.val_metrics["accuracy"] == pytest.approx(single.val_metrics["accuracy"], abs=0.02)
