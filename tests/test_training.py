@@ -114,7 +114,7 @@ def test_multi_replica_path_on_two_logical_cpus_matches_one_device():
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from hpo.protocol import TrialJob
         from hpo.training import run_trial
-        params = {json.dumps(CNN)}
+        params = {CNN!r}
         def job(batch):
             return TrialJob(trial_id="t#0", dataset="synthetic_images", params=dict(params, batch_size=batch),
                             max_epochs=2, seed=3, compute_health=False)

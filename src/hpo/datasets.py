@@ -141,8 +141,8 @@ _REGISTRY: dict[str, _Spec] = {
               {"vocab_size": 10000, "sequence_length": 200}),
         _Spec("reuters", "text", 46, "Reuters newswire topics, word ids, 8,982 train / 2,246 test (keras split)",
               None, {"vocab_size": 10000, "sequence_length": 200}),
-        _Spec("synthetic_images", "image", 4, "generated oriented bars on noisy backgrounds, 16x16 RGB, "
-              "1,600 train / 400 test (for smoke runs and tests)", (16, 16, 3)),
+        _Spec("synthetic_images", "image", 4, "generated oriented bars (class = orientation) on noisy backgrounds, "
+              "16x16 RGB, 1,600 train / 400 test (for smoke runs and tests)", (16, 16, 3)),
         _Spec("synthetic_text", "text", 4, "generated token sequences with class-specific signal tokens, "
               "1,600 train / 400 test (for smoke runs and tests)", None, {"vocab_size": 200, "sequence_length": 32}),
     )
@@ -354,7 +354,8 @@ _PARTS: dict[str, tuple[_Part, ...]] = {
     ),
     "cifar10": (
         _Part(_find_cifar("cifar-10-batches-py", _CIFAR10_FILES,
-                          ["cifar-10-python.tar.gz", "cifar-10-batches-py.tar.gz", "cifar-10-batches-py-target_archive"]),
+                          ["cifar-10-python.tar.gz", "cifar-10-batches-py.tar.gz",
+                           "cifar-10-batches-py-target_archive"]),
               (_Download("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                          "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),),
               "cifar-10-python.tar.gz (or its extracted folder cifar-10-batches-py/ with data_batch_1..5 and "
@@ -416,15 +417,20 @@ def locate(name: str) -> dict[str, Path] | None:
     return found
 
 
-def _where_help(part: _Part) -> str:
+def _put_help(parts: list[_Part]) -> str:
+    """'Put <files> into <$HPO_DATA_DIR/...> or into the Keras cache (<path>)', once per target sub-directory."""
     hpo_dir = _hpo_data_dir()
-    sub = f"/{part.subdir}" if part.subdir else ""
-    keras_dir = keras_cache_dir() / part.subdir if part.subdir else keras_cache_dir()
-    if hpo_dir is not None:
-        first = f"HPO_DATA_DIR ({hpo_dir / part.subdir if part.subdir else hpo_dir})"
-    else:
-        first = f"the directory named by the HPO_DATA_DIR environment variable (not set; files go in $HPO_DATA_DIR{sub})"
-    return f"{part.files_help} into {first} or into the Keras cache ({keras_dir})"
+    sentences = []
+    for subdir in dict.fromkeys(p.subdir for p in parts):
+        files = "; ".join(p.files_help for p in parts if p.subdir == subdir)
+        keras_dir = keras_cache_dir() / subdir if subdir else keras_cache_dir()
+        if hpo_dir is not None:
+            first = f"HPO_DATA_DIR ({hpo_dir / subdir if subdir else hpo_dir})"
+        else:
+            sub = f"/{subdir}" if subdir else ""
+            first = f"the directory named by the HPO_DATA_DIR environment variable (not set; use $HPO_DATA_DIR{sub})"
+        sentences.append(f"Put {files} into {first} or into the Keras cache ({keras_dir}).")
+    return " ".join(sentences)
 
 
 def _download(url: str, dest: Path) -> None:
@@ -474,12 +480,12 @@ def ensure_available(name: str) -> None:
                 still = [p for p in _PARTS[spec.name] if p.find() is None]
                 raise DatasetError(
                     f"Dataset '{spec.name}' is not available locally and downloading {dl.url} failed ({exc}). "
-                    "Put " + "; and ".join(_where_help(p) for p in still) + ", then run again."
+                    + _put_help(still) + " Then run again."
                 ) from exc
     still = [p for p in _PARTS[spec.name] if p.find() is None]
     if still:
-        raise DatasetError(f"Dataset '{spec.name}' is still incomplete after downloading. Put "
-                           + "; and ".join(_where_help(p) for p in still) + ", then run again.")
+        raise DatasetError(f"Dataset '{spec.name}' is still incomplete after downloading. "
+                           + _put_help(still) + " Then run again.")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -487,8 +493,12 @@ def ensure_available(name: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 # Globals needed to rebuild the numpy arrays inside Keras' pickled datasets (object arrays in imdb/reuters .npz,
-# CIFAR batches). Anything else is refused, so a tampered file cannot run code through pickle.
+# CIFAR batches), plus the few that pickles written by Python 3 / numpy 2 use for the same data (numpy scalars,
+# protocol-2 bytes, protocol-5 buffers). Anything else is refused, so a tampered file cannot run code through pickle.
 _ALLOWED_PICKLE_GLOBALS = frozenset({
+    ("_codecs", "encode"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),
@@ -791,28 +801,32 @@ _SYNTH_TRAIN, _SYNTH_TEST = 1600, 400
 
 
 def _raw_synthetic_images(paths: dict[str, Path], opts: dict) -> _Raw:
-    """16x16 RGB: one bar per image whose orientation is the class (0 deg, 45 deg, 90 deg, 135 deg, +-11 deg jitter),
-    at a random position, length, thickness and colour, plus a distracting blob and pixel noise."""
+    """16x16 RGB: three parallel bars whose orientation is the class (0, 45, 90 or 135 degrees, +-11 degrees jitter),
+    each at a random position with a random length, on a random background; the bars' thickness and colour (brighter
+    or darker than the background) vary per image; plus a distracting blob and pixel noise."""
     rng = np.random.default_rng(_SYNTH_SEED)
-    n, s = _SYNTH_TRAIN + _SYNTH_TEST, 16
+    n, s, n_bars = _SYNTH_TRAIN + _SYNTH_TEST, 16, 3
     labels = rng.permutation(np.arange(n) % 4)
     angle = labels * (np.pi / 4) + rng.uniform(-0.2, 0.2, n)
-    cx, cy = rng.uniform(4.5, 11.5, n), rng.uniform(4.5, 11.5, n)
-    half_len, half_thick = rng.uniform(4.0, 7.0, n), rng.uniform(0.7, 1.2, n)
-    yy, xx = np.mgrid[0:s, 0:s] + 0.5
-    dx, dy = xx[None] - cx[:, None, None], yy[None] - cy[:, None, None]
     ux, uy = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    along, perp = dx * ux + dy * uy, -dx * uy + dy * ux
-    bar = np.clip(half_len[:, None, None] - np.abs(along) + 0.5, 0, 1) * np.clip(
-        half_thick[:, None, None] - np.abs(perp) + 0.5, 0, 1)
-    bx, by = rng.uniform(2, 14, n)[:, None, None], rng.uniform(2, 14, n)[:, None, None]
-    blob = np.exp(-((xx[None] - bx) ** 2 + (yy[None] - by) ** 2) / (2 * rng.uniform(1.0, 2.0, n)[:, None, None] ** 2))
+    half_thick = rng.uniform(0.7, 1.2, n)[:, None, None]
+    yy, xx = np.mgrid[0:s, 0:s] + 0.5
+    bars = np.zeros((n, s, s))
+    for _ in range(n_bars):
+        cx, cy = rng.uniform(2.0, 14.0, (2, n, 1, 1))
+        half_len = rng.uniform(4.0, 7.0, (n, 1, 1))
+        dx, dy = xx[None] - cx, yy[None] - cy
+        along, perp = dx * ux + dy * uy, -dx * uy + dy * ux
+        bar = np.clip(half_len - np.abs(along) + 0.5, 0, 1) * np.clip(half_thick - np.abs(perp) + 0.5, 0, 1)
+        bars = np.maximum(bars, bar)  # anti-aliased edges
+    bx, by = rng.uniform(2.0, 14.0, (2, n, 1, 1))
+    blob = np.exp(-((xx[None] - bx) ** 2 + (yy[None] - by) ** 2) / (2 * rng.uniform(1.0, 2.0, (n, 1, 1)) ** 2))
     bg = rng.uniform(0.2, 0.6, (n, 1, 1, 3))
     sign = rng.choice([-1.0, 1.0], (n, 1, 1, 1))
     bar_color = bg + sign * rng.uniform(0.35, 0.5, (n, 1, 1, 1)) * rng.uniform(0.6, 1.0, (n, 1, 1, 3))
     blob_color = bg + rng.uniform(-0.35, 0.35, (n, 1, 1, 3))
     img = bg + blob[..., None] * (blob_color - bg)
-    img = img + bar[..., None] * (bar_color - img) + rng.normal(0.0, 0.06, (n, s, s, 3))
+    img = img + bars[..., None] * (bar_color - img) + rng.normal(0.0, 0.06, (n, s, s, 3))
     x = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
     return x[:_SYNTH_TRAIN], labels[:_SYNTH_TRAIN], x[_SYNTH_TRAIN:], labels[_SYNTH_TRAIN:]
 

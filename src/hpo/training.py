@@ -82,7 +82,7 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
     import keras
 
     class TrialCallback(keras.callbacks.Callback):
-        """Reports epochs, watches for NaN, keeps the best weights, early-stops, and honours stop requests."""
+        """Reports epochs, watches for NaN/inf loss, keeps the best weights, early-stops, and honours stop requests."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -94,18 +94,12 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             self.stopped_on_request = False
             self.epochs_run = 0
 
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            loss = (logs or {}).get("loss")
-            if loss is not None and _finite(loss) is None:
-                self.non_finite = f"loss became {float(loss)} at batch {batch + 1} of epoch {self.epochs_run + 1}"
-                self.model.stop_training = True
-
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            if self.non_finite:
-                return
+            # NaN/inf is checked once per epoch (the epoch's mean loss is NaN if any batch was): a batch-level hook
+            # would force a device sync after every batch and slow every trial down.
             metrics = {k: _finite(v) for k, v in (logs or {}).items()}
             if metrics.get("loss") is None:
-                self.non_finite = f"loss is not finite at epoch {epoch + 1}"
+                self.non_finite = f"loss became {(logs or {}).get('loss')} in epoch {epoch + 1}"
                 self.model.stop_training = True
                 return
             self.epochs_run = epoch + 1
@@ -176,8 +170,17 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         test_metrics = _evaluate(model, data.x_test, data.y_test, eval_batch)
         if save_model_to:
             model.save(save_model_to)
+        health_scores, details = {}, {}
+        if job.compute_health and not callback.stopped_on_request:  # a stopped (pruned) trial is not scored
+            from . import health
+
+            health_scores, details = health.measure(
+                model, history=callback.history, best_epoch=callback.best_epoch,
+                val_accuracy=val_metrics.get("accuracy"), num_classes=info.num_classes, x_val=data.x_val,
+                x_train=data.x_train, y_train=data.y_train, param_count=common["param_count"])
         return TrialResult(status="stopped" if callback.stopped_on_request else "completed",
                            best_epoch=callback.best_epoch, val_metrics=val_metrics, test_metrics=test_metrics,
+                           health=health_scores, details=details,
                            **dict(common, train_seconds=time.perf_counter() - started))
     except Exception as exc:  # noqa: BLE001 - one trial's failure never escapes as an exception
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
