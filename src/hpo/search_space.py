@@ -120,6 +120,9 @@ def _bounds(p: Param, input_shape: tuple[int, ...] | None) -> tuple[float | None
 def coerce_pin(p: Param, value: Any, input_shape: tuple[int, ...] | None = None) -> Any:
     """Convert a pinned value (possibly a string from the CLI) to the param's type, or raise ConfigError."""
     if p.kind == "categorical":
+        if p.choices == _BOOL and isinstance(value, str):
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(
+                value.strip().lower(), value)
         for choice in p.choices:
             if value == choice and type(value) is type(choice):
                 return choice

@@ -1,0 +1,53 @@
+import optuna
+import pytest
+
+from hpo import search_space
+from hpo.exceptions import ConfigError
+
+
+@pytest.mark.parametrize("shape,blocks", [((28, 28, 1), 3), ((32, 32, 3), 4), ((16, 16, 3), 3), ((8, 8, 1), 2),
+                                          ((4, 4, 1), 1), ((64, 64, 3), 4)])
+def test_conv_blocks_are_capped_so_pooling_never_collapses_the_image(shape, blocks):
+    assert search_space.max_conv_blocks(shape) == blocks
+    side = min(shape[:2])
+    for _ in range(blocks):
+        side //= 2
+    assert side >= 2 or blocks == 1
+
+
+def test_suggest_respects_the_cap_and_conditional_params():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(60):
+        params = search_space.suggest(study.ask(), "image", input_shape=(16, 16, 3))
+        assert 1 <= params["conv_blocks"] <= 3
+        assert ("dense_units" in params) == (params["dense_layers"] > 0)
+        assert set(params) - {"dense_units"} == {p.name for p in search_space.CNN_SPACE} - {"dense_units"}
+
+
+def test_lstm_space_and_unknown_modality():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=4))
+    params = search_space.suggest(study.ask(), "text")
+    assert set(params) == {p.name for p in search_space.LSTM_SPACE}
+    with pytest.raises(ConfigError, match="allowed: image, text"):
+        search_space.space_for("audio")
+
+
+def test_count_params_grows_with_size_and_vocabulary():
+    small = {"embedding_dim": 32, "lstm_layers": 1, "lstm_units": 32, "bidirectional": False, "dense_units": 0}
+    big = dict(small, lstm_layers=2, bidirectional=True)
+    assert search_space.count_params(big, "text", (32,), 4, 200) > search_space.count_params(small, "text", (32,), 4, 200)
+    assert (search_space.count_params(small, "text", (32,), 4, 20000)
+            - search_space.count_params(small, "text", (32,), 4, 200)) == (20000 - 200) * 32
+
+
+def test_pin_coercion():
+    p = {x.name: x for x in search_space.CNN_SPACE}
+    assert search_space.coerce_pin(p["batch_norm"], "yes") is True
+    assert search_space.coerce_pin(p["filters"], "64") == 64
+    assert search_space.coerce_pin(p["dropout"], "0.25") == 0.25
+    with pytest.raises(ConfigError, match=r"dropout=0.9 is out of range; allowed: float in \[0.0, 0.5\]"):
+        search_space.coerce_pin(p["dropout"], "0.9")
+    with pytest.raises(ConfigError, match="filters='48' is not allowed; filters is one of 16, 32, 64, 128"):
+        search_space.coerce_pin(p["filters"], "48")
+    with pytest.raises(ConfigError, match="not a valid int"):
+        search_space.coerce_pin(p["conv_blocks"], "two")
