@@ -3,6 +3,7 @@
     hpo optimize key=value ...     run (or resume) an optimization
     hpo datasets                   the datasets, their shapes, and whether their files are here
     hpo show RUN_DIR               summary of a finished or running run
+    hpo serve key=value ...        the REST API (host, port, max_active_runs, allow_remote, output_dir)
 
 Exit codes: 0 done, 1 the run failed, 2 usage or configuration error (nothing written), 130 interrupted.
 One place (:func:`main`) maps exceptions to exit codes; user mistakes never print a traceback.
@@ -52,6 +53,13 @@ def _build_parser() -> _Parser:
     show.add_argument("run_dir")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.add_argument("--open", action="store_true", help="print the path of the run's report.html")
+    serve = sub.add_parser("serve", help="serve the REST API (key=value options)",
+                           description="Serve the REST API with uvicorn. Example: hpo serve port=8000",
+                           epilog="keys: host (default 127.0.0.1), port (8000), max_active_runs (1; more runs are "
+                                  "queued), allow_remote (false: a non-loopback host needs HPO_API_TOKEN), "
+                                  "output_dir (optimization_results). With HPO_API_TOKEN set (environment or .env) "
+                                  "every route but /health needs Authorization: Bearer <token>.")
+    serve.add_argument("options", nargs="*", metavar="key=value")
     return parser
 
 
@@ -176,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 if previous is not None:
                     signal.signal(signal.SIGTERM, previous)
+        if args.command == "serve":
+            from .api import serve
+            from .config import parse_kv
+
+            return serve(parse_kv(args.options))
         if args.command == "datasets":
             return _cmd_datasets(args)
         return _cmd_show(args)

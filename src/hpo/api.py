@@ -1,0 +1,334 @@
+"""The REST API: a thin FastAPI adapter over the run manager, the orchestrator and the run folders.
+
+    hpo serve [host=127.0.0.1] [port=8000] [max_active_runs=1] [allow_remote=false] [output_dir=optimization_results]
+
+Routes (every one but ``/health`` needs ``Authorization: Bearer <HPO_API_TOKEN>`` when a token is set)::
+
+    GET  /health                      liveness, no auth
+    GET  /datasets                    the datasets and whether their files are here
+    POST /runs                        start (or resume: same run_name) a run; body = the CLI's options as JSON
+    GET  /runs                        every run of the output folder, newest first
+    GET  /runs/{id}                   state, progress snapshot, best so far, ETA
+    GET  /runs/{id}/trials            the study's trials
+    GET  /runs/{id}/best              best.json (null until a trial completes)
+    POST /runs/{id}/cancel            stop gracefully, like Ctrl-C (the study stays resumable)
+    GET  /runs/{id}/files             the files of the run folder
+    GET  /runs/{id}/files/{name}      one file (plots/..., report.html, best_model.keras, trials.csv, ...)
+    GET  /runs/{id}/events            server-sent events: the run's status whenever it changes, until it ends
+
+A run's id is its folder name (``run_name``). The OpenAPI schema (``/openapi.json``, ``/docs``) is public: it
+describes the API and holds no run data. Importing this module, creating the app and every read-only route never
+import TensorFlow (only a run that trains locally does, in its worker processes, and plots of a finished run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import ipaddress
+import json
+import mimetypes
+import os
+import types
+import typing
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from .exceptions import ConfigError
+from .run_manager import (FINAL_STATES, BackendFactory, OptionsInvalid, RunConflict, RunManager, RunNotFound,
+                          StudyUnavailable, jsonable)
+
+__all__ = ["create_app", "serve", "check_bind", "options_schema", "SERVE_DEFAULTS"]
+
+SERVE_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 8000, "max_active_runs": 1, "allow_remote": False,
+                                  "output_dir": "optimization_results"}
+EVENTS_POLL_S = 0.25
+EVENTS_KEEPALIVE_S = 15.0
+
+
+# -- the options schema (documentation of POST /runs; validation is config_from_options) -------------------------------
+
+def _field_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    optional = False
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        optional, tp = len(args) < len(get_args(tp)), args[0]
+    if get_origin(tp) is Literal:
+        schema: dict[str, Any] = {"type": "string", "enum": list(get_args(tp))}
+    else:
+        schema = {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]}
+        if tp in (int, float):
+            if meta.get("low") is not None:
+                schema["exclusiveMinimum" if meta.get("low_open") else "minimum"] = meta["low"]
+            if meta.get("high") is not None:
+                schema["maximum"] = meta["high"]
+    return {"anyOf": [schema, {"type": "null"}]} if optional else schema
+
+
+def options_schema() -> dict[str, Any]:
+    """JSON schema of the POST /runs body, derived from OptimizationConfig (the CLI's options)."""
+    from .config import OptimizationConfig
+
+    hints = typing.get_type_hints(OptimizationConfig)
+    properties: dict[str, Any] = {}
+    for f in dataclasses.fields(OptimizationConfig):
+        if f.name == "pins":
+            properties["pins"] = {"type": "object", "description": f.metadata["help"], "additionalProperties": True}
+            continue
+        schema = _field_schema(hints[f.name], f.metadata)
+        schema["description"] = f.metadata["help"]
+        if f.default is not dataclasses.MISSING:
+            schema["default"] = f.default
+        properties[f.name] = schema
+    return {"type": "object", "required": ["dataset"], "properties": properties, "additionalProperties": True,
+            "description": "The options of `hpo optimize`, validated by the same code. Search-space parameters "
+                           "given as keys (e.g. \"activation\": \"relu\") are pinned. output_dir is the server's. "
+                           "An existing run_name resumes that run."}
+
+
+# -- the app -----------------------------------------------------------------------------------------------------------
+
+def _token_from_env() -> str | None:
+    from .config import load_dotenv_values
+
+    return load_dotenv_values().get("HPO_API_TOKEN") or None
+
+
+def create_app(output_dir: str | os.PathLike[str] = "optimization_results", max_active_runs: int = 1,
+               token: str | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:
+    """The FastAPI app. ``token=None`` reads HPO_API_TOKEN (environment or .env); ``token=""`` means no auth.
+    ``backend_factory(config, run_dir)`` replaces the configured backends (tests)."""
+    from . import __version__
+
+    secret = _token_from_env() if token is None else (token or None)
+    manager = RunManager(output_dir, max_active_runs=max_active_runs, backend_factory=backend_factory)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        yield
+        await run_in_threadpool(manager.shutdown)
+
+    app = FastAPI(title="hpo", version=__version__, lifespan=lifespan,
+                  description="Start, watch, cancel and fetch hyperparameter optimization runs.")
+    app.state.manager = manager
+    app.state.draining = False  # set when the server begins to stop: event streams close so shutdown is prompt
+    bearer = HTTPBearer(auto_error=False, description="HPO_API_TOKEN, when the server has one")
+
+    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if secret is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if credentials is None or not hmac.compare_digest(given.encode("utf-8"), secret.encode("utf-8")):
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <HPO_API_TOKEN>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(require_token)]
+    not_found = {404: {"description": "no such run (or file)"}}
+
+    def status_or_404(run_id: str) -> dict[str, Any]:
+        try:
+            return manager.status(run_id)
+        except RunNotFound:
+            raise HTTPException(404, f"no run {run_id!r}") from None
+
+    @app.get("/health", tags=["server"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/datasets", tags=["server"], dependencies=auth)
+    def list_datasets() -> list[dict[str, Any]]:
+        from . import datasets
+
+        rows = []
+        for name in datasets.DATASET_NAMES:
+            info = datasets.info(name)
+            rows.append({"name": name, "modality": info.modality, "input_shape": list(info.input_shape),
+                         "classes": info.num_classes, "options": datasets.default_options(name),
+                         "available_offline": name.startswith("synthetic") or datasets.locate(name) is not None,
+                         "description": info.description})
+        return rows
+
+    @app.post("/runs", status_code=201, tags=["runs"], dependencies=auth,
+              responses={201: {"description": "queued (or started); Location names the run"},
+                         409: {"description": "that run is already queued or running"},
+                         422: {"description": "invalid options; one entry per bad field"}},
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": options_schema()}}}})
+    async def start_run(request: Request) -> Any:
+        try:
+            options = json.loads(await request.body() or b"null")
+        except ValueError as exc:
+            return JSONResponse({"detail": [{"loc": ["body"], "msg": f"the body is not valid JSON: {exc}",
+                                             "type": "json_invalid"}]}, status_code=422)
+        try:
+            run = await run_in_threadpool(manager.submit, options)
+        except OptionsInvalid as exc:
+            return JSONResponse({"detail": jsonable(exc.errors)}, status_code=422)
+        except RunConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        body = {"id": run.id, "state": run.state, "resuming": run.resuming, "location": f"/runs/{run.id}"}
+        return JSONResponse(body, status_code=201, headers={"Location": f"/runs/{run.id}"})
+
+    @app.get("/runs", tags=["runs"], dependencies=auth)
+    def list_runs(limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
+        return {"runs": manager.list()[:limit]}
+
+    @app.get("/runs/{run_id}", tags=["runs"], dependencies=auth, responses=not_found)
+    def get_run(run_id: str) -> dict[str, Any]:
+        return status_or_404(run_id)
+
+    @app.get("/runs/{run_id}/trials", tags=["runs"], dependencies=auth, responses=not_found)
+    def get_trials(run_id: str) -> dict[str, Any]:
+        try:
+            return {"run_id": run_id, "trials": manager.trials(run_id)}
+        except RunNotFound:
+            raise HTTPException(404, f"no run {run_id!r}") from None
+        except RunConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        except StudyUnavailable as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+
+    @app.get("/runs/{run_id}/best", tags=["runs"], dependencies=auth, responses=not_found)
+    def get_best(run_id: str) -> dict[str, Any]:
+        try:
+            return {"run_id": run_id, "best": manager.best(run_id)}
+        except RunNotFound:
+            raise HTTPException(404, f"no run {run_id!r}") from None
+
+    @app.post("/runs/{run_id}/cancel", status_code=202, tags=["runs"], dependencies=auth,
+              responses={**not_found, 409: {"description": "the run is not queued or running"}})
+    def cancel_run(run_id: str) -> dict[str, Any]:
+        try:
+            return manager.cancel(run_id)
+        except RunNotFound:
+            raise HTTPException(404, f"no run {run_id!r}") from None
+        except RunConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    @app.get("/runs/{run_id}/files", tags=["files"], dependencies=auth, responses=not_found)
+    def list_files(run_id: str) -> dict[str, Any]:
+        try:
+            return {"run_id": run_id, "files": manager.files(run_id)}
+        except RunNotFound:
+            raise HTTPException(404, f"no run {run_id!r}") from None
+
+    @app.get("/runs/{run_id}/files/{name:path}", tags=["files"], dependencies=auth, responses=not_found,
+             response_class=FileResponse)
+    def get_file(run_id: str, name: str) -> Any:
+        try:
+            path = manager.file_path(run_id, name)
+        except RunNotFound:
+            raise HTTPException(404, "no such file in this run") from None
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.get("/runs/{run_id}/events", tags=["runs"], dependencies=auth, responses=not_found,
+             response_class=StreamingResponse)
+    async def run_events(run_id: str) -> Any:
+        version0, live0 = manager.version(run_id), manager.is_live(run_id)
+        first = await run_in_threadpool(status_or_404, run_id)
+
+        async def stream() -> Any:
+            status, version, live, seen, quiet = first, version0, live0, -1, 0.0
+            while True:
+                if manager.closing or app.state.draining:
+                    return  # the server is stopping; the run goes on (or ends interrupted): reconnect later
+                if status["state"] in FINAL_STATES or not live:
+                    yield f"event: end\ndata: {json.dumps(status)}\n\n"
+                    return
+                if version != seen:
+                    seen, quiet = version, 0.0
+                    yield f"event: status\ndata: {json.dumps(status)}\n\n"
+                elif quiet >= EVENTS_KEEPALIVE_S:
+                    quiet = 0.0
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(EVENTS_POLL_S)
+                quiet += EVENTS_POLL_S
+                # version and liveness first: the status read after them is at least as new
+                version, live = manager.version(run_id), manager.is_live(run_id)
+                try:
+                    status = await run_in_threadpool(manager.status, run_id)
+                except RunNotFound:
+                    return
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+# -- hpo serve ---------------------------------------------------------------------------------------------------------
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None, allow_remote: bool) -> None:
+    """Refuse to serve beyond this machine without a token, unless explicitly allowed."""
+    if not is_loopback(host) and not token and not allow_remote:
+        raise ConfigError(f"host={host} is reachable from other machines and HPO_API_TOKEN is not set: anyone could "
+                          "start runs. Set HPO_API_TOKEN (clients then send Authorization: Bearer <token>), or pass "
+                          "allow_remote=true to serve without a token")
+
+
+def _serve_options(options: dict[str, str]) -> dict[str, Any]:
+    import difflib
+
+    values = dict(SERVE_DEFAULTS)
+    for key, text in options.items():
+        if key not in SERVE_DEFAULTS:
+            close = difflib.get_close_matches(key, list(SERVE_DEFAULTS), n=2)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise ConfigError(f"unknown serve option {key!r}{hint}; allowed: {', '.join(SERVE_DEFAULTS)}")
+        default = SERVE_DEFAULTS[key]
+        text = text.strip()
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"{key}={text!r} is not a boolean; allowed: true, false, 1, 0, yes, no")
+            values[key] = text.lower() in ("true", "1", "yes")
+        elif isinstance(default, int):
+            if not text.isdigit():
+                raise ConfigError(f"{key}={text!r} is not a whole number")
+            values[key] = int(text)
+        else:
+            if not text:
+                raise ConfigError(f"{key} must not be empty")
+            values[key] = text
+    if not 1 <= values["port"] <= 65535:
+        raise ConfigError(f"port={values['port']} is out of range; allowed: [1, 65535]")
+    if values["max_active_runs"] < 1:
+        raise ConfigError(f"max_active_runs={values['max_active_runs']} is out of range; allowed: >= 1")
+    return values
+
+
+def serve(options: dict[str, str]) -> int:
+    """``hpo serve key=value ...``: run the API with uvicorn until interrupted. Returns the exit code."""
+    import uvicorn
+
+    values = _serve_options(options)
+    token = _token_from_env()
+    check_bind(values["host"], token, values["allow_remote"])
+    Path(values["output_dir"]).mkdir(parents=True, exist_ok=True)
+    app = create_app(values["output_dir"], values["max_active_runs"], token or "")
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.draining = True  # open event streams end now instead of holding the shutdown
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=values["host"], port=values["port"], log_level="info",
+                            timeout_graceful_shutdown=10)
+    Server(config).run()
+    return 0
