@@ -284,6 +284,8 @@ def test_a_bad_body_gets_422_naming_each_field(tmp_path):
             assert r.status_code == 422, body
         r = client.post("/runs", json=dict(FAST, output_dir="/tmp/elsewhere"))
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "output_dir"]
+        r = client.post("/runs", json=dict(FAST, storage="sqlite:////tmp/anywhere.db"))  # a file on the server
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "storage"]
         assert client.post("/runs", json=dict(FAST, resume=True)).status_code == 422  # nothing to resume
         assert not any(tmp_path.iterdir())  # nothing was written
 

@@ -16,7 +16,7 @@ from hpo.cli import main
 
 from .conftest import hpo_env, run_hpo
 
-FAST = ["max_epochs_per_trial=2", "data_fraction=0.5", "quiet=true"]
+FAST = ["max_epochs_per_trial=2", "data_fraction=0.5", "quiet=true", "plot_generation=none"]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -144,7 +144,7 @@ def _wait_for_rows(csv_path: Path, n: int, proc: subprocess.Popen, timeout: floa
 def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
     args = [sys.executable, "-m", "hpo", "optimize", "dataset=synthetic_images", "trials=4", "run_name=intr",
             f"output_dir={tmp_path}", "pruner=none", "max_epochs_per_trial=30", "early_stopping_patience=30",
-            "data_fraction=0.5", "quiet=true"]
+            "data_fraction=0.5", "quiet=true", "plot_generation=none"]
     proc = subprocess.Popen(args, env=hpo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_rows(tmp_path / "intr" / "trials.csv", 1, proc)
     proc.send_signal(signal.SIGINT)
@@ -156,7 +156,8 @@ def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
     assert len(done) >= 1 and len(done) < 4
     # resuming finishes the study without repeating completed trials
     resumed = run_hpo("optimize", "dataset=synthetic_images", "trials=4", "run_name=intr", f"output_dir={tmp_path}",
-                      "pruner=none", "max_epochs_per_trial=2", "data_fraction=0.5", "quiet=true", cwd=tmp_path)
+                      "pruner=none", "max_epochs_per_trial=2", "data_fraction=0.5", "quiet=true",
+                      "plot_generation=none", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = read_csv(tmp_path / "intr" / "trials.csv")
     complete = [r for r in rows if r["state"] == "complete"]
@@ -192,6 +193,7 @@ def test_fashion_mnist_smoke_run_on_the_debian_files(tmp_path):
     """Real data (package dataset-fashion-mnist), a small fraction, 2 trials of 1 epoch."""
     proc = run_hpo("optimize", "dataset=fashion_mnist", "trials=2", "max_epochs_per_trial=1", "data_fraction=0.03",
                    "pruner=none", "run_name=fm", f"output_dir={tmp_path}", "quiet=true", "max_params=300000",
+                   "plot_generation=none",
                    cwd=tmp_path, HPO_DATA_DIR=str(tmp_path / "empty"), KERAS_HOME=str(tmp_path / "keras"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_csv(tmp_path / "fm" / "trials.csv")

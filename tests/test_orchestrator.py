@@ -13,7 +13,7 @@ from hpo.backends.local import LocalBackend
 from hpo.protocol import TrialJob, TrialResult
 from hpo.training import run_trial
 
-FAST = dict(max_epochs_per_trial=2, data_fraction=0.5, quiet=True, pruner="none")
+FAST = dict(max_epochs_per_trial=2, data_fraction=0.5, quiet=True, pruner="none", plot_generation="none")
 
 
 def test_optimize_in_process_returns_the_result_structure(tmp_path):

@@ -278,6 +278,13 @@ class RunManager:
                                        "msg": f"output_dir={given!r} is not allowed here; runs of this server land "
                                               f"in {str(self.output_dir)!r} (hpo serve output_dir=...)"}])
         options["output_dir"] = str(self.output_dir)
+        storage = options.get("storage")
+        if isinstance(storage, str) and storage.strip().lower().startswith("sqlite"):
+            # a SQLite URL is a file path on this server: over HTTP that would let a caller create files anywhere
+            raise OptionsInvalid([{"loc": ["body", "storage"], "type": "config_error",
+                                   "msg": "storage: a sqlite URL is not allowed over the API (it names a file on the "
+                                          "server); leave it out for the run folder's study.db, or give a database "
+                                          "server URL (e.g. postgresql://...)"}])
         config = validate_options(options)
         with self._lock:
             if self.closing:
