@@ -65,6 +65,10 @@ class OptimizationConfig:
     mode: Mode = _opt("simple", "objective: simple = validation accuracy; health = accuracy blended with model "
                       "health; pareto = both, Pareto front reported")
     health_weight: float = _opt(0.3, "mode=health: weight of overall health in the objective", low=0.0, high=1.0)
+    health_weights: str | None = _opt(None, "weights of the components of overall_health as name:weight pairs, e.g. "
+                                      "generalization:2,efficiency:0 (unlisted components keep their defaults; "
+                                      "non-negative, normalized to sum 1; names: neuron_utilization, "
+                                      "gradient_health, generalization, training_stability, convergence, efficiency)")
     concurrent_workers: int = _opt(1, "trials run at the same time (local worker processes or remote jobs)",
                                    low=1, high=64)
     min_epochs_per_trial: int = _opt(1, "epochs every trial gets before pruning or early stopping may end it", low=1)
@@ -121,6 +125,10 @@ class OptimizationConfig:
             raise ConfigError(
                 f"min_epochs_per_trial={self.min_epochs_per_trial} is above max_epochs_per_trial="
                 f"{self.max_epochs_per_trial}; allowed: min_epochs_per_trial <= max_epochs_per_trial")
+        if self.health_weights is not None:
+            from .health import parse_weights
+
+            parse_weights(self.health_weights)  # ConfigError naming the bad component or weight
         if self.run_name is not None and not _RUN_NAME.match(self.run_name):
             raise ConfigError(f"run_name={self.run_name!r} is not a safe folder name; allowed: letters, digits, "
                               "'.', '_' and '-', starting with a letter or digit, at most 100 characters")

@@ -210,8 +210,11 @@ class Orchestrator:
             self.progress.best = self._best_value
         if self.config.timeout_minutes:
             self._deadline = time.monotonic() + self.config.timeout_minutes * 60
+        # A backend may ask for a few trials beyond concurrent_workers to be kept submitted (RunPod: queued on the
+        # endpoint, so a worker that finishes finds its next job waiting instead of waiting for Optuna).
+        queue_ahead = max(0, int(getattr(self.backend, "queue_ahead", 0) or 0))
         threads = [threading.Thread(target=self._thread_main, name=f"hpo-trial-{i}", daemon=True)
-                   for i in range(self.config.concurrent_workers)]
+                   for i in range(self.config.concurrent_workers + queue_ahead)]
         for t in threads:
             t.start()
         try:
@@ -278,7 +281,7 @@ class Orchestrator:
         return TrialJob(trial_id=f"{c.run_name}#{trial.number}", dataset=c.dataset,
                         dataset_options=c.dataset_options, params=params, max_epochs=c.max_epochs_per_trial,
                         min_epochs=c.min_epochs_per_trial, patience=c.early_stopping_patience,
-                        seed=c.seed + trial.number, validation_split=c.validation_split,
+                        seed=c.seed + trial.number, split_seed=c.seed, validation_split=c.validation_split,
                         data_fraction=c.data_fraction, use_multi_gpu=c.use_multi_gpu,
                         target_gpus=c.target_gpus_per_worker, compute_health=c.mode != "simple")
 
@@ -326,6 +329,9 @@ class Orchestrator:
     def _tell(self, trial: Any, job: TrialJob, result: TrialResult, pruned_at: list[int], token: CancelToken) -> None:
         from optuna.trial import TrialState
 
+        from . import health
+
+        result = health.reweight(result, self.config.health_weights)  # overall_health with the run's weights
         state, value, reason = "failed", None, result.error
         with self._lock:
             trial.set_user_attr("result", result.to_dict())
@@ -360,6 +366,9 @@ class Orchestrator:
             else:
                 self._fail(trial, result.error or token.reason or "failed")
             self._drop_model(trial.number)
+        if self.progress and result.details.get("fallback_reason"):
+            self.progress.fell_back(trial.number, result.details["fallback_reason"],
+                                    where=result.executed_on or "local")
         if self.progress:
             if state is None:
                 self.progress.trial_discarded(trial.number)
@@ -425,6 +434,9 @@ class Orchestrator:
 
     def _finish(self) -> OptimizationResult:
         self._write_files()
+        for note in getattr(self.backend, "notes", None) or []:  # e.g. why trials ran locally instead of on RunPod
+            if note not in self.notes:
+                self.notes.append(note)
         result = build_result(self.run_dir, self.study, self.config.mode, interrupted=self._interrupted,
                               stop_reason=self._stop_reason if self._stop_reason != "interrupted" else None,
                               notes=self.notes)
@@ -450,11 +462,13 @@ def optimize(config: OptimizationConfig | None = None, *, progress: Any = None, 
              env_file: str | None = None, **options: Any) -> OptimizationResult:
     """Run an optimization. Options are the CLI's keys (``hpo optimize --help``), validated the same way.
 
-    ``progress``: a callable receiving ``(event, snapshot)`` dicts as trials start, report epochs and end.
+    ``progress``: a callable receiving ``(event, snapshot)`` dicts as trials start, report epochs and end (a
+    one-argument callable receives the snapshot only). The console shows a live display on a terminal, one line per
+    event otherwise, nothing with ``quiet=True``. At the end, plots and report.html per ``plot_generation``.
     Returns an :class:`~hpo.results.OptimizationResult`; Ctrl-C stops gracefully (``result.interrupted``).
     """
     from .config import config_from_options
-    from .progress import LineLog
+    from .progress import as_listener, make_display
 
     if config is None:
         config = config_from_options(options, env_file=env_file)
@@ -464,16 +478,32 @@ def optimize(config: OptimizationConfig | None = None, *, progress: Any = None, 
     local_needed = not config.use_runpod_service or config.runpod_fallback_local
     if local_needed and backend is None:
         datasets.ensure_available(config.dataset)  # DatasetError before any folder is made
-    listeners = []
-    if not config.quiet:
-        listeners.append(LineLog())
+    display = make_display(quiet=config.quiet)
+    listeners = [display] if display is not None else []
     if progress is not None:
-        listeners.append(progress)
+        listeners.append(as_listener(progress))
     tracker = ProgressTracker(config.trials, concurrency=config.concurrent_workers, listeners=listeners)
     backend = backend or make_backend(config, run_dir)
     orchestrator = Orchestrator(config, backend, run_dir, progress=tracker)
     try:
         backend.start()
-        return orchestrator.run()
+        result = orchestrator.run()
     finally:
+        if display is not None:
+            display.close()
         backend.close()
+    if config.plot_generation != "none":
+        try:
+            from .report import generate_outputs
+
+            report = generate_outputs(run_dir, plot_generation=config.plot_generation, study=orchestrator.study,
+                                      notes=result.notes)
+            if report is not None and not config.quiet:
+                import sys
+
+                print(f"report: {report}", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            log.warning("plots and report skipped: interrupted")
+        except Exception:  # noqa: BLE001 - plots never fail the run
+            log.exception("plots and report could not be written")
+    return result

@@ -153,6 +153,9 @@ class TrialJob(_Message):
     max_epochs: int
     seed: int
     dataset_options: dict[str, int] = field(default_factory=dict)
+    #: seed of the train/validation split; the same for every trial of a study, so all trials are compared on the
+    #: same validation data (``seed`` varies per trial: weight init, shuffling). None: use ``seed``.
+    split_seed: int | None = None
     min_epochs: int = 1
     patience: int = 3
     validation_split: float = 0.2

@@ -147,7 +147,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
 
         keras.utils.set_random_seed(job.seed)
         data = datasets.load(job.dataset, options=job.dataset_options, validation_split=job.validation_split,
-                             seed=job.seed, data_fraction=job.data_fraction)
+                             seed=job.seed if job.split_seed is None else job.split_seed,
+                             data_fraction=job.data_fraction)
         info = data.info
         strategy, device = _strategy(job, devices)
         replicas = strategy.num_replicas_in_sync

@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# RunPod serverless worker for hpo: GPU TensorFlow, the hpo package, and every dataset baked into the image, so a
+# job carries only names and numbers. Build and deploy with ./deploy.sh (linux/amd64).
+#
+#   docker buildx build --platform linux/amd64 -t REGISTRY/hpo-worker:TAG .
+#   docker run --rm --gpus all REGISTRY/hpo-worker:TAG        # no RunPod environment: trains test_input.json once
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+FROM ${CUDA_IMAGE}
+
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+# Python >= 3.10 (Ubuntu 24.04 ships 3.12) in a virtual environment, so pip does not touch the system's packages.
+ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+RUN python3 -m venv "$VIRTUAL_ENV" && pip install --upgrade pip
+
+# GPU TensorFlow first (its CUDA libraries come as wheels), in a layer of its own: it rarely changes.
+ARG TENSORFLOW_SPEC="tensorflow[and-cuda]>=2.20"
+RUN pip install "${TENSORFLOW_SPEC}"
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY src/ src/
+RUN pip install .
+
+# Datasets into the image at build time (the Keras cache under /opt/hpo); --verify also extracts archives.
+ENV KERAS_HOME=/opt/hpo/keras
+ARG HPO_DATASETS="mnist fashion_mnist cifar10 cifar100 gtsrb imdb reuters"
+# shellcheck disable=SC2086
+RUN python -m hpo.prefetch --verify ${HPO_DATASETS}
+
+COPY runpod_worker/ runpod_worker/
+
+# One trial at a time per worker (bit-reproducible numbers); ask for the next job 1.25 s before the current one
+# is expected to end (see runpod_worker/handler.py). TensorFlow is imported before the first job is taken.
+ENV HPO_WORKER_CONCURRENCY=1 \
+    HPO_WORKER_PREFETCH_S=1.25 \
+    HPO_WORKER_WARMUP=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    RUNPOD_LOG_LEVEL=INFO
+
+CMD ["python", "-u", "runpod_worker/handler.py"]

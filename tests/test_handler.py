@@ -1,0 +1,258 @@
+"""runpod_worker/handler.py in-process: validation, progress, cancellation, the concurrency modifier and its prefetch.
+
+No TensorFlow: the trainer is a stand-in with run_trial's contract. The real worker loop is covered in
+test_runpod_e2e.py (real TensorFlow workers) and test_runpod_dispatch.py (the SDK loop with a sleeping trainer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hpo.protocol import MAX_JOB_BYTES, TrialJob, TrialResult
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_handler():
+    spec = importlib.util.spec_from_file_location("hpo_worker_handler", ROOT / "runpod_worker" / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hpo_worker_handler"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+handler_mod = _load_handler()
+
+PARAMS = {"conv_blocks": 1, "filters": 8, "kernel_size": 3, "activation": "relu", "batch_norm": False,
+          "global_pooling": True, "dense_layers": 0, "dropout": 0.0, "learning_rate": 0.005, "optimizer": "adam",
+          "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}
+
+
+def job_input(**changes):
+    data = TrialJob(trial_id="run#0", dataset="synthetic_images", params=PARAMS, max_epochs=3, seed=0,
+                    compute_health=False).to_dict()
+    data.update(changes)
+    return data
+
+
+class FakeTrainer:
+    """run_trial's contract: reports each epoch, stops after the epoch in which should_stop() is true."""
+
+    def __init__(self, epoch_s: float = 0.01) -> None:
+        self.epoch_s = epoch_s
+        self.calls: list[str] = []
+        self.finished = threading.Event()
+        self.stopped_after: int | None = None
+
+    def __call__(self, job, on_epoch=None, should_stop=None, *, executed_on=None, **_):
+        self.calls.append(job.trial_id)
+        history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+        try:
+            for epoch in range(1, job.max_epochs + 1):
+                time.sleep(self.epoch_s)
+                metrics = {"loss": 1.0 / epoch, "accuracy": 0.3, "val_loss": 1.0, "val_accuracy": 0.25 + epoch / 100}
+                for k, v in metrics.items():
+                    history[k].append(v)
+                on_epoch(epoch, metrics)
+                if should_stop():
+                    self.stopped_after = epoch
+                    return TrialResult(trial_id=job.trial_id, status="stopped", history=history, epochs_run=epoch,
+                                       executed_on=executed_on)
+            return TrialResult(trial_id=job.trial_id, status="completed", history=history,
+                               epochs_run=job.max_epochs, best_epoch=job.max_epochs,
+                               val_metrics={"accuracy": history["val_accuracy"][-1]}, executed_on=executed_on)
+        finally:
+            self.finished.set()
+
+
+def make_worker(trainer=None, **kw):
+    return handler_mod.Worker(trainer=trainer or FakeTrainer(), **kw)
+
+
+def run(worker, payload, job_id="job-1"):
+    return asyncio.run(worker.handler({"id": job_id, "input": payload}))
+
+
+# -- bad inputs --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("payload, words", [
+    ({k: v for k, v in job_input().items() if k != "params"}, ["missing required field 'params'"]),
+    (job_input(dataset="imagenet"), ["unknown dataset 'imagenet'", "synthetic_images"]),
+    (job_input(max_epochs="three"), ["field 'max_epochs' must be integer"]),
+    (job_input(params=[1, 2]), ["field 'params' must be object"]),
+    (job_input(data_fraction=1.5), ["data_fraction"]),
+    (job_input(extra=1), ["unknown field(s) extra"]),
+    (job_input(dataset_options={"vocab_size": 100}), ["invalid dataset options"]),
+    ("just a string", ["must be a JSON object"]),
+    ([job_input()], ["must be a JSON object"]),
+    ({"command": "reboot"}, ["unknown command"]),
+    ({"blob": "x" * (2 * 2**20)}, ["bytes", "at most"]),
+])
+def test_bad_input_is_a_clear_error_not_a_traceback(payload, words):
+    trainer = FakeTrainer()
+    out = run(make_worker(trainer), payload)
+    assert set(out) == {"error", "error_kind"} and out["error_kind"] == "invalid_input"
+    for word in words:
+        assert word in out["error"], out["error"]
+    assert "Traceback" not in out["error"] and len(out["error"]) < 2000
+    assert trainer.calls == []  # nothing was trained
+
+
+def test_after_bad_inputs_the_worker_serves_the_next_job():
+    trainer = FakeTrainer()
+    worker = make_worker(trainer)
+    assert "error" in run(worker, {"blob": "x" * (2 * 2**20)})
+    assert "error" in run(worker, job_input(seed="0"))
+    out = run(worker, job_input())
+    result = TrialResult.from_dict(out["trial_result"])
+    assert result.status == "completed" and result.trial_id == "run#0" and result.epochs_run == 3
+    assert result.executed_on == f"runpod:{worker.worker_id}"
+
+
+def test_a_job_within_the_size_limit_is_accepted():
+    assert len(json.dumps(job_input())) < MAX_JOB_BYTES
+    assert "trial_result" in run(make_worker(), job_input())
+
+
+def test_the_answer_has_no_top_level_error_key_for_a_failed_trial():
+    """The SDK turns a top-level "error" into a FAILED job; a failed *trial* is a result, wrapped."""
+    def failing(job, on_epoch=None, should_stop=None, *, executed_on=None, **_):
+        return TrialResult(trial_id=job.trial_id, status="failed", error="training diverged: loss became nan")
+
+    out = run(make_worker(failing), job_input())
+    assert list(out) == ["trial_result"]
+    assert out["trial_result"]["error"] == "training diverged: loss became nan"
+
+
+def test_a_trainer_that_answers_for_another_trial_is_refused():
+    def confused(job, on_epoch=None, should_stop=None, *, executed_on=None, **_):
+        return TrialResult(trial_id="other#9", status="completed")
+
+    out = run(make_worker(confused), job_input())
+    assert out["error_kind"] == "worker_error" and "other#9" in out["error"]
+
+
+def test_progress_is_published_every_epoch_with_all_epochs_so_far(monkeypatch):
+    import runpod
+
+    sent = []
+    monkeypatch.setattr(runpod.serverless, "progress_update", lambda job, data: sent.append((job["id"], data)))
+    worker = make_worker(FakeTrainer())
+    worker._publish = True
+    run(worker, job_input(max_epochs=4), job_id="j-7")
+    # epochs 1-3: the last epoch's result follows at once, so no progress update races it
+    assert [len(d["hpo_progress"]["epochs"]) for _, d in sent] == [1, 2, 3]
+    assert {job_id for job_id, _ in sent} == {"j-7"}
+    last = sent[-1][1]["hpo_progress"]
+    assert last["trial_id"] == "run#0" and last["worker"] == worker.executed_on
+    assert [e["epoch"] for e in last["epochs"]] == [1, 2, 3]
+    assert last["eta_s"] is not None and last["eta_s"] >= 0
+
+
+# -- cancellation ------------------------------------------------------------------------------------------------
+
+def test_cancel_stops_training_within_one_epoch_and_reraises(capsys):
+    trainer = FakeTrainer(epoch_s=0.15)
+    worker = make_worker(trainer)
+
+    async def scenario():
+        task = asyncio.create_task(worker.handler({"id": "j-c", "input": job_input(max_epochs=50)}))
+        while not worker._running or worker._running["j-c"].epochs < 2:
+            await asyncio.sleep(0.01)
+        at_cancel = worker._running["j-c"].epochs
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return at_cancel
+
+    at_cancel = asyncio.run(scenario())
+    assert trainer.finished.is_set()  # the handler waited for the training thread before re-raising
+    assert trainer.stopped_after is not None and trainer.stopped_after <= at_cancel + 1
+    assert f"training stopped after epoch {trainer.stopped_after}" in capsys.readouterr().out
+    assert not worker._running
+
+
+# -- the concurrency modifier --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, expected", [(None, 1), ("3", 3), ("0", 1), ("abc", 1), ("-2", 1)])
+def test_concurrency_from_the_environment_never_none(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("HPO_WORKER_CONCURRENCY", raising=False)
+    else:
+        monkeypatch.setenv("HPO_WORKER_CONCURRENCY", value)
+    worker = make_worker()
+    for current in (1, 2, 5):
+        assert worker.concurrency_modifier(current) == expected
+
+
+def _running_state(worker, job_id, *, epochs_done, max_epochs, epoch_s):
+    state = handler_mod._Running({"id": job_id, "input": {}}, TrialJob(
+        trial_id=f"t-{job_id}", dataset="synthetic_images", params=PARAMS, max_epochs=max_epochs, seed=0))
+    now = time.monotonic()
+    state.started = now - epochs_done * epoch_s
+    state.epoch_ends = [state.started + (i + 1) * epoch_s for i in range(epochs_done)]
+    worker._running[job_id] = state
+    return state
+
+
+def test_prefetch_releases_a_job_that_is_about_to_end():
+    from runpod.serverless.modules.worker_state import JobsProgress
+
+    progress = JobsProgress()
+    progress.clear()
+    worker = make_worker(prefetch_s=1.25)
+    worker._tail_s = 0.0
+    near = _running_state(worker, "near", epochs_done=4, max_epochs=5, epoch_s=1.0)  # ~1 s left
+    far = _running_state(worker, "far", epochs_done=1, max_epochs=5, epoch_s=1.0)  # ~4 s left
+    progress.add({"id": "near", "input": {}})
+    progress.add({"id": "far", "input": {}})
+    assert worker.concurrency_modifier(1) == 1
+    assert near.released and not far.released
+    assert progress.get_job_list() == "far"  # the SDK now sees a free slot and asks for the next job
+    progress.clear()
+
+
+def test_prefetch_off_and_unknown_end_release_nothing():
+    from runpod.serverless.modules.worker_state import JobsProgress
+
+    progress = JobsProgress()
+    progress.clear()
+    worker = make_worker(prefetch_s=0)
+    _running_state(worker, "a", epochs_done=4, max_epochs=5, epoch_s=0.1)
+    progress.add({"id": "a", "input": {}})
+    worker.concurrency_modifier(1)
+    assert progress.get_job_count() == 1
+    worker = make_worker(prefetch_s=5)
+    _running_state(worker, "b", epochs_done=0, max_epochs=5, epoch_s=0.1)  # no epoch yet: no estimate
+    worker.concurrency_modifier(1)
+    assert not worker._running["b"].released
+    progress.clear()
+
+
+def test_expected_end_uses_early_stopping_and_the_learned_tail():
+    worker = make_worker()
+    state = _running_state(worker, "x", epochs_done=0, max_epochs=10, epoch_s=1.0)
+    from hpo.protocol import EpochReport
+
+    state.trial = TrialJob(trial_id="t", dataset="synthetic_images", params=PARAMS, max_epochs=10, seed=0,
+                           patience=2)
+    for epoch, acc in [(1, 0.5), (2, 0.4), (3, 0.4)]:
+        state.record(EpochReport(trial_id="t", epoch=epoch, metrics={"val_accuracy": acc}))
+    assert state.training_done  # two epochs without improvement: Keras stops now, only evaluation is left
+    assert state.expected_end(0.3) == pytest.approx(state.epoch_ends[-1] + 0.3)
+
+
+def test_health_command_reports_tensorflow_gpus_and_datasets(monkeypatch):
+    monkeypatch.setattr(handler_mod, "health_info",
+                        lambda worker_id, concurrency: {"tensorflow": "x", "gpus": [], "worker_id": worker_id})
+    worker = make_worker()
+    out = run(worker, {"command": "health"})
+    assert out == {"health": {"tensorflow": "x", "gpus": [], "worker_id": worker.worker_id}}
