@@ -34,7 +34,6 @@ PARAMS = {"conv_blocks": 2, "filters": 32, "kernel_size": 3, "activation": "relu
 BASELINE = textwrap.dedent("""
     import json, os, sys, time
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import keras
     from hpo import datasets, models
     cfg = json.loads(sys.argv[1])

@@ -30,12 +30,15 @@ _TF_READY = False
 
 
 def configure_tensorflow() -> None:
-    """One-time process setup: quiet logs, GPU memory growth (several workers may share a GPU), determinism."""
+    """One-time process setup: quiet logs, GPU memory growth (several workers may share a GPU), determinism.
+
+    oneDNN stays on (TensorFlow's default): it is ~1.5x faster per epoch on CPUs and, on one machine, gives the same
+    numbers in every process, so local and worker processes agree to the last bit.
+    """
     global _TF_READY
     if _TF_READY:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # identical numbers on every worker of the same machine
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
