@@ -132,11 +132,18 @@ def create_app(output_dir: str | os.PathLike[str] = "optimization_results", max_
     auth = [Depends(require_token)]
     not_found = {404: {"description": "no such run (or file)"}}
 
-    def status_or_404(run_id: str) -> dict[str, Any]:
-        try:
-            return manager.status(run_id)
-        except RunNotFound:
-            raise HTTPException(404, f"no run {run_id!r}") from None
+    # the run manager's exceptions map to HTTP answers in one place
+    @app.exception_handler(RunNotFound)
+    async def run_not_found(request: Request, exc: RunNotFound) -> JSONResponse:
+        return JSONResponse({"detail": f"no run {exc.args[0]!r}"}, status_code=404)
+
+    @app.exception_handler(RunConflict)
+    async def run_conflict(request: Request, exc: RunConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(StudyUnavailable)
+    async def study_unavailable(request: Request, exc: StudyUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.get("/health", tags=["server"])
     def health() -> dict[str, Any]:
@@ -171,8 +178,6 @@ def create_app(output_dir: str | os.PathLike[str] = "optimization_results", max_
             run = await run_in_threadpool(manager.submit, options)
         except OptionsInvalid as exc:
             return JSONResponse({"detail": jsonable(exc.errors)}, status_code=422)
-        except RunConflict as exc:
-            raise HTTPException(409, str(exc)) from None
         body = {"id": run.id, "state": run.state, "resuming": run.resuming, "location": f"/runs/{run.id}"}
         return JSONResponse(body, status_code=201, headers={"Location": f"/runs/{run.id}"})
 
@@ -182,42 +187,24 @@ def create_app(output_dir: str | os.PathLike[str] = "optimization_results", max_
 
     @app.get("/runs/{run_id}", tags=["runs"], dependencies=auth, responses=not_found)
     def get_run(run_id: str) -> dict[str, Any]:
-        return status_or_404(run_id)
+        return manager.status(run_id)
 
     @app.get("/runs/{run_id}/trials", tags=["runs"], dependencies=auth, responses=not_found)
     def get_trials(run_id: str) -> dict[str, Any]:
-        try:
-            return {"run_id": run_id, "trials": manager.trials(run_id)}
-        except RunNotFound:
-            raise HTTPException(404, f"no run {run_id!r}") from None
-        except RunConflict as exc:
-            raise HTTPException(409, str(exc)) from None
-        except StudyUnavailable as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        return {"run_id": run_id, "trials": manager.trials(run_id)}
 
     @app.get("/runs/{run_id}/best", tags=["runs"], dependencies=auth, responses=not_found)
     def get_best(run_id: str) -> dict[str, Any]:
-        try:
-            return {"run_id": run_id, "best": manager.best(run_id)}
-        except RunNotFound:
-            raise HTTPException(404, f"no run {run_id!r}") from None
+        return {"run_id": run_id, "best": manager.best(run_id)}
 
     @app.post("/runs/{run_id}/cancel", status_code=202, tags=["runs"], dependencies=auth,
               responses={**not_found, 409: {"description": "the run is not queued or running"}})
     def cancel_run(run_id: str) -> dict[str, Any]:
-        try:
-            return manager.cancel(run_id)
-        except RunNotFound:
-            raise HTTPException(404, f"no run {run_id!r}") from None
-        except RunConflict as exc:
-            raise HTTPException(409, str(exc)) from None
+        return manager.cancel(run_id)
 
     @app.get("/runs/{run_id}/files", tags=["files"], dependencies=auth, responses=not_found)
     def list_files(run_id: str) -> dict[str, Any]:
-        try:
-            return {"run_id": run_id, "files": manager.files(run_id)}
-        except RunNotFound:
-            raise HTTPException(404, f"no run {run_id!r}") from None
+        return {"run_id": run_id, "files": manager.files(run_id)}
 
     @app.get("/runs/{run_id}/files/{name:path}", tags=["files"], dependencies=auth, responses=not_found,
              response_class=FileResponse)
@@ -233,7 +220,7 @@ def create_app(output_dir: str | os.PathLike[str] = "optimization_results", max_
              response_class=StreamingResponse)
     async def run_events(run_id: str) -> Any:
         version0, live0 = manager.version(run_id), manager.is_live(run_id)
-        first = await run_in_threadpool(status_or_404, run_id)
+        first = await run_in_threadpool(manager.status, run_id)
 
         async def stream() -> Any:
             status, version, live, seen, quiet = first, version0, live0, -1, 0.0
