@@ -91,7 +91,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     if result.completed == 0:
         print("error: no trial completed", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_FAILED if result.stop_reason and "failed in a row" in result.stop_reason else EXIT_OK
+    return EXIT_FAILED if result.aborted else EXIT_OK
 
 
 def _fmt(value: Any) -> str:

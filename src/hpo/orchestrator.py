@@ -134,6 +134,7 @@ class Orchestrator:
         self._consecutive_failures = 0
         self._consecutive_rejections = 0
         self._stop_reason: str | None = None
+        self._aborted = False
         self._interrupted = False
         self._deadline: float | None = None
         self._best_value: float | None = None
@@ -416,6 +417,7 @@ class Orchestrator:
         self._counted += 1
         self._consecutive_failures += 1
         if self._consecutive_failures >= self.config.max_consecutive_failures and self._stop_reason is None:
+            self._aborted = True
             self._stop_reason = (f"{self._consecutive_failures} trials failed in a row "
                                  f"(max_consecutive_failures={self.config.max_consecutive_failures}); last error: "
                                  f"{reason.splitlines()[0] if reason else '?'}")
@@ -488,6 +490,7 @@ class Orchestrator:
                 self.notes.append(note)
         result = build_result(self.run_dir, self.study, self.config.mode, interrupted=self._interrupted,
                               stop_reason=self._stop_reason if self._stop_reason != "interrupted" else None,
+                              aborted=self._aborted,
                               notes=self.notes)
         self._finalize_models(result)
         return result

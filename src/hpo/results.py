@@ -61,6 +61,7 @@ class OptimizationResult:
     failed: int = 0
     interrupted: bool = False
     stop_reason: str | None = None
+    aborted: bool = False  # stopped because trials kept failing (the CLI exits 1)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,7 +216,8 @@ def load_results(path: str | os.PathLike[str]) -> OptimizationResult:
 
 
 def build_result(run_dir: Path, study: Any, mode: str, *, interrupted: bool = False,
-                 stop_reason: str | None = None, notes: list[str] | None = None) -> OptimizationResult:
+                 stop_reason: str | None = None, aborted: bool = False,
+                 notes: list[str] | None = None) -> OptimizationResult:
     records = trial_records(study)
     best, front = best_records(study, records, mode)
     return OptimizationResult(
@@ -228,4 +230,4 @@ def build_result(run_dir: Path, study: Any, mode: str, *, interrupted: bool = Fa
         completed=sum(r["state"] == "complete" for r in records),
         pruned=sum(r["state"] == "pruned" for r in records),
         failed=sum(r["state"] == "fail" for r in records),
-        interrupted=interrupted, stop_reason=stop_reason, notes=list(notes or []))
+        interrupted=interrupted, stop_reason=stop_reason, aborted=aborted, notes=list(notes or []))

@@ -304,4 +304,4 @@ class LocalBackend(Backend):
             self._closed = True
             workers = list(self._all)
         for worker in workers:
-            self._retire(worker, kill=not worker.alive() or False)
+            self._retire(worker, kill=not worker.alive())
