@@ -12,13 +12,12 @@ selects on validation accuracy.
 
 Methods, each with a budget of ``--budget`` (36) training epochs in total:
 
-- **hpo** with its defaults (search space, TPE sampler, Hyperband pruner, early stopping, mode=simple), through
-  ``hpo.optimize``. hpo's budget knobs are ``trials``, ``max_epochs_per_trial`` and ``data_fraction``; this bench
-  keeps ``data_fraction`` at what gives the same training-set size as the baselines and sets
-  ``trials x max_epochs_per_trial <= budget`` (default 12 x 3 = 36, the same split as the optuna-tpe baseline), so
-  hpo can never train more epochs than the budget; pruning and early stopping only make it use fewer. (A quick-mode
-  comparison of splits on one seed: 12 x 3 -> 77.4 % test accuracy in 206 s, 6 x 6 -> 73.1 % in 340 s.) ``validation_split`` is set so hpo validates on as many images as
-  the baselines. (hpo draws each trial's train/validation split with that trial's seed.)
+- **hpo** with its defaults (search space, warm start, TPE sampler, Hyperband pruner, early stopping,
+  mode=simple, max_epochs_per_trial=10), through ``hpo.optimize``, given the budget as ``epoch_budget=36``: hpo never
+  trains more epochs than that in total and spends the epochs pruning and early stopping save on further trials.
+  ``data_fraction`` and ``validation_split`` are set so that hpo trains and validates on as many images as the
+  baselines (its split of the official training split is seeded by the run's seed). ``--hpo-option key=value``
+  adds options for experiments; the reported run uses none.
 - **optuna-tpe**: Optuna TPE with a hand-written Keras objective, 12 trials x 3 epochs (budget / 3 trials), no
   pruning.
 - **optuna-tpe-hyperband**: Optuna TPE + HyperbandPruner (min 1, max 9 epochs per trial, reduction factor 3) with a
@@ -153,19 +152,24 @@ class _Selected:
 
 # -- methods ------------------------------------------------------------------------------------------------------------
 
-def run_hpo(data: Any, validation_split: float, data_fraction: float, budget: int, trials: int,
-            max_epochs: int, workdir: Path) -> MethodResult:
+def run_hpo(data: Any, validation_split: float, data_fraction: float, budget: int, options: dict[str, str],
+            workdir: Path) -> MethodResult:
     import hpo
 
-    if trials * max_epochs > budget:
-        raise SystemExit(f"--hpo-trials x --hpo-epochs = {trials * max_epochs} exceeds the budget of {budget} epochs")
+    # trials=budget: every trial trains at least one epoch, so the epoch budget is the limit that binds
+    settings: dict[str, Any] = dict(dataset="fashion_mnist", epoch_budget=budget, trials=budget,
+                                    validation_split=validation_split, data_fraction=data_fraction, seed=SEED,
+                                    output_dir=str(workdir / "hpo"), run_name="bench", quiet=True,
+                                    plot_generation="none")
+    settings.update(options)
     start = time.perf_counter()
-    result = hpo.optimize(dataset="fashion_mnist", trials=trials, max_epochs_per_trial=max_epochs,
-                          validation_split=validation_split, data_fraction=data_fraction, seed=SEED,
-                          output_dir=str(workdir / "hpo"), run_name="bench", quiet=True, plot_generation="none")
+    result = hpo.optimize(**settings)
     wall = time.perf_counter() - start
     epochs = sum(int(t["epochs"] or 0) for t in result.trials)
-    note = f"{trials} trials x max {max_epochs} epochs; {result.completed} completed, {result.pruned} pruned, " \
+    if epochs > budget:
+        raise SystemExit(f"hpo trained {epochs} epochs, over the budget of {budget}: a bug in epoch_budget")
+    extra = "".join(f", {k}={v}" for k, v in options.items())
+    note = f"epoch_budget={budget}{extra}; {result.completed} completed, {result.pruned} pruned, " \
            f"{result.failed} failed"
     lines = []
     for t in result.trials:
@@ -366,9 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"{TRAIN_QUICK} train / {VAL_QUICK} val images")
     parser.add_argument("--budget", type=int, default=36, help="training epochs per method (default 36)")
-    parser.add_argument("--hpo-trials", type=int, default=12, help="hpo trials (default 12)")
-    parser.add_argument("--hpo-epochs", type=int, default=3, help="hpo max_epochs_per_trial (default 3); "
-                        "trials x epochs must not exceed the budget")
+    parser.add_argument("--hpo-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an hpo option on top of its defaults (experiments; repeatable)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -376,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown method(s) {', '.join(sorted(unknown))}; allowed: {', '.join(METHODS)}")
-    if args.hpo_trials * args.hpo_epochs > args.budget:
-        parser.error(f"--hpo-trials x --hpo-epochs = {args.hpo_trials * args.hpo_epochs} exceeds --budget "
-                     f"{args.budget}")
+    from hpo.config import parse_kv
+
+    hpo_options = parse_kv(args.hpo_option)
 
     import optuna
 
@@ -390,8 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             print(f"running {method} ...", file=sys.stderr, flush=True)
             if method == "hpo":
-                r = run_hpo(data, validation_split, data_fraction, args.budget, args.hpo_trials, args.hpo_epochs,
-                            workdir)
+                r = run_hpo(data, validation_split, data_fraction, args.budget, hpo_options, workdir)
             elif method == "optuna-tpe":
                 r = run_optuna_tpe(data, args.budget, trials=args.budget // 3, epochs=3)  # 12 x 3 for 36
             elif method == "optuna-tpe-hyperband":

@@ -182,3 +182,15 @@ def test_run_names_are_filesystem_safe(tmp_path):
     result = hpo.optimize(dataset="synthetic_images", trials=1, output_dir=str(tmp_path), backend=Instant(), **FAST)
     name = os.path.basename(result.run_dir)
     assert name.startswith("synthetic_images-") and ":" not in name
+
+
+def test_concurrent_cpu_workers_share_the_cores(tmp_path, monkeypatch):
+    from hpo.config import OptimizationConfig
+    from hpo.orchestrator import make_backend
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    one = make_backend(OptimizationConfig(dataset="synthetic_images"), tmp_path)
+    four = make_backend(OptimizationConfig(dataset="synthetic_images", concurrent_workers=4), tmp_path)
+    many = make_backend(OptimizationConfig(dataset="synthetic_images", concurrent_workers=16), tmp_path)
+    assert "HPO_TF_THREADS" not in one._env or one._env["HPO_TF_THREADS"] == os.environ.get("HPO_TF_THREADS")
+    assert four._env["HPO_TF_THREADS"] == "2" and many._env["HPO_TF_THREADS"] == "1"

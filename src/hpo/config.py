@@ -73,6 +73,12 @@ class OptimizationConfig:
                                    low=1, high=64)
     min_epochs_per_trial: int = _opt(1, "epochs every trial gets before pruning or early stopping may end it", low=1)
     max_epochs_per_trial: int = _opt(10, "most epochs a trial trains", low=1)
+    epoch_budget: int | None = _opt(None, "most training epochs of all trials together (default: no limit but "
+                                    "trials x max_epochs_per_trial); no trial starts once it is spent, none is "
+                                    "given more epochs than remain, and epochs saved by pruning and early stopping "
+                                    "go to further trials", low=1)
+    warm_start: bool = _opt(True, "the first trial trains the search space's default configuration (a sound, "
+                            "generic CNN or LSTM; pins apply), the sampler takes over from the second")
     early_stopping_patience: int = _opt(3, "epochs without validation improvement before a trial stops", low=1)
     validation_split: float = _opt(0.2, "share of the official training split held out for validation "
                                    "(selection uses validation only; the test split is never touched)",
@@ -97,6 +103,9 @@ class OptimizationConfig:
     sampler: SamplerName = _opt("tpe", "Optuna sampler (seeded)")
     pruner: PrunerName = _opt("hyperband", "pruner fed by every epoch's validation accuracy "
                               "(off in pareto mode)")
+    prune_below_best: float = _opt(0.15, "also prune a trial whose validation accuracy after an epoch is more than "
+                                   "this fraction below the best any other trial had after that epoch, whatever "
+                                   "the pruner's schedule (1 = off; not with pruner=none)", low=0.0, high=1.0)
     max_params: int = _opt(2_000_000, "configurations with more parameters are rejected before training", low=1)
     use_runpod_service: bool = _opt(False, "send trials to a RunPod serverless endpoint instead of local workers")
     runpod_endpoint_id: str | None = _opt(None, "RunPod endpoint id (default: RUNPOD_ENDPOINT_ID from the "

@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import logging
 import math
+import os
 import shutil
 import threading
 import time
@@ -139,10 +140,22 @@ class Orchestrator:
         self._deadline: float | None = None
         self._best_value: float | None = None
         self._best_number: int | None = None
+        self._epochs_spent = 0  # epochs trained by finished trials (epoch_budget)
+        self._epochs_reserved = 0  # epochs granted to running trials and not yet trained
         self.notes: list[str] = []
         self.study: Any = None
 
     # -- study ----------------------------------------------------------------------------------------------------
+    @property
+    def expected_trials(self) -> int:
+        """trials, or about as many as epoch_budget allows when it is the tighter limit (pruning and early
+        stopping end most trials around the middle of their epoch range)."""
+        c = self.config
+        if c.epoch_budget is None:
+            return c.trials
+        typical = max(1, math.ceil((c.min_epochs_per_trial + c.max_epochs_per_trial) / 2))
+        return max(1, min(c.trials, c.epoch_budget // typical))
+
     @property
     def storage_url(self) -> str:
         return self.config.storage or f"sqlite:///{(self.run_dir / STUDY_FILE).resolve()}"
@@ -172,13 +185,13 @@ class Orchestrator:
             sampler = optuna.samplers.RandomSampler(seed=seed)
         else:
             # Short budgets: TPE's default of 10 random start-up trials would make a 12-trial run almost a random
-            # search; a quarter of the budget (3..10) leaves most trials guided. Multivariate TPE (grouped, for the
-            # conditional dense_units) models how the parameters interact.
+            # search; a quarter of the expected trials (3..10) leaves most trials guided. Multivariate TPE (grouped,
+            # for the conditional dense_units) models how the parameters interact.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 sampler = optuna.samplers.TPESampler(
                     seed=seed, constant_liar=self.config.concurrent_workers > 1, multivariate=True, group=True,
-                    n_startup_trials=max(3, min(10, self.config.trials // 4)))
+                    n_startup_trials=max(3, min(10, self.expected_trials // 4)))
         study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
                                     pruner=self._make_pruner(), load_if_exists=True)
         study.set_user_attr("hpo_mode", self.config.mode)
@@ -192,12 +205,16 @@ class Orchestrator:
             if c.mode == "pareto" and c.pruner != "none":
                 self.notes.append(f"pruner={c.pruner} is off: Optuna cannot prune multi-objective (pareto) studies")
             return optuna.pruners.NopPruner()
+        from .pruners import FarBehindPruner
+
         if c.pruner == "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=c.min_epochs_per_trial,
-                                                  max_resource=c.max_epochs_per_trial)
-        if c.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=c.min_epochs_per_trial)
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=c.min_epochs_per_trial)
+            inner: Any = optuna.pruners.HyperbandPruner(min_resource=c.min_epochs_per_trial,
+                                                        max_resource=c.max_epochs_per_trial)
+        elif c.pruner == "median":
+            inner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=c.min_epochs_per_trial)
+        else:
+            inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=c.min_epochs_per_trial)
+        return FarBehindPruner(inner, margin=c.prune_below_best, min_step=c.min_epochs_per_trial)
 
     def _recover(self) -> None:
         """Fail trials a killed run left RUNNING, and re-enqueue them and Ctrl-C'd trials that were not retried."""
@@ -212,7 +229,14 @@ class Orchestrator:
                 self.notes.append(f"trial {t.number} was left running by an earlier run; it is retried")
             if (stale or t.user_attrs.get("interrupted")) and t.number not in retried and t.params:
                 self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
-        self._counted = sum(1 for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("counted"))
+        trials = self.study.get_trials(deepcopy=False)
+        self._counted = sum(1 for t in trials if t.user_attrs.get("counted"))
+        self._epochs_spent = sum(int(t.user_attrs.get("epochs_trained") or 0) for t in trials)
+        if not trials and self.config.warm_start:
+            info = self.info
+            shape = info.input_shape if info.modality == "image" else None
+            self.study.enqueue_trial(search_space.default_params(info.modality, self.config.pins, shape),
+                                     user_attrs={"warm_start": True})
         done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         if done and self.config.mode != "pareto":
             best = max(done, key=lambda t: t.value)
@@ -235,8 +259,10 @@ class Orchestrator:
         write_config(self.run_dir, self.config, storage_url=self.storage_url, study_name=self.config.run_name or "")
         self._recover()
         if self.progress is not None:
-            self.progress.total = self.config.trials
+            self.progress.total = self.expected_trials
             self.progress.already_done = self._counted
+            self.progress.epoch_budget = self.config.epoch_budget
+            self.progress.epochs_before = self._epochs_spent
             self.progress.best = self._best_value
         if self.config.timeout_minutes:
             self._deadline = time.monotonic() + self.config.timeout_minutes * 60
@@ -257,6 +283,17 @@ class Orchestrator:
                 t.join()
         return self._finish()
 
+    def _epoch_allowance(self) -> int | None:
+        """Epochs the next trial may train: max_epochs_per_trial, or fewer when epoch_budget has fewer left; 0 when
+        it must wait for running trials to give unused epochs back; None when the budget is spent. (Under _lock.)"""
+        c = self.config
+        if c.epoch_budget is None:
+            return c.max_epochs_per_trial
+        left = c.epoch_budget - self._epochs_spent - self._epochs_reserved
+        if left >= c.min_epochs_per_trial:
+            return min(c.max_epochs_per_trial, left)
+        return 0 if self._epochs_reserved > 0 else None
+
     def _thread_main(self) -> None:
         while True:
             with self._lock:
@@ -267,9 +304,19 @@ class Orchestrator:
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     self._stop_reason = f"timeout_minutes={self.config.timeout_minutes:g} reached"
                     return
-                self._running += 1
+                allowance = self._epoch_allowance()
+                if allowance is None:
+                    self._stop_reason = (f"epoch_budget={self.config.epoch_budget} spent "
+                                         f"({self._epochs_spent} epochs trained)")
+                    return
+                if allowance > 0:
+                    self._running += 1
+                    self._epochs_reserved += allowance
+            if allowance == 0:  # running trials hold the rest of the budget; they may give some back
+                time.sleep(0.05)
+                continue
             try:
-                self._one_trial()
+                self._one_trial(allowance)
             except Exception as exc:  # noqa: BLE001 - an orchestrator bug must not hang the other threads
                 log.exception("unexpected error while running a trial")
                 with self._lock:
@@ -277,6 +324,7 @@ class Orchestrator:
             finally:
                 with self._lock:
                     self._running -= 1
+                    self._epochs_reserved -= allowance
 
     def _ask(self) -> tuple[Any, dict[str, Any]] | None:
         """Ask for a trial and its params; rejects (not counted) configurations over max_params."""
@@ -306,23 +354,24 @@ class Orchestrator:
                                          "layers")
                     return None
 
-    def _job(self, trial: Any, params: dict[str, Any]) -> TrialJob:
+    def _job(self, trial: Any, params: dict[str, Any], max_epochs: int) -> TrialJob:
         c = self.config
         return TrialJob(trial_id=f"{c.run_name}#{trial.number}", dataset=c.dataset,
-                        dataset_options=c.dataset_options, params=params, max_epochs=c.max_epochs_per_trial,
+                        dataset_options=c.dataset_options, params=params, max_epochs=max_epochs,
                         min_epochs=c.min_epochs_per_trial, patience=c.early_stopping_patience,
                         seed=c.seed + trial.number, split_seed=c.seed, validation_split=c.validation_split,
                         data_fraction=c.data_fraction, use_multi_gpu=c.use_multi_gpu,
                         target_gpus=c.target_gpus_per_worker, compute_health=c.mode != "simple")
 
-    def _one_trial(self) -> None:
+    def _one_trial(self, max_epochs: int) -> None:
         asked = self._ask()
         if asked is None:
             return
         trial, params = asked
-        job = self._job(trial, params)
+        job = self._job(trial, params, max_epochs)
         token = CancelToken()
         pruned_at: list[int] = []
+        last_epoch = [0]
         with self._lock:
             self._tokens[trial.number] = token
             trial.set_user_attr("job", job.to_dict())
@@ -332,6 +381,7 @@ class Orchestrator:
             self.progress.trial_started(trial.number, where=self.backend.name, max_epochs=job.max_epochs)
 
         def on_epoch(report: EpochReport) -> None:
+            last_epoch[0] = max(last_epoch[0], report.epoch)
             if self.progress:
                 self.progress.epoch(trial.number, report.epoch, report.metrics)
             acc = report.metrics.get("val_accuracy")
@@ -341,7 +391,8 @@ class Orchestrator:
                 trial.report(float(acc), report.epoch)
                 if trial.should_prune():
                     pruned_at.append(report.epoch)
-                    token.cancel(f"pruned at epoch {report.epoch}")
+                    reasons = getattr(self.study.pruner, "reasons", {})
+                    token.cancel(reasons.get(trial.number) or f"pruned at epoch {report.epoch}")
 
         model_path = self._model_path(trial.number)
         try:
@@ -354,6 +405,11 @@ class Orchestrator:
         finally:
             with self._lock:
                 self._tokens.pop(trial.number, None)
+        with self._lock:
+            # epochs this trial trained count against epoch_budget whatever its fate (an interrupted trial's too)
+            trained = min(job.max_epochs, max(int(result.epochs_run or 0), last_epoch[0]))
+            trial.set_user_attr("epochs_trained", trained)
+            self._epochs_spent += trained
         self._tell(trial, job, result, pruned_at, token)
 
     def _tell(self, trial: Any, job: TrialJob, result: TrialResult, pruned_at: list[int], token: CancelToken) -> None:
@@ -502,7 +558,11 @@ def make_backend(config: OptimizationConfig, run_dir: Path) -> Backend:
     """The backend the config asks for: local worker processes, or RunPod (with local fallback)."""
     from .backends.local import LocalBackend
 
-    local = LocalBackend(workers=config.concurrent_workers, log_dir=run_dir / "logs")
+    # Several CPU workers share the cores instead of each spawning a thread per core (oversubscribed cores train
+    # slower in total); GPU training is unaffected by the CPU thread pools.
+    workers = config.concurrent_workers
+    tf_threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    local = LocalBackend(workers=workers, log_dir=run_dir / "logs", tf_threads=tf_threads)
     if not config.use_runpod_service:
         return local
     from .backends.runpod import make_runpod_backend

@@ -85,6 +85,18 @@ def estimate_eta(*, total: int, done: int, running: list[dict[str, Any]], durati
     return max(slots)
 
 
+def estimate_eta_epochs(*, budget: int, epochs_done: int, trial_seconds: float, trial_epochs: int,
+                        concurrency: int) -> float | None:
+    """Seconds until an epoch budget is spent: epochs left x observed seconds per epoch / concurrency (trials'
+    start-up time included in the seconds per epoch). None before any epoch has finished."""
+    left = budget - epochs_done
+    if left <= 0:
+        return 0.0
+    if trial_epochs <= 0:
+        return None
+    return left * (trial_seconds / trial_epochs) / max(1, concurrency)
+
+
 class ProgressTracker:
     """Collects trial events; counts, best-so-far and an ETA from observed trial durations and the concurrency.
 
@@ -93,8 +105,13 @@ class ProgressTracker:
     """
 
     def __init__(self, total: int, *, already_done: int = 0, concurrency: int = 1, best: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, listeners: list[Listener] | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, listeners: list[Listener] | None = None,
+                 epoch_budget: int | None = None, epochs_before: int = 0) -> None:
+        #: trials expected (with an epoch budget, an estimate: the display never shows more done than total)
         self.total = total
+        #: with an epoch budget the ETA counts epochs, not trials; epochs_before: trained by earlier runs (resume)
+        self.epoch_budget = epoch_budget
+        self.epochs_before = epochs_before
         self.already_done = already_done
         self.concurrency = max(1, concurrency)
         self.clock = clock
@@ -170,11 +187,20 @@ class ProgressTracker:
                     d["age_s"] = max(0.0, now - (t.started_at if t.started_at is not None else now))
                     running.append(d)
             done = self.already_done + finished
-            eta = estimate_eta(total=self.total, done=done, running=running, durations=self._durations(),
-                               concurrency=self.concurrency)
+            total = max(self.total, done + len(running))
+            epochs = self.epochs_before + sum(t.epoch for t in trials)
+            if self.epoch_budget is not None:
+                seconds = sum((t.ended_at if t.ended_at is not None else now) - t.started_at
+                              for t in trials if t.started_at is not None and t.epoch)
+                eta = estimate_eta_epochs(budget=self.epoch_budget, epochs_done=epochs, trial_seconds=seconds,
+                                          trial_epochs=sum(t.epoch for t in trials), concurrency=self.concurrency)
+            else:
+                eta = estimate_eta(total=total, done=done, running=running, durations=self._durations(),
+                                   concurrency=self.concurrency)
             return {
-                "total": self.total, "done": done, "running": running,
-                "queued": max(0, self.total - done - len(running)),
+                "total": total, "done": done, "running": running,
+                "queued": max(0, total - done - len(running)),
+                "epochs": epochs, "epoch_budget": self.epoch_budget,
                 "completed": sum(t.state == "completed" for t in trials),
                 "pruned": sum(t.state == "pruned" for t in trials),
                 "failed": sum(t.state == "failed" for t in trials),
@@ -220,8 +246,9 @@ def _event_line(event: dict[str, Any], snap: dict[str, Any]) -> str | None:
     if kind == "finished":
         reason = f" ({_first_line(event['reason'])})" if event.get("reason") else ""
         where = f" on {event['where']}" if event.get("where") else ""
+        budget = f"; epochs {snap['epochs']}/{snap['epoch_budget']}" if snap.get("epoch_budget") else ""
         return (f"{head} trial {n} {event['state']}{where}: value={_num(event['value'])}{reason}; "
-                f"best={_num(snap['best'])}; elapsed {_fmt_seconds(snap['elapsed_s'])}, "
+                f"best={_num(snap['best'])}{budget}; elapsed {_fmt_seconds(snap['elapsed_s'])}, "
                 f"ETA {_fmt_seconds(snap['eta_s'])}")
     return None
 
@@ -292,8 +319,9 @@ def render_live(snap: dict[str, Any], *, width: int = 100, max_rows: int = 20) -
     best = "-" if snap["best"] is None else f"{snap['best']:.4f}"
     if snap.get("best_trial") is not None:
         best += f" (trial {snap['best_trial']})"
+    budget = f" · epochs {snap['epochs']}/{snap['epoch_budget']}" if snap.get("epoch_budget") else ""
     lines.append(f"{snap['done']}/{snap['total']} done · {snap['completed']} completed, {snap['pruned']} pruned, "
-                 f"{snap['failed']} failed · {len(running)} running · best {best} · "
+                 f"{snap['failed']} failed · {len(running)} running{budget} · best {best} · "
                  f"elapsed {_fmt_seconds(snap['elapsed_s'])} · ETA {_fmt_seconds(snap['eta_s'])}")
     return [_fit(line, width) for line in lines]
 

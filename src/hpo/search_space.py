@@ -26,6 +26,7 @@ __all__ = [
     "max_conv_blocks",
     "coerce_pin",
     "suggest",
+    "default_params",
     "count_params",
 ]
 
@@ -87,6 +88,18 @@ LSTM_SPACE: tuple[Param, ...] = (
     Param("optimizer", "categorical", "optimizer", choices=("adam", "adamw", "rmsprop")),
     Param("batch_size", "categorical", "batch size per replica", choices=(32, 64, 128)),
 )
+
+
+#: The first trial of a run (``warm_start=true``): a sound, generic configuration per space -- what a practitioner
+#: would write by hand first (the usual Keras-tutorial recipes: conv/BN/ReLU blocks, Adam at 1e-3, moderate dropout).
+#: Not tuned to any dataset; the sampler searches around and beyond it from the second trial on.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "image": dict(conv_blocks=2, filters=32, kernel_size=3, activation="relu", batch_norm=True, global_pooling=False,
+                  dense_layers=1, dense_units=128, dropout=0.25, learning_rate=1e-3, optimizer="adam",
+                  batch_size=64, weight_decay=1e-5, augmentation="none"),
+    "text": dict(embedding_dim=64, lstm_layers=1, lstm_units=64, bidirectional=False, dropout=0.2, dense_units=64,
+                 learning_rate=1e-3, optimizer="adam", batch_size=64),
+}
 
 
 def space_for(modality: str) -> tuple[Param, ...]:
@@ -174,6 +187,23 @@ def suggest(trial: Any, modality: str, pins: dict[str, Any] | None = None,
             params[p.name] = trial.suggest_float(p.name, float(low), float(high), log=p.log)
         else:
             params[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+    return params
+
+
+def default_params(modality: str, pins: dict[str, Any] | None = None,
+                   input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """The space's default configuration with ``pins`` applied, fitted to ``input_shape`` (conv blocks capped so
+    pooling never collapses the image); inactive parameters (dense_units without dense layers) are left out."""
+    space = space_for(modality)
+    values = dict(DEFAULTS[modality], **(pins or {}))
+    params: dict[str, Any] = {}
+    for p in space:
+        if not _is_active(p, params):
+            continue
+        value = values[p.name]
+        if p.name == "conv_blocks" and input_shape is not None and p.name not in (pins or {}):
+            value = min(int(value), max_conv_blocks(input_shape))
+        params[p.name] = coerce_pin(p, value, input_shape)
     return params
 
 

@@ -1,0 +1,250 @@
+"""epoch_budget (total training epochs of a run) and warm_start (the first trial trains the space's defaults)."""
+
+import threading
+import time
+
+import optuna
+import pytest
+
+import hpo
+from hpo import search_space
+from hpo.backends import Backend
+from hpo.progress import LineLog, ProgressTracker, estimate_eta_epochs
+from hpo.protocol import EpochReport, TrialResult
+
+FAST = dict(quiet=True, plot_generation="none")
+
+
+class Epochs(Backend):
+    """A fake trainer that reports one epoch at a time and honours cancellation (pruning) after an epoch.
+
+    Val accuracy after epoch e: a known function of the params that rises with e. A trial whose accuracy stops
+    rising for ``patience`` epochs stops early (like the real trainer): odd-numbered trials plateau at epoch 2, so
+    they end early and give epochs back to the budget.
+    """
+
+    name = "epochs"
+
+    def __init__(self, delay: float = 0.0):
+        self.jobs = []
+        self.trained = {}
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.running = 0
+        self.max_running = 0
+
+    def run(self, job, *, on_epoch=None, cancel=None, timeout_s=None, save_model_to=None):
+        with self.lock:
+            self.jobs.append(job)
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            base = 0.3 + 0.1 * job.params["conv_blocks"] - job.params["dropout"] / 10
+            history, best, best_epoch, epochs = [], -1.0, 0, 0
+            for epoch in range(1, job.max_epochs + 1):
+                time.sleep(self.delay)
+                plateau = 2 if int(job.trial_id.rsplit("#", 1)[1]) % 2 else job.max_epochs
+                acc = base + 0.02 * min(epoch, plateau)
+                history.append(acc)
+                epochs = epoch
+                if acc > best:
+                    best, best_epoch = acc, epoch
+                if on_epoch:
+                    on_epoch(EpochReport(trial_id=job.trial_id, epoch=epoch, metrics={"val_accuracy": acc}))
+                if cancel is not None and cancel.cancelled:
+                    break
+                if epoch >= job.min_epochs and epoch - best_epoch >= job.patience:
+                    break
+            self.trained[job.trial_id] = epochs
+            status = "stopped" if cancel is not None and cancel.cancelled else "completed"
+            return TrialResult(trial_id=job.trial_id, status=status, epochs_run=epochs, best_epoch=best_epoch,
+                               val_metrics={"accuracy": best}, test_metrics={"accuracy": best - 0.01},
+                               executed_on="fake", history={"val_accuracy": history})
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def _study(tmp_path, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / name / 'study.db'}")
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_epoch_budget_is_never_exceeded_and_savings_buy_more_trials(tmp_path, workers):
+    backend = Epochs(delay=0.01)
+    result = hpo.optimize(dataset="synthetic_images", epoch_budget=20, trials=100, max_epochs_per_trial=6,
+                          early_stopping_patience=1, pruner="none", concurrent_workers=workers,
+                          output_dir=str(tmp_path), run_name="b", backend=backend, **FAST)
+    trained = sum(backend.trained.values())
+    assert trained == 20  # spent exactly, never more
+    assert sum(t["epochs"] or 0 for t in result.trials) == 20  # and the run's records agree
+    assert "epoch_budget=20 spent" in result.stop_reason and not result.aborted
+    # epochs saved by early stopping went to more trials than 20 // 6 full-length ones
+    assert len(backend.jobs) > 20 // 6 + 1
+    assert any(n < 6 for n in backend.trained.values())
+    # no job was ever granted more epochs than the budget had left
+    assert all(j.max_epochs <= 6 for j in backend.jobs)
+    study = _study(tmp_path, "b")
+    assert sum(t.user_attrs.get("epochs_trained", 0) for t in study.trials) == 20
+
+
+def test_pruned_trials_give_their_epochs_back(tmp_path):
+    backend = Epochs()
+    result = hpo.optimize(dataset="synthetic_images", epoch_budget=30, trials=100, max_epochs_per_trial=9,
+                          pruner="median", sampler="random", output_dir=str(tmp_path), run_name="p",
+                          backend=backend, **FAST)
+    assert sum(backend.trained.values()) == 30
+    assert result.pruned >= 1
+    assert len(backend.jobs) > 30 // 9 + 1
+
+
+def test_the_last_trial_gets_only_the_epochs_that_remain(tmp_path):
+    backend = Epochs()
+    hpo.optimize(dataset="synthetic_images", epoch_budget=10, trials=100, max_epochs_per_trial=4, pruner="none",
+                 early_stopping_patience=10, output_dir=str(tmp_path), run_name="tail",
+                 backend=backend, **FAST)
+    assert [j.max_epochs for j in backend.jobs] == [4, 4, 2]
+    assert sum(backend.trained.values()) == 10
+
+
+def test_a_resumed_run_counts_the_epochs_already_trained(tmp_path):
+    backend = Epochs()
+    first = hpo.optimize(dataset="synthetic_images", epoch_budget=100, trials=2, max_epochs_per_trial=3,
+                         pruner="none", early_stopping_patience=10, output_dir=str(tmp_path), run_name="r", backend=backend,
+                         **FAST)
+    assert first.completed == 2 and sum(backend.trained.values()) == 6
+    second = hpo.optimize(dataset="synthetic_images", epoch_budget=10, trials=100, max_epochs_per_trial=3,
+                          pruner="none", early_stopping_patience=10, output_dir=str(tmp_path), run_name="r", backend=backend,
+                          **FAST)
+    assert sum(backend.trained.values()) == 10  # 6 before + 4 in the resumed run
+    assert "epoch_budget=10 spent" in second.stop_reason
+    assert [j.max_epochs for j in backend.jobs[2:]] == [3, 1]
+
+
+def test_a_spent_budget_starts_nothing(tmp_path):
+    backend = Epochs()
+    hpo.optimize(dataset="synthetic_images", epoch_budget=4, trials=100, max_epochs_per_trial=2, pruner="none",
+                 early_stopping_patience=10, output_dir=str(tmp_path), run_name="s", backend=backend, **FAST)
+    assert len(backend.jobs) == 2
+    again = hpo.optimize(dataset="synthetic_images", epoch_budget=4, trials=100, max_epochs_per_trial=2,
+                         pruner="none", output_dir=str(tmp_path), run_name="s", backend=backend, **FAST)
+    assert len(backend.jobs) == 2 and again.completed == 2
+
+
+def test_budget_must_be_positive():
+    with pytest.raises(hpo.ConfigError, match="epoch_budget"):
+        hpo.OptimizationConfig(dataset="synthetic_images", epoch_budget=0)
+
+
+# -- warm start ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("modality,dataset,shape", [("image", "synthetic_images", (16, 16, 3)),
+                                                    ("text", "synthetic_text", None)])
+def test_the_first_trial_trains_the_spaces_defaults(tmp_path, modality, dataset, shape):
+    backend = _Recorder()
+    hpo.optimize(dataset=dataset, trials=3, pruner="none", output_dir=str(tmp_path), run_name="w",
+                 backend=backend, **FAST)
+    expected = search_space.default_params(modality, input_shape=shape)
+    assert backend.jobs[0].params == expected
+    assert all(j.params != expected for j in backend.jobs[1:])  # then the sampler takes over
+    assert _study(tmp_path, "w").trials[0].user_attrs["warm_start"] is True
+
+
+def test_warm_start_applies_pins_and_can_be_turned_off(tmp_path):
+    backend = _Recorder()
+    hpo.optimize(dataset="synthetic_images", trials=2, optimizer="sgd", conv_blocks=1, output_dir=str(tmp_path),
+                 run_name="pins", backend=backend, **FAST)
+    first = backend.jobs[0].params
+    assert first == search_space.default_params("image", {"optimizer": "sgd", "conv_blocks": 1}, (16, 16, 3))
+    assert first["optimizer"] == "sgd" and first["conv_blocks"] == 1 and first["learning_rate"] == 1e-3
+
+    off = _Recorder()
+    hpo.optimize(dataset="synthetic_images", trials=2, warm_start=False, output_dir=str(tmp_path), run_name="off",
+                 backend=off, **FAST)
+    assert off.jobs[0].params != search_space.default_params("image", input_shape=(16, 16, 3))
+    assert "warm_start" not in _study(tmp_path, "off").trials[0].user_attrs
+
+
+def test_a_resumed_run_does_not_train_the_defaults_again(tmp_path):
+    backend = _Recorder()
+    hpo.optimize(dataset="synthetic_images", trials=1, output_dir=str(tmp_path), run_name="again", backend=backend,
+                 **FAST)
+    hpo.optimize(dataset="synthetic_images", trials=3, output_dir=str(tmp_path), run_name="again", backend=backend,
+                 **FAST)
+    defaults = search_space.default_params("image", input_shape=(16, 16, 3))
+    assert [j.params == defaults for j in backend.jobs] == [True, False, False]
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3), (64, 64, 3)])
+def test_defaults_are_inside_the_space_and_fit_the_input(shape):
+    params = search_space.default_params("image", input_shape=shape)
+    assert params["conv_blocks"] <= search_space.max_conv_blocks(shape)
+    for p in search_space.CNN_SPACE:
+        if p.name in params:
+            assert search_space.coerce_pin(p, params[p.name], shape) == params[p.name]
+    text = search_space.default_params("text")
+    assert set(text) == {p.name for p in search_space.LSTM_SPACE}
+    no_head = search_space.default_params("image", {"dense_layers": 0}, shape)
+    assert "dense_units" not in no_head  # inactive without dense layers, as the sampler leaves it out
+
+
+class _Recorder(Epochs):
+    pass
+
+
+# -- progress with an epoch budget ----------------------------------------------------------------------------------
+
+def test_eta_counts_epochs_when_there_is_a_budget():
+    assert estimate_eta_epochs(budget=30, epochs_done=10, trial_seconds=40.0, trial_epochs=10,
+                               concurrency=2) == pytest.approx(20 * 4.0 / 2)
+    assert estimate_eta_epochs(budget=30, epochs_done=0, trial_seconds=0.0, trial_epochs=0, concurrency=1) is None
+    assert estimate_eta_epochs(budget=30, epochs_done=30, trial_seconds=9.0, trial_epochs=3, concurrency=1) == 0.0
+
+    t = [0.0]
+    tracker = ProgressTracker(3, epoch_budget=12, epochs_before=2, clock=lambda: t[0])
+    tracker.trial_started(0, max_epochs=5)
+    t[0] = 6.0
+    tracker.epoch(0, 3, {"val_accuracy": 0.5})
+    snap = tracker.snapshot()
+    assert snap["epochs"] == 5 and snap["epoch_budget"] == 12
+    assert snap["eta_s"] == pytest.approx((12 - 5) * 6.0 / 3)
+    lines = []
+    log = LineLog(stream=_Lines(lines))
+    tracker.listeners.append(log)
+    for n in (1, 2, 3):  # more trials than the estimate: the total follows, done never exceeds it
+        tracker.trial_started(n, max_epochs=1)
+        tracker.trial_finished(n, "completed", value=0.5)
+    tracker.trial_finished(0, "completed", value=0.6)
+    snap = tracker.snapshot()
+    assert snap["done"] == 4 and snap["total"] == 4
+    assert "epochs 5/12" in lines[-1]
+
+
+class _Lines:
+    def __init__(self, lines):
+        self.lines = lines
+
+    def write(self, text):
+        if text.strip():
+            self.lines.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_hyperband_runs_are_guarded_against_hopeless_trials(tmp_path):
+    """With the fake trainer, conv_blocks decides accuracy (0.1 per block): a 1-block trial is far behind a 4-block
+    one (0.4 + ... vs 0.7 + ...), so once a strong trial exists every weak one is pruned after its first epoch."""
+    backend = Epochs()
+    result = hpo.optimize(dataset="synthetic_images", trials=10, max_epochs_per_trial=5, pruner="hyperband",
+                          prune_below_best=0.15, sampler="random", output_dir=str(tmp_path), run_name="g",
+                          backend=backend, **FAST)
+    study = _study(tmp_path, "g")
+    far = [t for t in result.trials if "far behind" in (t["reason"] or "")]
+    assert far, [(t["number"], t["state"], t["epochs"], t["reason"]) for t in result.trials]
+    for record in far:
+        assert record["state"] == "pruned" and record["epochs"] < 5
+        trial = next(t for t in study.trials if t.number == record["number"])
+        step = trial.last_step
+        best_other = max(t.intermediate_values.get(step, -1) for t in study.trials if t.number != trial.number)
+        assert trial.intermediate_values[step] < 0.85 * best_other

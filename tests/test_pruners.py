@@ -1,0 +1,72 @@
+"""FarBehindPruner: the rule hpo puts on top of every Optuna pruner, on hand-made studies with known answers."""
+
+import optuna
+import pytest
+
+from hpo.pruners import FarBehindPruner
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class Never(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return False
+
+
+class Always(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+def _study(curves, pruner):
+    """A study whose finished trials have the given per-epoch curves."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for curve in curves:
+        trial = study.ask()
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, epoch)
+        study.tell(trial, max(curve))
+    return study
+
+
+def _judge(study, values):
+    trial = study.ask()
+    for epoch, value in enumerate(values, start=1):
+        trial.report(value, epoch)
+    return trial.should_prune(), trial.number
+
+
+def test_a_trial_far_below_the_best_curve_is_pruned_even_when_the_schedule_would_keep_it():
+    pruner = FarBehindPruner(Never(), margin=0.15)
+    study = _study([[0.80, 0.85, 0.88], [0.60, 0.70, 0.75]], pruner)
+    # epoch 2: best other trial had 0.85; 0.70 < 0.85 * 0.85 = 0.7225 -> pruned, and the reason says why
+    pruned, number = _judge(study, [0.79, 0.70])
+    assert pruned
+    assert pruner.reasons[number].startswith("pruned at epoch 2: far behind")
+    assert "0.8500" in pruner.reasons[number]
+    # within the margin of the best at that epoch: the wrapped pruner decides (here: never)
+    assert _judge(study, [0.79, 0.73]) == (False, 3)
+
+
+def test_the_rule_waits_for_min_epochs_can_be_turned_off_and_defers_to_the_wrapped_pruner():
+    study = _study([[0.9, 0.9]], FarBehindPruner(Never(), margin=0.15, min_step=2))
+    assert _judge(study, [0.1])[0] is False  # epoch 1 < min_step
+    off = _study([[0.9, 0.9]], FarBehindPruner(Never(), margin=1.0))
+    assert _judge(off, [0.1, 0.1])[0] is False
+    wrapped = FarBehindPruner(Always(), margin=0.15)
+    study = _study([[0.5]], wrapped)
+    pruned, number = _judge(study, [0.9])  # ahead of everyone, but the wrapped pruner says prune
+    assert pruned and number not in wrapped.reasons  # the orchestrator gives its own "pruned at epoch" reason
+
+
+def test_the_first_trial_has_nothing_to_be_behind():
+    study = optuna.create_study(direction="maximize", pruner=FarBehindPruner(Never(), margin=0.0))
+    assert _judge(study, [0.01, 0.02])[0] is False
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.5])
+def test_the_threshold_is_relative_to_the_best(margin):
+    study = _study([[0.4]], FarBehindPruner(Never(), margin=margin))
+    just_below = 0.4 * (1 - margin) - 1e-6
+    assert _judge(study, [just_below])[0] is True
+    assert _judge(study, [0.4 * (1 - margin) + 1e-6])[0] is False
