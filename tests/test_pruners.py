@@ -70,3 +70,19 @@ def test_the_threshold_is_relative_to_the_best(margin):
     just_below = 0.4 * (1 - margin) - 1e-6
     assert _judge(study, [just_below])[0] is True
     assert _judge(study, [0.4 * (1 - margin) + 1e-6])[0] is False
+
+
+def test_a_trial_ahead_in_epochs_is_judged_against_the_others_latest_values():
+    """Concurrent trials: a fast, hopeless trial at epoch 3 while the strong one has reported epoch 1 only."""
+    pruner = FarBehindPruner(Never(), margin=0.15)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    strong = study.ask()
+    strong.report(0.85, 1)  # still running
+    pruned, number = _judge(study, [0.40, 0.45, 0.50])
+    assert pruned and "0.8500" in pruner.reasons[number]
+    # but a trial is never judged against another trial's *later* epochs
+    late = optuna.create_study(direction="maximize", pruner=FarBehindPruner(Never(), margin=0.15))
+    ahead = late.ask()
+    for epoch in (1, 2, 3):
+        ahead.report(0.5 + 0.15 * epoch, epoch)  # 0.95 at epoch 3
+    assert _judge(late, [0.64])[0] is False  # 0.64 vs 0.65 at epoch 1: within the margin

@@ -143,3 +143,17 @@ def test_batch_norm_models_validate_as_well_as_they_train_on_short_runs():
     assert result.status == "completed"
     assert min(result.history["val_accuracy"][1:]) >= 0.6  # chance is 0.1; with momentum 0.99 it fell below 0.3
     assert result.val_metrics["accuracy"] >= result.history["accuracy"][result.best_epoch - 1] - 0.1
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_trials_max_epochs():
+    cosine = run_trial(job(lr_schedule="cosine", max_epochs=4, patience=4))
+    constant = run_trial(job(lr_schedule="constant", max_epochs=4, patience=4))
+    assert cosine.status == constant.status == "completed"
+    lr = cosine.history["learning_rate"]
+    assert len(lr) == 4 and lr[-1] == pytest.approx(0.0, abs=1e-9)  # reaches 0 exactly at max_epochs
+    assert all(a > b for a, b in zip(lr, lr[1:]))  # falls every epoch
+    # cosine shape: after half of the epochs, half of the learning rate
+    assert lr[1] == pytest.approx(CNN["learning_rate"] / 2, rel=0.02)
+    assert constant.history["learning_rate"] == pytest.approx([CNN["learning_rate"]] * 4)
+    assert cosine.val_metrics["accuracy"] >= 0.45  # learns (chance is 0.25)
+    assert cosine.history["loss"] != constant.history["loss"]  # the schedule really reached the optimizer

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from . import datasets, search_space
 from .exceptions import ConfigError
+from .protocol import LrSchedule
 
 __all__ = [
     "OptimizationConfig",
@@ -79,6 +80,9 @@ class OptimizationConfig:
                                     "go to further trials", low=1)
     warm_start: bool = _opt(True, "the first trial trains the search space's default configuration (a sound, "
                             "generic CNN or LSTM; pins apply), the sampler takes over from the second")
+    lr_schedule: LrSchedule = _opt("cosine", "learning rate within each trial: cosine = decays from the trial's "
+                                   "learning_rate to 0 over its max epochs (better final accuracy for short "
+                                   "trials); constant = stays at learning_rate")
     early_stopping_patience: int = _opt(3, "epochs without validation improvement before a trial stops", low=1)
     validation_split: float = _opt(0.2, "share of the official training split held out for validation "
                                    "(selection uses validation only; the test split is never touched)",

@@ -39,9 +39,16 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "swish")
 _DEFAULT_ADAMW_DECAY = 1e-4
 
 
-def make_optimizer(name: str, learning_rate: float, weight_decay: float | None = None) -> keras.optimizers.Optimizer:
-    """A fresh, unclipped Keras optimizer. ``weight_decay`` is used by ``adamw`` only (default 1e-4)."""
-    lr = float(learning_rate)
+def make_optimizer(name: str, learning_rate: float, weight_decay: float | None = None, *,
+                   decay_steps: int | None = None) -> keras.optimizers.Optimizer:
+    """A fresh, unclipped Keras optimizer. ``weight_decay`` is used by ``adamw`` only (default 1e-4).
+
+    ``decay_steps``: the learning rate follows a cosine decay from ``learning_rate`` to 0 over that many steps
+    (a trial's max_epochs x steps per epoch); None keeps it constant.
+    """
+    lr: Any = float(learning_rate)
+    if decay_steps:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=int(decay_steps))
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=lr)
     if name == "adamw":
@@ -116,10 +123,10 @@ def build_lstm(params: dict[str, Any], input_shape: tuple[int, ...], num_classes
 
 
 def build_model(params: dict[str, Any], *, modality: str, input_shape: tuple[int, ...], num_classes: int,
-                vocab_size: int | None = None, strategy: Any = None) -> keras.Model:
+                vocab_size: int | None = None, strategy: Any = None, decay_steps: int | None = None) -> keras.Model:
     """Build and compile the modality's model (inside ``strategy.scope()`` when a tf.distribute strategy is given).
 
-    Compiled with the params' optimizer and learning rate, sparse categorical cross-entropy and accuracy, so the
+    Compiled with the params' optimizer and learning rate (cosine-decayed over ``decay_steps`` when given), sparse categorical cross-entropy and accuracy, so the
     history keys are ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``.
     """
     if modality not in ("image", "text"):
@@ -135,7 +142,8 @@ def build_model(params: dict[str, Any], *, modality: str, input_shape: tuple[int
         else:
             model = build_lstm(params, input_shape, num_classes, vocab_size)
             weight_decay = None
-        optimizer = make_optimizer(params["optimizer"], params["learning_rate"], weight_decay)
+        optimizer = make_optimizer(params["optimizer"], params["learning_rate"], weight_decay,
+                                   decay_steps=decay_steps)
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         return model
 

@@ -361,7 +361,8 @@ class Orchestrator:
                         min_epochs=c.min_epochs_per_trial, patience=c.early_stopping_patience,
                         seed=c.seed + trial.number, split_seed=c.seed, validation_split=c.validation_split,
                         data_fraction=c.data_fraction, use_multi_gpu=c.use_multi_gpu,
-                        target_gpus=c.target_gpus_per_worker, compute_health=c.mode != "simple")
+                        target_gpus=c.target_gpus_per_worker, compute_health=c.mode != "simple",
+                        lr_schedule=c.lr_schedule)
 
     def _one_trial(self, max_epochs: int) -> None:
         asked = self._ask()

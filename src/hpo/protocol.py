@@ -24,6 +24,7 @@ __all__ = [
     "TrialResult",
     "EpochReport",
     "TrialStatus",
+    "LrSchedule",
     "MAX_JOB_BYTES",
 ]
 
@@ -32,6 +33,8 @@ SCHEMA_VERSION = 1
 MAX_JOB_BYTES = 1024
 
 TrialStatus = Literal["completed", "failed", "stopped"]
+#: learning rate within a trial: constant, or cosine decay from the trial's learning_rate to 0 over its max_epochs
+LrSchedule = Literal["constant", "cosine"]
 Scalar = int | float | str | bool
 
 
@@ -163,6 +166,7 @@ class TrialJob(_Message):
     use_multi_gpu: bool = True
     target_gpus: int = 0
     compute_health: bool = True
+    lr_schedule: LrSchedule = "constant"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -5,7 +5,9 @@ last rung. That pays off over hundreds of trials; in a run of a dozen, a hopeles
 configuration at half the best trial's accuracy) can spend a whole trial's epochs in such a bracket. So every
 pruner hpo builds is wrapped: after each epoch (from ``min_epochs_per_trial`` on), a trial whose validation accuracy
 is more than ``prune_below_best`` (a fraction) below the best value any other trial had after the same epoch is
-pruned; otherwise the wrapped pruner decides.
+pruned; otherwise the wrapped pruner decides. "Had after the same epoch" means by that epoch: another trial's
+value at that epoch or, when it has not got that far yet (concurrent trials), at its latest earlier epoch -- a trial
+that is far behind another trial's earlier value is all the more behind.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ _STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 class FarBehindPruner(optuna.pruners.BasePruner):
-    """Prune when ``value < (1 - margin) * best value of another trial at the same step`` (steps >= ``min_step``);
-    else defer to ``wrapped``. For maximized, non-negative metrics (accuracy). ``margin >= 1`` turns the rule off.
+    """Prune when ``value < (1 - margin) * best value another trial had by the same step`` (steps >=
+    ``min_step``); else defer to ``wrapped``. For maximized, non-negative metrics (accuracy). ``margin >= 1`` turns the rule off.
 
     ``reasons`` maps the trial numbers this rule (not the wrapped pruner) stopped to why.
     """
@@ -34,12 +36,14 @@ class FarBehindPruner(optuna.pruners.BasePruner):
         self.min_step = int(min_step)
         self.reasons: dict[int, str] = {}
 
-    def best_at(self, study: Any, step: int, *, exclude: int | None = None) -> float | None:
+    def best_by(self, study: Any, step: int, *, exclude: int | None = None) -> float | None:
+        """The best value another trial had by ``step``: at ``step``, or at its latest step before it."""
         best = None
         for t in study.get_trials(deepcopy=False, states=_STATES):
             if t.number == exclude:
                 continue
-            value = t.intermediate_values.get(step)
+            steps = [s for s in t.intermediate_values if s <= step]
+            value = t.intermediate_values[max(steps)] if steps else None
             if value is not None and math.isfinite(value) and (best is None or value > best):
                 best = value
         return best
@@ -50,9 +54,9 @@ class FarBehindPruner(optuna.pruners.BasePruner):
             return False
         if self.margin < 1 and step >= self.min_step:
             value = trial.intermediate_values[step]
-            best = self.best_at(study, step, exclude=trial.number)
+            best = self.best_by(study, step, exclude=trial.number)
             if best is not None and (not math.isfinite(value) or value < (1 - self.margin) * best):
                 self.reasons[trial.number] = (f"pruned at epoch {step}: far behind, {value:.4f} < "
-                                              f"{1 - self.margin:.2f} x the best {best:.4f} at that epoch")
+                                              f"{1 - self.margin:.2f} x the best {best:.4f} by that epoch")
                 return True
         return bool(self.wrapped.prune(study, trial))

@@ -106,6 +106,10 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
                 self.model.stop_training = True
                 return
             self.epochs_run = epoch + 1
+            try:  # the learning rate the epoch ended with (lr_schedule=cosine: falling to 0 at max_epochs)
+                metrics["learning_rate"] = _finite(self.model.optimizer.learning_rate)
+            except (AttributeError, TypeError, ValueError):
+                pass
             for key, value in metrics.items():
                 self.history.setdefault(key, []).append(value)
             acc = metrics.get("val_accuracy")
@@ -135,7 +139,7 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
     """Train ``job`` and return its result.
 
     ``on_epoch(epoch, metrics)`` is called after every epoch (1-based; metrics: loss, accuracy, val_loss,
-    val_accuracy). Training stops after the epoch in which ``should_stop()`` returns true (status ``stopped``).
+    val_accuracy, learning_rate). Training stops after the epoch in which ``should_stop()`` returns true (status ``stopped``).
     ``devices`` overrides device discovery (e.g. two logical CPUs, to exercise the MirroredStrategy path).
     ``save_model_to`` saves the best-epoch model as a ``.keras`` file.
     """
@@ -156,8 +160,12 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         strategy, device = _strategy(job, devices)
         replicas = strategy.num_replicas_in_sync
         batch_size = int(job.params.get("batch_size", 64)) * replicas
+        decay_steps = None
+        if job.lr_schedule == "cosine":
+            decay_steps = job.max_epochs * math.ceil(len(data.x_train) / batch_size)
         model = models.build_model(dict(job.params), modality=info.modality, input_shape=info.input_shape,
-                                   num_classes=info.num_classes, vocab_size=info.vocab_size, strategy=strategy)
+                                   num_classes=info.num_classes, vocab_size=info.vocab_size, strategy=strategy,
+                                   decay_steps=decay_steps)
         callback = _make_callback(job, on_epoch, should_stop)
         model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=job.max_epochs,
                   validation_data=(data.x_val, data.y_val), callbacks=[callback], shuffle=True, verbose=0)
