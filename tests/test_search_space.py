@@ -47,7 +47,7 @@ def test_pin_coercion():
     assert search_space.coerce_pin(p["dropout"], "0.25") == 0.25
     with pytest.raises(ConfigError, match=r"dropout=0.9 is out of range; allowed: float in \[0.0, 0.5\]"):
         search_space.coerce_pin(p["dropout"], "0.9")
-    with pytest.raises(ConfigError, match="filters='48' is not allowed; filters is one of 16, 32, 64, 128"):
+    with pytest.raises(ConfigError, match="filters='48' is not allowed; filters is one of 16, 32, 64"):
         search_space.coerce_pin(p["filters"], "48")
     with pytest.raises(ConfigError, match="not a valid int"):
         search_space.coerce_pin(p["conv_blocks"], "two")
