@@ -100,7 +100,8 @@ def test_pruned_trials_give_their_epochs_back(tmp_path):
 
 def test_the_last_trial_gets_only_the_epochs_that_remain(tmp_path):
     backend = Epochs()
-    hpo.optimize(dataset="synthetic_images", epoch_budget=10, trials=100, max_epochs_per_trial=4, pruner="none",
+    # no trials given: the budget alone decides how many trials run
+    hpo.optimize(dataset="synthetic_images", epoch_budget=10, max_epochs_per_trial=4, pruner="none",
                  early_stopping_patience=10, output_dir=str(tmp_path), run_name="tail",
                  backend=backend, **FAST)
     assert [j.max_epochs for j in backend.jobs] == [4, 4, 2]
@@ -131,9 +132,26 @@ def test_a_spent_budget_starts_nothing(tmp_path):
     assert len(backend.jobs) == 2 and again.completed == 2
 
 
-def test_budget_must_be_positive():
-    with pytest.raises(hpo.ConfigError, match="epoch_budget"):
+def test_budget_must_be_positive_and_fit_a_trial():
+    with pytest.raises(hpo.ConfigError, match="epoch_budget=0 is out of range"):
         hpo.OptimizationConfig(dataset="synthetic_images", epoch_budget=0)
+    with pytest.raises(hpo.ConfigError, match="epoch_budget=2 is below min_epochs_per_trial=3"):
+        hpo.OptimizationConfig(dataset="synthetic_images", epoch_budget=2, min_epochs_per_trial=3)
+
+
+def test_how_many_trials_a_run_may_train():
+    config = hpo.OptimizationConfig
+    assert config(dataset="synthetic_images").trial_limit == 20
+    assert config(dataset="synthetic_images", epoch_budget=30).trial_limit == 30  # each trial trains >= 1 epoch
+    assert config(dataset="synthetic_images", epoch_budget=30, trials=4).trial_limit == 4
+
+
+def test_the_report_shows_epochs_against_the_budget(tmp_path):
+    hpo.optimize(dataset="synthetic_images", epoch_budget=5, max_epochs_per_trial=2, pruner="none",
+                 early_stopping_patience=10, output_dir=str(tmp_path), run_name="rep", backend=Epochs(), quiet=True,
+                 plot_generation="best")
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "epochs / budget" in html and "5 / 5" in html
 
 
 # -- warm start ---------------------------------------------------------------------------------------------------------

@@ -84,7 +84,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         _print(f"best params: {json.dumps(result.best_params, sort_keys=True)}")
     if result.interrupted:
         _print(f"interrupted. Resume with: hpo optimize run_name={Path(result.run_dir).name} "
-               f"output_dir={Path(result.run_dir).parent} dataset={config.dataset} trials={config.trials}")
+               f"output_dir={Path(result.run_dir).parent} dataset={config.dataset}"
+               + (f" trials={config.trials}" if config.trials is not None else "")
+               + (f" epoch_budget={config.epoch_budget}" if config.epoch_budget is not None else ""))
         return EXIT_INTERRUPTED
     if result.stop_reason:
         _print(f"stopped: {result.stop_reason}")

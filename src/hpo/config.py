@@ -42,6 +42,9 @@ SamplerName = Literal["tpe", "random"]
 PrunerName = Literal["hyperband", "median", "successive_halving", "none"]
 PlotGeneration = Literal["all", "best", "none"]
 
+#: trials of a run that gives neither trials nor epoch_budget
+DEFAULT_TRIALS = 20
+
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -62,7 +65,8 @@ class OptimizationConfig:
     dataset: datasets.DatasetName = field(metadata={"help": "dataset to optimize on (`hpo datasets` lists them); "
                                                     "required", "low": None, "high": None, "low_open": False,
                                                     "env": None})
-    trials: int = _opt(20, "number of trials to train (a resumed run continues up to this total)", low=1)
+    trials: int | None = _opt(None, f"number of trials to train (default {DEFAULT_TRIALS}; with epoch_budget, as many "
+                              "as the budget allows); a resumed run continues up to this total", low=1)
     mode: Mode = _opt("simple", "objective: simple = validation accuracy; health = accuracy blended with model "
                       "health; pareto = both, Pareto front reported")
     health_weight: float = _opt(0.3, "mode=health: weight of overall health in the objective", low=0.0, high=1.0)
@@ -134,6 +138,10 @@ class OptimizationConfig:
             value = _check_type(f.name, getattr(self, f.name), hints[f.name])
             object.__setattr__(self, f.name, value)
             _check_range(f, value)
+        if self.epoch_budget is not None and self.epoch_budget < self.min_epochs_per_trial:
+            raise ConfigError(f"epoch_budget={self.epoch_budget} is below min_epochs_per_trial="
+                              f"{self.min_epochs_per_trial}, so no trial could start; allowed: epoch_budget >= "
+                              "min_epochs_per_trial")
         if self.min_epochs_per_trial > self.max_epochs_per_trial:
             raise ConfigError(
                 f"min_epochs_per_trial={self.min_epochs_per_trial} is above max_epochs_per_trial="
@@ -152,6 +160,14 @@ class OptimizationConfig:
         object.__setattr__(self, "pins", _check_pins(dict(self.pins), info))
 
     # -- derived -------------------------------------------------------------------------------------------------
+    @property
+    def trial_limit(self) -> int:
+        """Most trials the run trains: ``trials``; else as many as epoch_budget allows (each trains >= 1 epoch);
+        else DEFAULT_TRIALS."""
+        if self.trials is not None:
+            return self.trials
+        return DEFAULT_TRIALS if self.epoch_budget is None else self.epoch_budget
+
     @property
     def dataset_options(self) -> dict[str, Any]:
         """The options of the dataset (only those it takes), defaults filled in."""

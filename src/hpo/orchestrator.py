@@ -152,9 +152,9 @@ class Orchestrator:
         stopping end most trials around the middle of their epoch range)."""
         c = self.config
         if c.epoch_budget is None:
-            return c.trials
+            return c.trial_limit
         typical = max(1, math.ceil((c.min_epochs_per_trial + c.max_epochs_per_trial) / 2))
-        return max(1, min(c.trials, c.epoch_budget // typical))
+        return max(1, min(c.trial_limit, c.epoch_budget // typical))
 
     @property
     def storage_url(self) -> str:
@@ -299,7 +299,7 @@ class Orchestrator:
             with self._lock:
                 if self._stop_reason is not None:
                     return
-                if self._counted + self._running >= self.config.trials:
+                if self._counted + self._running >= self.config.trial_limit:
                     return
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     self._stop_reason = f"timeout_minutes={self.config.timeout_minutes:g} reached"
@@ -595,7 +595,7 @@ def optimize(config: OptimizationConfig | None = None, *, progress: Any = None, 
     listeners = [display] if display is not None else []
     if progress is not None:
         listeners.append(as_listener(progress))
-    tracker = ProgressTracker(config.trials, concurrency=config.concurrent_workers, listeners=listeners)
+    tracker = ProgressTracker(config.trial_limit, concurrency=config.concurrent_workers, listeners=listeners)
     backend = backend or make_backend(config, run_dir)
     orchestrator = Orchestrator(config, backend, run_dir, progress=tracker)
     try:

@@ -217,11 +217,16 @@ def render_report(run: RunData, outcomes: list[PlotOutcome] | None, *, notes: li
     counts = {s: sum(r["state"] == s for r in run.records) for s in ("complete", "pruned", "fail", "interrupted",
                                                                       "running")}
     best = run.best
+    limit = run.config.get("trials")
+    budget = run.config.get("epoch_budget")
     cards = [
-        _card("trials", f"{len(run.records)} / {_e(run.config.get('trials', '?'))}"),
+        _card("trials", f"{len(run.records)} / {_e(limit)}" if limit else str(len(run.records))),
         _card("completed", str(counts["complete"])), _card("pruned", str(counts["pruned"])),
         _card("failed", str(counts["fail"])),
     ]
+    if budget:
+        used = sum(int(r.get("epochs") or 0) for r in run.records)
+        cards.append(_card("epochs / budget", f"{used} / {_e(budget)}"))
     if counts["interrupted"] or counts["running"]:
         cards.append(_card("interrupted / running", f"{counts['interrupted']} / {counts['running']}"))
     if best is not None:

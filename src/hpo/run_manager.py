@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import DEFAULT_TRIALS
 from .exceptions import BackendUnavailable, ConfigError, DatasetError
 from .results import BEST_FILE, CONFIG_FILE, TRIALS_FILE, mask_url
 
@@ -359,7 +360,7 @@ class RunManager:
             def bump(event: dict[str, Any], snapshot: dict[str, Any]) -> None:
                 run.version += 1
 
-            tracker = ProgressTracker(config.trials, concurrency=config.concurrent_workers, listeners=[bump])
+            tracker = ProgressTracker(config.trial_limit, concurrency=config.concurrent_workers, listeners=[bump])
             backend = (self.backend_factory or make_backend)(config, run.run_dir)
             orchestrator = Orchestrator(config, backend, run.run_dir, progress=tracker)
             with self._lock:
@@ -514,6 +515,8 @@ class RunManager:
             options = (config_doc or {}).get("config") or doc.get("options") or {}
         summary = _trial_summary(folder)
         total = _to_int(options.get("trials"))
+        if total is None:  # as OptimizationConfig.trial_limit
+            total = _to_int(options.get("epoch_budget")) or DEFAULT_TRIALS
         best = _best_summary(_read_json(folder / BEST_FILE))
         if run is not None:
             state, created, started, finished = run.state, run.created_at, run.started_at, run.finished_at
