@@ -1,12 +1,13 @@
 """CPU throughput of concurrent trials: N worker processes with cores/N TensorFlow threads each (what
 ``concurrent_workers=N`` does on a CPU machine) against one process using every core, measured in the same run.
 
-    python bench/cpu_workers.py                 # N = number of cores, Fashion-MNIST (Debian files), 10,000 images
-    python bench/cpu_workers.py --workers 2 --epochs 3
+    python bench/cpu_workers.py                 # N = number of cores, Fashion-MNIST (Debian files), 20,000 images
+    python bench/cpu_workers.py --workers 2 --epochs 3 --rounds 5
 
 Each process trains hpo's default CNN (``search_space.DEFAULTS``) on the same data through ``training.run_trial``;
-the first epoch (graph tracing) is left out. Prints training epochs per second for both layouts and the ratio
-(N-worker throughput / one-process throughput). Not run in CI.
+the first epoch (graph tracing) is left out. The two layouts alternate for ``--rounds`` rounds (shared machines are
+noisy); prints each round's epochs per second for both layouts and their ratio (N-worker throughput / one-process
+throughput), then the median ratio. Not run in CI.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -57,19 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     parser.add_argument("--workers", type=int, default=cores, help=f"concurrent workers (default: cores = {cores})")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per process (the first is not timed)")
-    parser.add_argument("--data-fraction", type=float, default=10_000 / 54_000)
+    parser.add_argument("--data-fraction", type=float, default=20_000 / 54_000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     args = parser.parse_args(argv)
     if args.workers < 2 or args.epochs < 2:
         parser.error("--workers and --epochs must be at least 2")
     threads = max(1, cores // args.workers)
     start = time.perf_counter()
-    one = run_layout(1, cores, args.epochs, args.data_fraction)
-    many = run_layout(args.workers, threads, args.epochs, args.data_fraction)
-    print(f"{cores} cores; default CNN, Fashion-MNIST, {args.epochs - 1} timed epochs per process")
-    print(f"1 process x {cores} threads:  {one:.3f} epochs/s")
-    print(f"{args.workers} processes x {threads} threads: {many:.3f} epochs/s")
-    print(f"ratio (concurrent_workers={args.workers} / one worker): {many / one:.2f}x "
-          f"({time.perf_counter() - start:.0f}s)")
+    print(f"{cores} cores; default CNN, Fashion-MNIST, {args.epochs - 1} timed epochs per process", flush=True)
+    ratios = []
+    for r in range(1, args.rounds + 1):
+        one = run_layout(1, cores, args.epochs, args.data_fraction)
+        many = run_layout(args.workers, threads, args.epochs, args.data_fraction)
+        ratios.append(many / one)
+        print(f"round {r}: 1 process x {cores} threads {one:.3f} epochs/s, {args.workers} processes x {threads} "
+              f"threads {many:.3f} epochs/s, ratio {many / one:.2f}x", flush=True)
+    print(f"median ratio (concurrent_workers={args.workers} / one worker): {statistics.median(ratios):.2f}x "
+          f"over {args.rounds} rounds ({time.perf_counter() - start:.0f}s)")
     return 0
 
 
