@@ -86,6 +86,11 @@ class MethodResult:
 
 # -- shared pieces ------------------------------------------------------------------------------------------------------
 
+def _set_seed(seed: int) -> None:
+    global SEED
+    SEED = seed
+
+
 def load_data(quick: bool) -> tuple[Any, float, float]:
     from hpo import datasets
 
@@ -336,7 +341,8 @@ def _pct(x: float | None) -> str:
 def report(results: list[MethodResult], budget: int, quick: bool) -> list[str]:
     lines = [f"hpo quality benchmark: Fashion-MNIST, {'quick: ' if quick else ''}"
              f"{TRAIN_QUICK if quick else TRAIN_FULL} train / {VAL_QUICK if quick else VAL_FULL} val images "
-             f"(official train split), official 10,000 test images; budget {budget} epochs per method", ""]
+             f"(official train split), official 10,000 test images; budget {budget} epochs per method; "
+             f"seed {SEED}", ""]
     lines.append(f"{'method':<22} {'test acc':>9} {'val acc':>9} {'epochs':>6} {'trials':>6} {'wall':>9}  notes")
     for r in results:
         lines.append(f"{r.method:<22} {_pct(r.test_accuracy):>9} {_pct(r.val_accuracy):>9} {r.epochs:>6} "
@@ -382,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="an hpo option on top of its defaults (experiments; repeatable)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--seed", type=int, default=SEED, help=f"seed of the data split and of every method "
+                        f"(default {SEED})")
     args = parser.parse_args(argv)
+    _set_seed(args.seed)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHODS)
     if unknown:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 
@@ -249,12 +250,15 @@ def test_rate_limits_and_server_errors_are_retried(sim, status):
     b = backend(sim)
     sim.inject("run", status, count=2)
     sim.inject("status", status, count=3)
+    global_random = random.getstate()
     run = Run(b, job(10))
     worker = ScriptedWorker(sim)
     worker.complete(worker.take())
     assert run.wait().status == "completed"
     assert sim.responses[("run", status)] == 2 and sim.responses[("status", status)] == 3
     assert b.retried_requests["run"] == 2 and b.retried_requests["status"] >= 2
+    # the jittered back-off never advances the global random state (Keras seeds weight init from it)
+    assert random.getstate() == global_random
 
 
 def test_an_unreachable_endpoint_raises_at_start_without_the_key(caplog):

@@ -48,6 +48,10 @@ __all__ = ["RunPodBackend", "make_runpod_backend", "endpoint_base_url", "default
 
 log = logging.getLogger(__name__)
 
+# Retry jitter draws from a private generator: a library must not advance the global ``random`` state, which Keras
+# seeds weight initializers from (a retrying client thread made in-process trainings irreproducible).
+_JITTER = random.Random()
+
 RUNPOD_API_BASE = "https://api.runpod.ai/v2"
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 #: Requests per second each route may use: under RunPod's limits (/run 1000, /status 2000, /cancel 100 per 10 s).
@@ -219,7 +223,7 @@ class RunPodBackend(Backend):
                     raise _HTTPFailure(f"{method} {path}: HTTP {status}{hint}: {_short(response.text, 300)}",
                                        status, transient=False)
             if attempt + 1 < tries:
-                delay = min(self.backoff_max_s, self.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.5)
+                delay = min(self.backoff_max_s, self.backoff_s * 2 ** attempt) * _JITTER.uniform(0.5, 1.5)
                 if retry_after is not None:
                     delay = max(delay, min(retry_after, self.backoff_max_s))
                 log.debug("%s %s failed (%s); retry %d in %.2f s", method, path, last, attempt + 1, delay)
