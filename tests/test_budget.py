@@ -25,7 +25,8 @@ class Epochs(Backend):
 
     name = "epochs"
 
-    def __init__(self, delay: float = 0.0):
+    def __init__(self, delay: float = 0.0, seconds_per_epoch=None):
+        self.seconds_per_epoch = seconds_per_epoch  # params -> simulated training seconds per epoch
         self.jobs = []
         self.trained = {}
         self.delay = delay
@@ -50,7 +51,10 @@ class Epochs(Backend):
                 if acc > best:
                     best, best_epoch = acc, epoch
                 if on_epoch:
-                    on_epoch(EpochReport(trial_id=job.trial_id, epoch=epoch, metrics={"val_accuracy": acc}))
+                    metrics = {"val_accuracy": acc}
+                    if self.seconds_per_epoch is not None:
+                        metrics["elapsed_s"] = self.seconds_per_epoch(job.params) * epoch
+                    on_epoch(EpochReport(trial_id=job.trial_id, epoch=epoch, metrics=metrics))
                 if cancel is not None and cancel.cancelled:
                     break
                 if epoch >= job.min_epochs and epoch - best_epoch >= job.patience:
@@ -266,3 +270,18 @@ def test_hyperband_runs_are_guarded_against_hopeless_trials(tmp_path):
         step = trial.last_step
         best_other = max(t.intermediate_values.get(step, -1) for t in study.trials if t.number != trial.number)
         assert trial.intermediate_values[step] < 0.85 * best_other
+
+
+def test_slow_configurations_are_judged_in_training_time_too(tmp_path):
+    """Simulated clock: configs with dropout > 0.25 take 12x the epoch time. With conv_blocks pinned every trial is
+    within the margin per epoch, but after 48 s a slow trial has trained one epoch while the fast first trial had
+    trained ten: far behind in time, so it is pruned."""
+    backend = Epochs(seconds_per_epoch=lambda p: 48.0 if p["dropout"] > 0.25 else 4.0)
+    result = hpo.optimize(dataset="synthetic_images", trials=10, max_epochs_per_trial=10, pruner="median",
+                          prune_below_best=0.15, early_stopping_patience=10, conv_blocks=2, sampler="random",
+                          output_dir=str(tmp_path), run_name="t", backend=backend, **FAST)
+    in_time = [t for t in result.trials if "far behind in time" in (t["reason"] or "")]
+    assert in_time, [(t["number"], t["state"], t["epochs"], t["reason"]) for t in result.trials]
+    for t in in_time:
+        assert t["params"]["dropout"] > 0.25 and t["state"] == "pruned" and t["epochs"] == 1
+    assert not any("in time" in (t["reason"] or "") for t in result.trials if t["params"]["dropout"] <= 0.25)

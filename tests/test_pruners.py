@@ -86,3 +86,30 @@ def test_a_trial_ahead_in_epochs_is_judged_against_the_others_latest_values():
     for epoch in (1, 2, 3):
         ahead.report(0.5 + 0.15 * epoch, epoch)  # 0.95 at epoch 3
     assert _judge(late, [0.64])[0] is False  # 0.64 vs 0.65 at epoch 1: within the margin
+
+
+def test_a_slow_mediocre_trial_is_pruned_in_training_time():
+    """Per epoch within the margin, but ten times slower: after 50 s it is far behind what the fast trial reached in
+    50 s, so it stops instead of holding a worker for the rest of the run."""
+    pruner = FarBehindPruner(Never(), margin=0.1)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    fast = study.ask()
+    for epoch, value in enumerate([0.84, 0.87, 0.88, 0.89, 0.90], start=1):
+        fast.report(value, epoch)
+        pruner.record_time(fast.number, epoch, 10.0 * epoch)
+    study.tell(fast, 0.90)
+
+    slow = study.ask()
+    slow.report(0.77, 1)  # 0.77 >= 0.9 * 0.84: fine per epoch...
+    pruner.record_time(slow.number, 1, 50.0)  # ...but the fast trial had 0.90 after 50 s: 0.77 < 0.81
+    assert slow.should_prune()
+    assert "far behind in time" in pruner.reasons[slow.number] and "after 50s" in pruner.reasons[slow.number]
+
+    similar = study.ask()  # as slow per epoch as the fast one: judged per epoch only, and kept
+    similar.report(0.80, 1)
+    pruner.record_time(similar.number, 1, 11.0)
+    assert not similar.should_prune()
+
+    untimed = study.ask()  # a trainer that reports no times is judged per epoch only
+    untimed.report(0.77, 1)
+    assert not untimed.should_prune()

@@ -390,6 +390,10 @@ class Orchestrator:
                 return
             with self._lock:
                 trial.report(float(acc), report.epoch)
+                record_time = getattr(self.study.pruner, "record_time", None)
+                seconds = report.metrics.get("elapsed_s")  # measured by the trainer
+                if record_time is not None and seconds is not None:
+                    record_time(trial.number, report.epoch, float(seconds))
                 if trial.should_prune():
                     pruned_at.append(report.epoch)
                     reasons = getattr(self.study.pruner, "reasons", {})

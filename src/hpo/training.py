@@ -81,7 +81,8 @@ def _finite(x: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: StopCheck | None) -> Any:
+def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: StopCheck | None,
+                   started: float) -> Any:
     import keras
 
     class TrialCallback(keras.callbacks.Callback):
@@ -117,7 +118,10 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
                 self.best_acc, self.best_epoch = acc, epoch + 1
                 self.best_weights = self.model.get_weights()
             if on_epoch is not None:
-                on_epoch(epoch + 1, metrics)
+                # + seconds since the trial started (data, model, every epoch so far), measured where it trains, so
+                # local and remote trials report comparable times however long a job queued; not in the history,
+                # which stays identical wherever and whenever the job runs
+                on_epoch(epoch + 1, dict(metrics, elapsed_s=time.perf_counter() - started))
             if should_stop is not None and should_stop():
                 self.stopped_on_request = True
                 self.model.stop_training = True
@@ -139,7 +143,7 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
     """Train ``job`` and return its result.
 
     ``on_epoch(epoch, metrics)`` is called after every epoch (1-based; metrics: loss, accuracy, val_loss,
-    val_accuracy, learning_rate). Training stops after the epoch in which ``should_stop()`` returns true (status ``stopped``).
+    val_accuracy, learning_rate, elapsed_s). Training stops after the epoch in which ``should_stop()`` returns true (status ``stopped``).
     ``devices`` overrides device discovery (e.g. two logical CPUs, to exercise the MirroredStrategy path).
     ``save_model_to`` saves the best-epoch model as a ``.keras`` file.
     """
@@ -166,7 +170,7 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         model = models.build_model(dict(job.params), modality=info.modality, input_shape=info.input_shape,
                                    num_classes=info.num_classes, vocab_size=info.vocab_size, strategy=strategy,
                                    decay_steps=decay_steps)
-        callback = _make_callback(job, on_epoch, should_stop)
+        callback = _make_callback(job, on_epoch, should_stop, started)
         model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=job.max_epochs,
                   validation_data=(data.x_val, data.y_val), callbacks=[callback], shuffle=True, verbose=0)
         seconds = time.perf_counter() - started
