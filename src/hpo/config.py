@@ -112,8 +112,9 @@ class OptimizationConfig:
     pruner: PrunerName = _opt("hyperband", "pruner fed by every epoch's validation accuracy "
                               "(off in pareto mode)")
     prune_below_best: float = _opt(0.1, "also prune a trial whose validation accuracy after an epoch is more than "
-                                   "this fraction below the best any other trial had after that epoch, whatever "
-                                   "the pruner's schedule (1 = off; not with pruner=none)", low=0.0, high=1.0)
+                                   "this fraction below the best any other trial had by that epoch or in as much "
+                                   "training time, whatever the pruner's schedule (1 = off; not with pruner=none)",
+                                   low=0.0, high=1.0)
     max_params: int = _opt(2_000_000, "configurations with more parameters are rejected before training", low=1)
     use_runpod_service: bool = _opt(False, "send trials to a RunPod serverless endpoint instead of local workers")
     runpod_endpoint_id: str | None = _opt(None, "RunPod endpoint id (default: RUNPOD_ENDPOINT_ID from the "
