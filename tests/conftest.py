@@ -39,6 +39,15 @@ def hpo_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def interruptible() -> None:
+    """``preexec_fn`` for a child the test will Ctrl-C: SIGINT back to its default. A shell starts background jobs
+    with SIGINT ignored, children inherit that, and Python then never raises KeyboardInterrupt -- so a suite run as
+    ``bash .ci/run &`` would see the run ignore the test's SIGINT."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_hpo(*args: str, cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the `hpo` CLI as a user would (a subprocess), capturing its output."""
     return subprocess.run([sys.executable, "-m", "hpo", *args], cwd=cwd, env=hpo_env(**env), text=True,

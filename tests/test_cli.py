@@ -14,7 +14,7 @@ import pytest
 
 from hpo.cli import main
 
-from .conftest import hpo_env, run_hpo
+from .conftest import hpo_env, interruptible, run_hpo
 
 FAST = ["max_epochs_per_trial=2", "data_fraction=0.5", "quiet=true", "plot_generation=none"]
 
@@ -145,7 +145,8 @@ def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
     args = [sys.executable, "-m", "hpo", "optimize", "dataset=synthetic_images", "trials=4", "run_name=intr",
             f"output_dir={tmp_path}", "pruner=none", "max_epochs_per_trial=30", "early_stopping_patience=30",
             "data_fraction=0.5", "quiet=true", "plot_generation=none"]
-    proc = subprocess.Popen(args, env=hpo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, env=hpo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     _wait_for_rows(tmp_path / "intr" / "trials.csv", 1, proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

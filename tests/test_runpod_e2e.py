@@ -22,7 +22,7 @@ import requests
 from hpo.protocol import TrialJob
 from hpo.testing.runpod_sim import RunPodSimulator, WorkerProcess, start_workers, stop_workers
 
-from .conftest import hpo_env, run_hpo
+from .conftest import hpo_env, interruptible, run_hpo
 
 API_KEY = "rpa_FAKE_e2e_SECRET_93b1d0"
 WORKERS = ("sim-worker-1", "sim-worker-2")
@@ -274,7 +274,7 @@ def test_ctrl_c_cancels_the_remote_jobs_and_the_workers_stop_within_an_epoch(rea
     cmd = [sys.executable, "-m", "hpo", *remote_args(ready, "sigint", tmp_path, "trials=6", "concurrent_workers=2",
                                                      *LONG)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=hpo_env(RUNPOD_API_KEY=API_KEY), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     try:
         def two_training(s) -> bool:
             running = [j for j in s.jobs() if j["id"] not in before and j["status"] == "IN_PROGRESS"]
