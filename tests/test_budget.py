@@ -1,5 +1,6 @@
 """epoch_budget (total training epochs of a run) and warm_start (the first trial trains the space's defaults)."""
 
+import io
 import threading
 import time
 
@@ -31,42 +32,34 @@ class Epochs(Backend):
         self.trained = {}
         self.delay = delay
         self.lock = threading.Lock()
-        self.running = 0
-        self.max_running = 0
 
     def run(self, job, *, on_epoch=None, cancel=None, timeout_s=None, save_model_to=None):
         with self.lock:
             self.jobs.append(job)
-            self.running += 1
-            self.max_running = max(self.max_running, self.running)
-        try:
-            base = 0.3 + 0.1 * job.params["conv_blocks"] - job.params["dropout"] / 10
-            history, best, best_epoch, epochs = [], -1.0, 0, 0
-            for epoch in range(1, job.max_epochs + 1):
-                time.sleep(self.delay)
-                plateau = 2 if int(job.trial_id.rsplit("#", 1)[1]) % 2 else job.max_epochs
-                acc = base + 0.02 * min(epoch, plateau)
-                history.append(acc)
-                epochs = epoch
-                if acc > best:
-                    best, best_epoch = acc, epoch
-                if on_epoch:
-                    metrics = {"val_accuracy": acc}
-                    if self.seconds_per_epoch is not None:
-                        metrics["elapsed_s"] = self.seconds_per_epoch(job.params) * epoch
-                    on_epoch(EpochReport(trial_id=job.trial_id, epoch=epoch, metrics=metrics))
-                if cancel is not None and cancel.cancelled:
-                    break
-                if epoch >= job.min_epochs and epoch - best_epoch >= job.patience:
-                    break
-            self.trained[job.trial_id] = epochs
-            status = "stopped" if cancel is not None and cancel.cancelled else "completed"
-            return TrialResult(trial_id=job.trial_id, status=status, epochs_run=epochs, best_epoch=best_epoch,
-                               val_metrics={"accuracy": best}, test_metrics={"accuracy": best - 0.01},
-                               executed_on="fake", history={"val_accuracy": history})
-        finally:
-            with self.lock:
-                self.running -= 1
+        base = 0.3 + 0.1 * job.params["conv_blocks"] - job.params["dropout"] / 10
+        history, best, best_epoch, epochs = [], -1.0, 0, 0
+        for epoch in range(1, job.max_epochs + 1):
+            time.sleep(self.delay)
+            plateau = 2 if int(job.trial_id.rsplit("#", 1)[1]) % 2 else job.max_epochs
+            acc = base + 0.02 * min(epoch, plateau)
+            history.append(acc)
+            epochs = epoch
+            if acc > best:
+                best, best_epoch = acc, epoch
+            if on_epoch:
+                metrics = {"val_accuracy": acc}
+                if self.seconds_per_epoch is not None:
+                    metrics["elapsed_s"] = self.seconds_per_epoch(job.params) * epoch
+                on_epoch(EpochReport(trial_id=job.trial_id, epoch=epoch, metrics=metrics))
+            if cancel is not None and cancel.cancelled:
+                break
+            if epoch >= job.min_epochs and epoch - best_epoch >= job.patience:
+                break
+        self.trained[job.trial_id] = epochs
+        status = "stopped" if cancel is not None and cancel.cancelled else "completed"
+        return TrialResult(trial_id=job.trial_id, status=status, epochs_run=epochs, best_epoch=best_epoch,
+                           val_metrics={"accuracy": best}, test_metrics={"accuracy": best - 0.01},
+                           executed_on="fake", history={"val_accuracy": history})
 
 
 def _study(tmp_path, name):
@@ -163,7 +156,7 @@ def test_the_report_shows_epochs_against_the_budget(tmp_path):
 @pytest.mark.parametrize("modality,dataset,shape", [("image", "synthetic_images", (16, 16, 3)),
                                                     ("text", "synthetic_text", None)])
 def test_the_first_trial_trains_the_spaces_defaults(tmp_path, modality, dataset, shape):
-    backend = _Recorder()
+    backend = Epochs()
     hpo.optimize(dataset=dataset, trials=3, pruner="none", output_dir=str(tmp_path), run_name="w",
                  backend=backend, **FAST)
     expected = search_space.default_params(modality, input_shape=shape)
@@ -173,14 +166,14 @@ def test_the_first_trial_trains_the_spaces_defaults(tmp_path, modality, dataset,
 
 
 def test_warm_start_applies_pins_and_can_be_turned_off(tmp_path):
-    backend = _Recorder()
+    backend = Epochs()
     hpo.optimize(dataset="synthetic_images", trials=2, optimizer="sgd", conv_blocks=1, output_dir=str(tmp_path),
                  run_name="pins", backend=backend, **FAST)
     first = backend.jobs[0].params
     assert first == search_space.default_params("image", {"optimizer": "sgd", "conv_blocks": 1}, (16, 16, 3))
     assert first["optimizer"] == "sgd" and first["conv_blocks"] == 1 and first["learning_rate"] == 1e-3
 
-    off = _Recorder()
+    off = Epochs()
     hpo.optimize(dataset="synthetic_images", trials=2, warm_start=False, output_dir=str(tmp_path), run_name="off",
                  backend=off, **FAST)
     assert off.jobs[0].params != search_space.default_params("image", input_shape=(16, 16, 3))
@@ -188,7 +181,7 @@ def test_warm_start_applies_pins_and_can_be_turned_off(tmp_path):
 
 
 def test_a_resumed_run_does_not_train_the_defaults_again(tmp_path):
-    backend = _Recorder()
+    backend = Epochs()
     hpo.optimize(dataset="synthetic_images", trials=1, output_dir=str(tmp_path), run_name="again", backend=backend,
                  **FAST)
     hpo.optimize(dataset="synthetic_images", trials=3, output_dir=str(tmp_path), run_name="again", backend=backend,
@@ -210,10 +203,6 @@ def test_defaults_are_inside_the_space_and_fit_the_input(shape):
     assert "dense_units" not in no_head  # inactive without dense layers, as the sampler leaves it out
 
 
-class _Recorder(Epochs):
-    pass
-
-
 # -- progress with an epoch budget ----------------------------------------------------------------------------------
 
 def test_eta_counts_epochs_when_there_is_a_budget():
@@ -230,28 +219,15 @@ def test_eta_counts_epochs_when_there_is_a_budget():
     snap = tracker.snapshot()
     assert snap["epochs"] == 5 and snap["epoch_budget"] == 12
     assert snap["eta_s"] == pytest.approx((12 - 5) * 6.0 / 3)
-    lines = []
-    log = LineLog(stream=_Lines(lines))
-    tracker.listeners.append(log)
+    stream = io.StringIO()
+    tracker.listeners.append(LineLog(stream=stream))
     for n in (1, 2, 3):  # more trials than the estimate: the total follows, done never exceeds it
         tracker.trial_started(n, max_epochs=1)
         tracker.trial_finished(n, "completed", value=0.5)
     tracker.trial_finished(0, "completed", value=0.6)
     snap = tracker.snapshot()
     assert snap["done"] == 4 and snap["total"] == 4
-    assert "epochs 5/12" in lines[-1]
-
-
-class _Lines:
-    def __init__(self, lines):
-        self.lines = lines
-
-    def write(self, text):
-        if text.strip():
-            self.lines.append(text)
-
-    def flush(self):
-        pass
+    assert "epochs 5/12" in stream.getvalue().splitlines()[-1]
 
 
 def test_hyperband_runs_are_guarded_against_hopeless_trials(tmp_path):

@@ -61,17 +61,27 @@ class FarBehindPruner(optuna.pruners.BasePruner):
                 best = value
         return best
 
-    def best_by(self, study: Any, step: int, *, exclude: int | None = None) -> float | None:
-        """The best value another trial had by ``step``: at ``step``, or at its latest step before it."""
+    @staticmethod
+    def _best_latest(trials: list[Any], exclude: int, steps_of: Any) -> float | None:
+        """Over ``trials`` but ``exclude``: the best of each trial's value at its latest step in ``steps_of(t)``."""
         best = None
-        for t in study.get_trials(deepcopy=False, states=_STATES):
+        for t in trials:
             if t.number == exclude:
                 continue
-            steps = [s for s in t.intermediate_values if s <= step]
+            steps = [s for s in steps_of(t) if s in t.intermediate_values]
             value = t.intermediate_values[max(steps)] if steps else None
             if value is not None and math.isfinite(value) and (best is None or value > best):
                 best = value
         return best
+
+    def best_by(self, trials: list[Any], step: int, *, exclude: int) -> float | None:
+        """The best value another trial had by ``step``: at ``step``, or at its latest step before it."""
+        return self._best_latest(trials, exclude, lambda t: [s for s in t.intermediate_values if s <= step])
+
+    def best_in_time(self, trials: list[Any], seconds: float, *, exclude: int) -> float | None:
+        """The best value another trial had reached within ``seconds`` of its own training."""
+        return self._best_latest(trials, exclude, lambda t: [s for s, at in self.times.get(t.number, {}).items()
+                                                             if at <= seconds])
 
     def prune(self, study: Any, trial: Any) -> bool:
         step = trial.last_step
@@ -79,13 +89,14 @@ class FarBehindPruner(optuna.pruners.BasePruner):
             return False
         if self.margin < 1 and step >= self.min_step:
             value = trial.intermediate_values[step]
-            best = self.best_by(study, step, exclude=trial.number)
+            trials = study.get_trials(deepcopy=False, states=_STATES)
+            best = self.best_by(trials, step, exclude=trial.number)
             if best is not None and (not math.isfinite(value) or value < (1 - self.margin) * best):
                 self.reasons[trial.number] = (f"pruned at epoch {step}: far behind, {value:.4f} < "
                                               f"{1 - self.margin:.2f} x the best {best:.4f} by that epoch")
                 return True
             seconds = self.times.get(trial.number, {}).get(step)
-            best = None if seconds is None else self.best_in_time(study, seconds, exclude=trial.number)
+            best = None if seconds is None else self.best_in_time(trials, seconds, exclude=trial.number)
             if best is not None and value < (1 - self.margin) * best:
                 self.reasons[trial.number] = (f"pruned at epoch {step}: far behind in time, {value:.4f} after "
                                               f"{seconds:.0f}s < {1 - self.margin:.2f} x the best {best:.4f} "
