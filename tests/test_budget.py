@@ -254,7 +254,8 @@ def test_slow_configurations_are_judged_in_training_time_too(tmp_path):
     trained ten: far behind in time, so it is pruned."""
     backend = Epochs(seconds_per_epoch=lambda p: 48.0 if p["dropout"] > 0.25 else 4.0)
     result = hpo.optimize(dataset="synthetic_images", trials=10, max_epochs_per_trial=10, pruner="median",
-                          prune_below_best=0.15, early_stopping_patience=10, conv_blocks=2, sampler="random",
+                          prune_below_best=0.15, prune_behind_in_time=0.15, early_stopping_patience=10,
+                          conv_blocks=2, sampler="random",
                           output_dir=str(tmp_path), run_name="t", backend=backend, **FAST)
     in_time = [t for t in result.trials if "far behind in time" in (t["reason"] or "")]
     assert in_time, [(t["number"], t["state"], t["epochs"], t["reason"]) for t in result.trials]

@@ -91,7 +91,7 @@ def test_a_trial_ahead_in_epochs_is_judged_against_the_others_latest_values():
 def test_a_slow_mediocre_trial_is_pruned_in_training_time():
     """Per epoch within the margin, but ten times slower: after 50 s it is far behind what the fast trial reached in
     50 s, so it stops instead of holding a worker for the rest of the run."""
-    pruner = FarBehindPruner(Never(), margin=0.1)
+    pruner = FarBehindPruner(Never(), margin=0.1)  # time_margin defaults to margin
     study = optuna.create_study(direction="maximize", pruner=pruner)
     fast = study.ask()
     for epoch, value in enumerate([0.84, 0.87, 0.88, 0.89, 0.90], start=1):
@@ -113,3 +113,44 @@ def test_a_slow_mediocre_trial_is_pruned_in_training_time():
     untimed = study.ask()  # a trainer that reports no times is judged per epoch only
     untimed.report(0.77, 1)
     assert not untimed.should_prune()
+
+
+def _timed_study(pruner):
+    """One finished fast trial: 0.84, 0.87, 0.88, 0.89, 0.90 after 10, 20, ... 50 s."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    fast = study.ask()
+    for epoch, value in enumerate([0.84, 0.87, 0.88, 0.89, 0.90], start=1):
+        fast.report(value, epoch)
+        pruner.record_time(fast.number, epoch, 10.0 * epoch)
+    study.tell(fast, 0.90)
+    return study
+
+
+def _judge_timed(study, pruner, value, seconds):
+    trial = study.ask()
+    trial.report(value, 1)
+    pruner.record_time(trial.number, 1, seconds)
+    return trial.should_prune(), trial.number
+
+
+def test_the_time_rule_has_its_own_margin():
+    """A 4x slower configuration, 0.85 after its first epoch at 40 s: fine per epoch (above 0.84) and within 10 % of
+    the 0.89 the fast trial had after 40 s, but 4.5 % behind it: pruned with a 4 % time margin, kept with 5 %."""
+    tight = FarBehindPruner(Never(), margin=0.1, time_margin=0.04)
+    pruned, number = _judge_timed(_timed_study(tight), tight, 0.85, 40.0)
+    assert pruned and "far behind in time" in tight.reasons[number] and "0.8900" in tight.reasons[number]
+    loose = FarBehindPruner(Never(), margin=0.1, time_margin=0.05)
+    assert _judge_timed(_timed_study(loose), loose, 0.85, 40.0)[0] is False
+    # as fast as the best trial and as good per epoch: the time rule keeps it however tight
+    assert _judge_timed(_timed_study(tight), tight, 0.84, 10.5)[0] is False
+
+
+def test_each_rule_can_be_turned_off_alone():
+    no_time = FarBehindPruner(Never(), margin=0.1, time_margin=1.0)
+    assert _judge_timed(_timed_study(no_time), no_time, 0.77, 50.0)[0] is False  # 0.77 < 0.9 x 0.90, untimed rule off
+    only_time = FarBehindPruner(Never(), margin=1.0, time_margin=0.1)
+    pruned, number = _judge_timed(_timed_study(only_time), only_time, 0.77, 50.0)
+    assert pruned and "in time" in only_time.reasons[number]
+    per_epoch = FarBehindPruner(Never(), margin=0.1, time_margin=1.0)
+    pruned, number = _judge_timed(_timed_study(per_epoch), per_epoch, 0.70, 10.0)  # 0.70 < 0.9 x 0.84 at epoch 1
+    assert pruned and "by that epoch" in per_epoch.reasons[number]

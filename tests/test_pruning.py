@@ -83,12 +83,12 @@ def test_each_pruner_uses_the_epochs_per_trial_as_its_resources(tmp_path, name, 
     from hpo.orchestrator import Orchestrator
 
     config = OptimizationConfig(dataset="synthetic_images", pruner=name, min_epochs_per_trial=2,
-                                max_epochs_per_trial=7)
+                                max_epochs_per_trial=7, prune_below_best=0.2, prune_behind_in_time=0.07)
     orchestrator = Orchestrator(config, backend=None, run_dir=tmp_path)
     pruner = orchestrator._make_pruner()
     if name != "none":  # every real pruner is wrapped in the far-behind rule; pruner=none prunes nothing at all
         assert isinstance(pruner, FarBehindPruner)
-        assert pruner.margin == config.prune_below_best and pruner.min_step == 2
+        assert (pruner.margin, pruner.time_margin, pruner.min_step) == (0.2, 0.07, 2)
         pruner = pruner.wrapped
     assert isinstance(pruner, cls)
     for attr, value in resources.items():

@@ -112,9 +112,12 @@ class OptimizationConfig:
     pruner: PrunerName = _opt("hyperband", "pruner fed by every epoch's validation accuracy "
                               "(off in pareto mode)")
     prune_below_best: float = _opt(0.1, "also prune a trial whose validation accuracy after an epoch is more than "
-                                   "this fraction below the best any other trial had by that epoch or in as much "
-                                   "training time, whatever the pruner's schedule (1 = off; not with pruner=none)",
-                                   low=0.0, high=1.0)
+                                   "this fraction below the best any other trial had by that epoch, whatever the "
+                                   "pruner's schedule (1 = off; not with pruner=none)", low=0.0, high=1.0)
+    prune_behind_in_time: float = _opt(0.05, "also prune a trial whose validation accuracy after t seconds of "
+                                       "training is more than this fraction below the best any other trial had "
+                                       "reached in t seconds: a configuration must earn its cost (1 = off; not "
+                                       "with pruner=none)", low=0.0, high=1.0)
     max_params: int = _opt(2_000_000, "configurations with more parameters are rejected before training", low=1)
     use_runpod_service: bool = _opt(False, "send trials to a RunPod serverless endpoint instead of local workers")
     runpod_endpoint_id: str | None = _opt(None, "RunPod endpoint id (default: RUNPOD_ENDPOINT_ID from the "

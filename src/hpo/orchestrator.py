@@ -214,7 +214,8 @@ class Orchestrator:
             inner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=c.min_epochs_per_trial)
         else:
             inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=c.min_epochs_per_trial)
-        return FarBehindPruner(inner, margin=c.prune_below_best, min_step=c.min_epochs_per_trial)
+        return FarBehindPruner(inner, margin=c.prune_below_best, time_margin=c.prune_behind_in_time,
+                               min_step=c.min_epochs_per_trial)
 
     def _recover(self) -> None:
         """Fail trials a killed run left RUNNING, and re-enqueue them and Ctrl-C'd trials that were not retried."""
