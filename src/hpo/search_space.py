@@ -27,6 +27,7 @@ __all__ = [
     "coerce_pin",
     "suggest",
     "default_params",
+    "neighbour_params",
     "count_params",
 ]
 
@@ -208,6 +209,32 @@ def default_params(modality: str, pins: dict[str, Any] | None = None,
         if p.name == "conv_blocks" and input_shape is not None and p.name not in (pins or {}):
             value = min(int(value), max_conv_blocks(input_shape))
         params[p.name] = coerce_pin(p, value, input_shape)
+    return params
+
+
+def neighbour_params(modality: str, rng: Any, pins: dict[str, Any] | None = None,
+                     input_shape: tuple[int, ...] | None = None, *, redraw: int = 2) -> dict[str, Any]:
+    """The default configuration with ``redraw`` of its unpinned parameters drawn afresh, uniformly from their
+    ranges (log-uniform where the space is on a log scale) with ``rng`` (a ``random.Random``): a configuration near a
+    known-sound one, so early exploration is not spent on random configurations far from anything that works."""
+    pins = pins or {}
+    base = default_params(modality, pins, input_shape)
+    names = sorted(n for n in base if n not in pins)
+    values = dict(DEFAULTS[modality], **base)
+    for name in rng.sample(names, min(redraw, len(names))):
+        p = next(q for q in space_for(modality) if q.name == name)
+        low, high = _bounds(p, input_shape)
+        if p.kind == "int":
+            values[name] = rng.randint(int(low), int(high))
+        elif p.kind == "float":
+            values[name] = (math.exp(rng.uniform(math.log(low), math.log(high))) if p.log
+                            else rng.uniform(float(low), float(high)))
+        else:
+            values[name] = rng.choice(list(p.choices))
+    params: dict[str, Any] = {}
+    for p in space_for(modality):
+        if _is_active(p, params):
+            params[p.name] = values[p.name]
     return params
 
 
