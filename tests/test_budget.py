@@ -262,3 +262,81 @@ def test_slow_configurations_are_judged_in_training_time_too(tmp_path):
     for t in in_time:
         assert t["params"]["dropout"] > 0.25 and t["state"] == "pruned" and t["epochs"] == 1
     assert not any("in time" in (t["reason"] or "") for t in result.trials if t["params"]["dropout"] <= 0.25)
+
+
+@pytest.mark.parametrize("budget, workers, min_epochs, expected", [
+    (None, 1, 1, 10), (None, 4, 12, 12),  # no budget: 10 (or min_epochs_per_trial)
+    (36, 1, 1, 18), (36, 2, 1, 18),  # half the budget
+    (36, 3, 1, 12), (36, 4, 1, 10), (200, 8, 1, 25),  # a worker's share
+    (10, 2, 1, 10), (1000, 2, 1, 50), (1000, 8, 1, 50)])  # at least 10, at most 50
+def test_max_epochs_per_trial_follows_the_budget_when_not_given(budget, workers, min_epochs, expected):
+    from hpo.config import OptimizationConfig, default_max_epochs
+
+    assert default_max_epochs(budget, workers, min_epochs) == expected
+    config = OptimizationConfig(dataset="synthetic_images", epoch_budget=budget, concurrent_workers=workers,
+                                min_epochs_per_trial=min_epochs)
+    assert config.max_epochs_per_trial == expected
+    assert config.to_dict()["max_epochs_per_trial"] == expected  # the run folder records what was used
+    given = OptimizationConfig(dataset="synthetic_images", epoch_budget=budget, concurrent_workers=workers,
+                               max_epochs_per_trial=13)
+    assert given.max_epochs_per_trial == 13  # a given value is never overridden
+
+
+@pytest.mark.parametrize("budget, jobs", [(20, [9, 9]), (21, [9, 9, 3])])
+def test_no_trial_starts_with_fewer_than_a_third_of_max_epochs(tmp_path, budget, jobs):
+    """2 epochs left of 20 after two 9-epoch trials: a 2-epoch trial could not compete, so none starts; with 21 the
+    third trial gets the 3 that remain (a third of 9)."""
+    backend = Epochs()
+    result = hpo.optimize(dataset="synthetic_images", epoch_budget=budget, max_epochs_per_trial=9, pruner="none",
+                          early_stopping_patience=10, output_dir=str(tmp_path), run_name="third", backend=backend,
+                          **FAST)
+    assert [j.max_epochs for j in backend.jobs] == jobs
+    assert sum(backend.trained.values()) == sum(jobs)
+    if sum(jobs) < budget:
+        assert result.stop_reason == (f"epoch_budget={budget} used up: 18 epochs trained, the 2 left are fewer "
+                                      "than a trial is started with (3)")
+    else:
+        assert result.stop_reason == f"epoch_budget={budget} spent ({budget} epochs trained)"
+
+
+class SlowWarmStart(Epochs):
+    """The warm-start trial (#0) takes half a second before its epochs; the others train quickly."""
+
+    def __init__(self):
+        super().__init__(delay=0.02)
+        self.events = []  # ("start", number) / ("end", number), in order
+
+    def run(self, job, **kwargs):
+        number = int(job.trial_id.rsplit("#", 1)[1])
+        with self.lock:
+            self.events.append(("start", number))
+        if number == 0:
+            time.sleep(0.5)
+        try:
+            return super().run(job, **kwargs)
+        finally:
+            with self.lock:
+                self.events.append(("end", number))
+
+
+def test_trials_started_while_the_warm_start_trains_are_its_neighbours(tmp_path):
+    backend = SlowWarmStart()
+    hpo.optimize(dataset="synthetic_images", trials=16, max_epochs_per_trial=3, pruner="none",
+                 concurrent_workers=2, output_dir=str(tmp_path), run_name="n", backend=backend, **FAST)
+    ended = backend.events.index(("end", 0))
+    during = {n for kind, n in backend.events[:ended] if kind == "start"} - {0}
+    after = {n for kind, n in backend.events[ended:] if kind == "start"}
+    assert len(during) >= 2 and after, backend.events
+    study = _study(tmp_path, "n")
+    default = search_space.DEFAULTS["image"]
+    for t in study.trials:
+        if t.number in during:
+            assert t.user_attrs.get("near_default") is True
+            changed = {k for k, v in t.params.items() if v != default[k]}
+            assert len(changed) <= 2, (t.number, changed)
+        elif t.number in after:  # once the default's result is in, the sampler takes over
+            assert "near_default" not in t.user_attrs
+    # every queued neighbour was trained: none is left waiting in the study
+    assert not [t.number for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    # the neighbours are not all the same configuration
+    assert len({tuple(sorted(t.params.items())) for t in study.trials if t.number in during}) >= 2

@@ -51,3 +51,40 @@ def test_pin_coercion():
         search_space.coerce_pin(p["filters"], "48")
     with pytest.raises(ConfigError, match="not a valid int"):
         search_space.coerce_pin(p["conv_blocks"], "two")
+
+
+def _inside(params, modality, shape):
+    for p in search_space.space_for(modality):
+        if p.name not in params:
+            continue
+        value = params[p.name]
+        if p.kind == "categorical":
+            assert value in p.choices, (p.name, value)
+        else:
+            low, high = p.low, p.high
+            if p.name == "conv_blocks":
+                high = min(high, search_space.max_conv_blocks(shape))
+            assert low <= value <= high, (p.name, value)
+
+
+@pytest.mark.parametrize("modality, shape, pins", [("image", (28, 28, 1), {"batch_size": 128}),
+                                                   ("image", (8, 8, 1), {}), ("text", None, {"optimizer": "adam"})])
+def test_neighbours_of_the_defaults(modality, shape, pins):
+    """Each neighbour is the default with at most two unpinned params redrawn, inside the space; over many draws
+    every unpinned param gets redrawn, and the same seed gives the same neighbour."""
+    import random
+
+    base = search_space.default_params(modality, pins, shape)
+    full = dict(search_space.DEFAULTS[modality], **base)
+    rng = random.Random(3)
+    redrawn = set()
+    for _ in range(300):
+        params = search_space.neighbour_params(modality, rng, pins, shape)
+        _inside(params, modality, shape)
+        changed = {k for k, v in params.items() if v != full[k]}
+        assert len(changed) <= 2 and not changed & set(pins), changed
+        assert all(params[k] == v for k, v in pins.items())
+        redrawn |= changed
+    assert redrawn == set(base) - set(pins)
+    one = search_space.neighbour_params(modality, random.Random("7-neighbour-3"), pins, shape)
+    assert one == search_space.neighbour_params(modality, random.Random("7-neighbour-3"), pins, shape)

@@ -389,8 +389,12 @@ class Orchestrator:
         a 15 %-accuracy configuration), and with several workers TPE counts the running warm-start trial as a bad
         result (constant liar) and models the first pruned random trial as the good region. Neighbours of the
         default explore where sound configurations are; once its result is in, TPE takes over."""
-        number = len(self.study.get_trials(deepcopy=False))
-        rng = random.Random(f"{self.config.seed}-neighbour-{number}")
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):  # the warm start itself, or a retry, goes first
+            return
+        rng = random.Random(f"{self.config.seed}-neighbour-{len(trials)}")
         params = search_space.neighbour_params(self.info.modality, rng, self.config.pins, shape)
         self.study.enqueue_trial(params, user_attrs={"near_default": True}, skip_if_exists=False)
 
