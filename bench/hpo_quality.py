@@ -12,10 +12,10 @@ selects on validation accuracy.
 
 Methods, each with a budget of ``--budget`` (36) training epochs in total:
 
-- **hpo** with its defaults (search space, warm start, TPE sampler, Hyperband pruner with the far-behind rule,
-  cosine learning rate, early stopping, mode=simple, max_epochs_per_trial=10), through ``hpo.optimize``, given the
-  budget as ``epoch_budget=36``: hpo never trains more epochs than that in total and spends the epochs pruning and
-  early stopping save on further trials. Resources: ``concurrent_workers`` = the machine's cores (2 here), so hpo
+- **hpo** with its defaults (search space, warm start and its neighbours, TPE sampler, Hyperband pruner with the
+  far-behind rules, cosine learning rate, early stopping, mode=simple, max_epochs_per_trial from the budget: 18),
+  through ``hpo.optimize``, given the budget as ``epoch_budget=36``: hpo never trains more epochs than that in total
+  and spends the epochs pruning and early stopping save on further trials. Resources: ``concurrent_workers`` = the machine's cores (2 here), so hpo
   runs its trials two at a time with one TensorFlow thread each, while each baseline's single loop uses both cores
   through TensorFlow's own threads -- the same machine, the same epoch budget. **hpo-1worker** is the same run
   with ``concurrent_workers=1`` (one worker using every core, like the baselines), reported for comparison.

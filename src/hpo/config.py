@@ -105,7 +105,8 @@ class OptimizationConfig:
                                     "given more epochs than remain, and epochs saved by pruning and early stopping "
                                     "go to further trials", low=1)
     warm_start: bool = _opt(True, "the first trial trains the search space's default configuration (a sound, "
-                            "generic CNN or LSTM; pins apply), the sampler takes over from the second")
+                            "generic CNN or LSTM; pins apply); trials started while it trains are its neighbours "
+                            "(two parameters redrawn), then the sampler takes over")
     lr_schedule: LrSchedule = _opt("cosine", "learning rate within each trial: cosine = decays from the trial's "
                                    "learning_rate to 0 over its max epochs (better final accuracy for short "
                                    "trials); constant = stays at learning_rate")
