@@ -88,16 +88,22 @@ def test_a_trial_ahead_in_epochs_is_judged_against_the_others_latest_values():
     assert _judge(late, [0.64])[0] is False  # 0.64 vs 0.65 at epoch 1: within the margin
 
 
-def test_a_slow_mediocre_trial_is_pruned_in_training_time():
-    """Per epoch within the margin, but ten times slower: after 50 s it is far behind what the fast trial reached in
-    50 s, so it stops instead of holding a worker for the rest of the run."""
-    pruner = FarBehindPruner(Never(), margin=0.1)  # time_margin defaults to margin
+def _timed_study(pruner):
+    """One finished fast trial: 0.84, 0.87, 0.88, 0.89, 0.90 after 10, 20, ... 50 s."""
     study = optuna.create_study(direction="maximize", pruner=pruner)
     fast = study.ask()
     for epoch, value in enumerate([0.84, 0.87, 0.88, 0.89, 0.90], start=1):
         fast.report(value, epoch)
         pruner.record_time(fast.number, epoch, 10.0 * epoch)
     study.tell(fast, 0.90)
+    return study
+
+
+def test_a_slow_mediocre_trial_is_pruned_in_training_time():
+    """Per epoch within the margin, but ten times slower: after 50 s it is far behind what the fast trial reached in
+    50 s, so it stops instead of holding a worker for the rest of the run."""
+    pruner = FarBehindPruner(Never(), margin=0.1)  # time_margin defaults to margin
+    study = _timed_study(pruner)
 
     slow = study.ask()
     slow.report(0.77, 1)  # 0.77 >= 0.9 * 0.84: fine per epoch...
@@ -113,17 +119,6 @@ def test_a_slow_mediocre_trial_is_pruned_in_training_time():
     untimed = study.ask()  # a trainer that reports no times is judged per epoch only
     untimed.report(0.77, 1)
     assert not untimed.should_prune()
-
-
-def _timed_study(pruner):
-    """One finished fast trial: 0.84, 0.87, 0.88, 0.89, 0.90 after 10, 20, ... 50 s."""
-    study = optuna.create_study(direction="maximize", pruner=pruner)
-    fast = study.ask()
-    for epoch, value in enumerate([0.84, 0.87, 0.88, 0.89, 0.90], start=1):
-        fast.report(value, epoch)
-        pruner.record_time(fast.number, epoch, 10.0 * epoch)
-    study.tell(fast, 0.90)
-    return study
 
 
 def _judge_timed(study, pruner, value, seconds):
