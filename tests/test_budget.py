@@ -340,3 +340,14 @@ def test_trials_started_while_the_warm_start_trains_are_its_neighbours(tmp_path)
     assert not [t.number for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     # the neighbours are not all the same configuration
     assert len({tuple(sorted(t.params.items())) for t in study.trials if t.number in during}) >= 2
+
+
+def test_no_neighbours_of_a_default_that_max_params_rejects(tmp_path):
+    """The default CNN on synthetic_images has 23,876 parameters: with max_params below that the warm-start trial is
+    rejected before training, and the sampler, not neighbours of a configuration never trained, picks what follows."""
+    backend = Epochs()
+    hpo.optimize(dataset="synthetic_images", trials=4, max_params=23_000, pruner="none", sampler="random",
+                 output_dir=str(tmp_path), run_name="big", backend=backend, **FAST)
+    study = _study(tmp_path, "big")
+    assert study.trials[0].user_attrs["warm_start"] and study.trials[0].user_attrs["rejected"]
+    assert backend.jobs and not [t.number for t in study.trials if t.user_attrs.get("near_default")]

@@ -195,6 +195,7 @@ class Orchestrator:
         if self.config.sampler == "random":
             sampler = optuna.samplers.RandomSampler(seed=seed)
         else:
+            # Multivariate TPE (grouped, for the conditional dense_units) models how the parameters interact.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 sampler = optuna.samplers.TPESampler(
@@ -371,6 +372,8 @@ class Orchestrator:
                     return trial, params
                 import optuna
 
+                if trial.user_attrs.get("warm_start"):  # pins made the default too big: no neighbours of it
+                    self._near_default = False
                 trial.set_user_attr("rejected", True)
                 trial.set_user_attr("reason", f"{n} parameters > max_params={self.config.max_params}")
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
