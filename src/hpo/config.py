@@ -36,6 +36,7 @@ __all__ = [
     "load_dotenv_values",
     "runpod_api_key",
     "default_max_epochs",
+    "trial_limit",
 ]
 
 Mode = Literal["simple", "health", "pareto"]
@@ -49,6 +50,14 @@ DEFAULT_TRIALS = 20
 DEFAULT_MAX_EPOCHS = 10
 #: the most epochs per trial an epoch budget implies when max_epochs_per_trial is not given
 MAX_EPOCHS_FROM_BUDGET = 50
+
+
+def trial_limit(trials: int | None, epoch_budget: int | None) -> int:
+    """Most trials a run trains: ``trials``; else as many as epoch_budget allows (each trains >= 1 epoch); else
+    DEFAULT_TRIALS."""
+    if trials is not None:
+        return trials
+    return DEFAULT_TRIALS if epoch_budget is None else epoch_budget
 
 
 def default_max_epochs(epoch_budget: int | None, workers: int, min_epochs: int = 1) -> int:
@@ -192,11 +201,8 @@ class OptimizationConfig:
     # -- derived -------------------------------------------------------------------------------------------------
     @property
     def trial_limit(self) -> int:
-        """Most trials the run trains: ``trials``; else as many as epoch_budget allows (each trains >= 1 epoch);
-        else DEFAULT_TRIALS."""
-        if self.trials is not None:
-            return self.trials
-        return DEFAULT_TRIALS if self.epoch_budget is None else self.epoch_budget
+        """Most trials the run trains (:func:`trial_limit`)."""
+        return trial_limit(self.trials, self.epoch_budget)
 
     @property
     def dataset_options(self) -> dict[str, Any]:

@@ -126,8 +126,9 @@ def build_model(params: dict[str, Any], *, modality: str, input_shape: tuple[int
                 vocab_size: int | None = None, strategy: Any = None, decay_steps: int | None = None) -> keras.Model:
     """Build and compile the modality's model (inside ``strategy.scope()`` when a tf.distribute strategy is given).
 
-    Compiled with the params' optimizer and learning rate (cosine-decayed over ``decay_steps`` when given), sparse categorical cross-entropy and accuracy, so the
-    history keys are ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``.
+    Compiled with the params' optimizer and learning rate (cosine-decayed over ``decay_steps`` when given), sparse
+    categorical cross-entropy and accuracy, so the history keys are ``loss``, ``accuracy``, ``val_loss``,
+    ``val_accuracy``.
     """
     if modality not in ("image", "text"):
         raise ValueError(f"unknown modality {modality!r}; allowed: image, text")

@@ -143,7 +143,8 @@ class Orchestrator:
         self._best_number: int | None = None
         self._epochs_spent = 0  # epochs trained by finished trials (epoch_budget)
         self._epochs_reserved = 0  # epochs granted to running trials and not yet trained
-        self._near_default = False  # while the warm-start trial trains, new trials are near its configuration
+        #: number of the warm-start trial while it trains; new trials meanwhile are neighbours of its configuration
+        self._warm_start_number: int | None = None
         self.notes: list[str] = []
         self.study: Any = None
 
@@ -247,7 +248,7 @@ class Orchestrator:
             shape = info.input_shape if info.modality == "image" else None
             self.study.enqueue_trial(search_space.default_params(info.modality, self.config.pins, shape),
                                      user_attrs={"warm_start": True})
-            self._near_default = True
+            self._warm_start_number = self.study.get_trials(deepcopy=False)[-1].number
         done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         if done and self.config.mode != "pareto":
             best = max(done, key=lambda t: t.value)
@@ -360,7 +361,7 @@ class Orchestrator:
                 if self._stop_reason is not None:
                     return None
                 shape = info.input_shape if info.modality == "image" else None
-                if self._near_default:
+                if self._warm_start_number is not None:
                     self._enqueue_neighbour(shape)
                 trial = self.study.ask()
                 params = search_space.suggest(trial, info.modality, self.config.pins, input_shape=shape)
@@ -372,8 +373,8 @@ class Orchestrator:
                     return trial, params
                 import optuna
 
-                if trial.user_attrs.get("warm_start"):  # pins made the default too big: no neighbours of it
-                    self._near_default = False
+                if trial.number == self._warm_start_number:  # pins made the default too big: no neighbours of it
+                    self._warm_start_number = None
                 trial.set_user_attr("rejected", True)
                 trial.set_user_attr("reason", f"{n} parameters > max_params={self.config.max_params}")
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -458,8 +459,8 @@ class Orchestrator:
             with self._lock:
                 self._tokens.pop(trial.number, None)
         with self._lock:
-            if trial.user_attrs.get("warm_start"):
-                self._near_default = False
+            if trial.number == self._warm_start_number:
+                self._warm_start_number = None
             # epochs this trial trained count against epoch_budget whatever its fate (an interrupted trial's too)
             trained = min(job.max_epochs, max(int(result.epochs_run or 0), last_epoch[0]))
             trial.set_user_attr("epochs_trained", trained)

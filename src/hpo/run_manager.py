@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_TRIALS
+from .config import trial_limit
 from .exceptions import BackendUnavailable, ConfigError, DatasetError
 from .results import BEST_FILE, CONFIG_FILE, TRIALS_FILE, mask_url
 
@@ -514,9 +514,7 @@ class RunManager:
         else:
             options = (config_doc or {}).get("config") or doc.get("options") or {}
         summary = _trial_summary(folder)
-        total = _to_int(options.get("trials"))
-        if total is None:  # as OptimizationConfig.trial_limit
-            total = _to_int(options.get("epoch_budget")) or DEFAULT_TRIALS
+        total = trial_limit(_to_int(options.get("trials")), _to_int(options.get("epoch_budget")))
         best = _best_summary(_read_json(folder / BEST_FILE))
         if run is not None:
             state, created, started, finished = run.state, run.created_at, run.started_at, run.finished_at

@@ -143,7 +143,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
     """Train ``job`` and return its result.
 
     ``on_epoch(epoch, metrics)`` is called after every epoch (1-based; metrics: loss, accuracy, val_loss,
-    val_accuracy, learning_rate, elapsed_s). Training stops after the epoch in which ``should_stop()`` returns true (status ``stopped``).
+    val_accuracy, learning_rate, elapsed_s). Training stops after the epoch in which ``should_stop()`` returns true
+    (status ``stopped``).
     ``devices`` overrides device discovery (e.g. two logical CPUs, to exercise the MirroredStrategy path).
     ``save_model_to`` saves the best-epoch model as a ``.keras`` file.
     """
