@@ -300,46 +300,59 @@ def test_no_trial_starts_with_fewer_than_a_third_of_max_epochs(tmp_path, budget,
 
 
 class SlowWarmStart(Epochs):
-    """The warm-start trial (#0) takes half a second before its epochs; the others train quickly."""
+    """The warm-start trial (#0) trains only once two other trials have ended (or after 30 s); the others train
+    quickly. Waiting on events, not on a fixed sleep, keeps the test independent of the machine's speed."""
 
     def __init__(self):
         super().__init__(delay=0.02)
         self.events = []  # ("start", number) / ("end", number), in order
+        self.changed = threading.Condition(self.lock)
+
+    def _others_ended(self):
+        return sum(1 for kind, n in self.events if kind == "end" and n != 0)
 
     def run(self, job, **kwargs):
         number = int(job.trial_id.rsplit("#", 1)[1])
-        with self.lock:
+        with self.changed:
             self.events.append(("start", number))
-        if number == 0:
-            time.sleep(0.5)
+            if number == 0:
+                self.changed.wait_for(lambda: self._others_ended() >= 2, timeout=30)
         try:
             return super().run(job, **kwargs)
         finally:
-            with self.lock:
+            with self.changed:
                 self.events.append(("end", number))
+                self.changed.notify_all()
 
 
 def test_trials_started_while_the_warm_start_trains_are_its_neighbours(tmp_path):
+    """Neighbours are decided when a trial is asked for, under the orchestrator's lock; the backend only sees when
+    it is started. So: every trial started while the default trains is a neighbour; the neighbours are the trials
+    asked before its result was in (a run of consecutive numbers after it); after its end at most one trial per
+    other worker (asked before, started after) is still a neighbour, and the sampler picks the rest."""
+    workers = 2
     backend = SlowWarmStart()
     hpo.optimize(dataset="synthetic_images", trials=16, max_epochs_per_trial=3, pruner="none",
-                 concurrent_workers=2, output_dir=str(tmp_path), run_name="n", backend=backend, **FAST)
+                 concurrent_workers=workers, output_dir=str(tmp_path), run_name="n", backend=backend, **FAST)
     ended = backend.events.index(("end", 0))
     during = {n for kind, n in backend.events[:ended] if kind == "start"} - {0}
     after = {n for kind, n in backend.events[ended:] if kind == "start"}
     assert len(during) >= 2 and after, backend.events
     study = _study(tmp_path, "n")
     default = search_space.DEFAULTS["image"]
+    neighbours = {t.number for t in study.trials if t.user_attrs.get("near_default")}
+    assert during <= neighbours, (during, neighbours)
+    assert neighbours == set(range(1, max(neighbours) + 1)), neighbours  # asked in a row, right after the default
+    assert len(neighbours & after) <= workers - 1, (neighbours, backend.events)
+    assert after - neighbours  # once the default's result is in, the sampler takes over
     for t in study.trials:
-        if t.number in during:
-            assert t.user_attrs.get("near_default") is True
+        if t.number in neighbours:
             changed = {k for k, v in t.params.items() if v != default[k]}
             assert len(changed) <= 2, (t.number, changed)
-        elif t.number in after:  # once the default's result is in, the sampler takes over
-            assert "near_default" not in t.user_attrs
     # every queued neighbour was trained: none is left waiting in the study
     assert not [t.number for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     # the neighbours are not all the same configuration
-    assert len({tuple(sorted(t.params.items())) for t in study.trials if t.number in during}) >= 2
+    assert len({tuple(sorted(t.params.items())) for t in study.trials if t.number in neighbours}) >= 2
 
 
 def test_no_neighbours_of_a_default_that_max_params_rejects(tmp_path):
