@@ -59,7 +59,10 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("workers")
-    with RunPodSimulator(api_key=API_KEY, worker_timeout_s=3.0, take_hold_s=5.0) as sim:
+    # A worker is lost after 20 s without a ping (it pings every second): generous enough that a fully loaded 2-core
+    # machine never delays a live worker's pings past it (3 s did, and the sim then failed a healthy job), short
+    # enough that the killed-worker test sees the loss within its bounds.
+    with RunPodSimulator(api_key=API_KEY, worker_timeout_s=20.0, take_hold_s=5.0) as sim:
         c = Cluster(sim, log_dir)
         try:
             c.ensure_workers()
@@ -210,9 +213,9 @@ def test_bad_inputs_get_an_error_and_the_worker_serves_the_next_job(ready):
         job = finished(ready, ids[name])
         assert job["status"] == "FAILED", (name, job)
         assert words in job["error"] and "Traceback" not in job["error"], (name, job["error"])
-    job = finished(ready, submit(ready, good))
-    assert job["status"] == "COMPLETED"
-    assert job["output"]["trial_result"]["status"] == "completed"
+    job = finished(ready, submit(ready, good), timeout=300)
+    assert job["status"] == "COMPLETED", f"the good job ended {job['status']}: {job.get('error')!r}"
+    assert job["output"]["trial_result"]["status"] == "completed", job["output"]
     assert job["output"]["trial_result"]["executed_on"] == f"runpod:{job['worker_id']}"
     health = finished(ready, submit(ready, {"command": "health"}))
     info = health["output"]["health"]

@@ -73,6 +73,11 @@ def default_max_epochs(epoch_budget: int | None, workers: int, min_epochs: int =
     share = epoch_budget // max(2, workers)
     return max(DEFAULT_MAX_EPOCHS, min_epochs, min(share, MAX_EPOCHS_FROM_BUDGET))
 
+#: the largest seed numpy, TensorFlow and Optuna's samplers all accept
+MAX_SEED = 2**32 - 1
+#: storage URL schemes (SQLAlchemy dialects, optionally +driver) Optuna's RDBStorage can open
+STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql")
+
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -129,7 +134,7 @@ class OptimizationConfig:
     sequence_length: int | None = _opt(None, "text datasets: tokens per text, longer truncated, shorter padded "
                                        "(default: the dataset's)", low=1)
     image_size: int | None = _opt(None, "gtsrb: images are resized to image_size x image_size (default 32)", low=8)
-    seed: int = _opt(42, "seed of the sampler, the data split and every trial", low=0)
+    seed: int = _opt(42, "seed of the sampler, the data split and every trial", low=0, high=MAX_SEED)
     timeout_minutes: float | None = _opt(None, "stop starting new trials after this many minutes",
                                          low=0.0, low_open=True)
     trial_timeout_minutes: float | None = _opt(None, "a trial running longer than this is cancelled and failed",
@@ -159,6 +164,12 @@ class OptimizationConfig:
     runpod_fallback_local: bool = _opt(True, "run a trial locally when the endpoint is unreachable")
     runpod_timeout_s: float = _opt(3600.0, "execution timeout of one remote trial, in seconds",
                                    low=0.0, low_open=True)
+    runpod_queue_timeout_s: float = _opt(600.0, "most seconds a remote trial may wait in the endpoint's queue for a "
+                                         "worker; then it is cancelled and runs locally (runpod_fallback_local) or "
+                                         "fails", low=0.0, low_open=True)
+    runpod_retry_after_max_s: float = _opt(120.0, "longest Retry-After wait honoured when the endpoint is rate "
+                                           "limiting (429/503); such waits do not use up retry attempts",
+                                           low=0.0, low_open=True)
     use_multi_gpu: bool = _opt(True, "train with MirroredStrategy when a worker sees more than one GPU")
     target_gpus_per_worker: int = _opt(0, "most GPUs one trial uses (0 = all visible)", low=0)
     plot_generation: PlotGeneration = _opt("all", "plots written to the run folder: all, best (best trial only) "
@@ -192,6 +203,8 @@ class OptimizationConfig:
         if self.run_name is not None and not _RUN_NAME.match(self.run_name):
             raise ConfigError(f"run_name={self.run_name!r} is not a safe folder name; allowed: letters, digits, "
                               "'.', '_' and '-', starting with a letter or digit, at most 100 characters")
+        if self.storage is not None:
+            _check_storage_url(self.storage)
         if self.use_runpod_service and not (self.runpod_endpoint_id or self.runpod_endpoint_url):
             raise ConfigError("use_runpod_service=true needs runpod_endpoint_id (or RUNPOD_ENDPOINT_ID in the "
                               "environment / .env) or runpod_endpoint_url")
@@ -306,13 +319,17 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported option type for {name}: {tp}")  # a programming error, not a user's
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
 def _range_text(meta: dict[str, Any]) -> str:
     low, high = meta["low"], meta["high"]
     if low is not None and high is not None:
-        return f"{'(' if meta['low_open'] else '['}{low:g}, {high:g}]"
+        return f"{'(' if meta['low_open'] else '['}{_num(low)}, {_num(high)}]"
     if low is not None:
-        return f"> {low:g}" if meta["low_open"] else f">= {low:g}"
-    return f"<= {high:g}"
+        return f"> {_num(low)}" if meta["low_open"] else f">= {_num(low)}"
+    return f"<= {_num(high)}"
 
 
 def _check_range(f: dataclasses.Field, value: Any) -> None:
@@ -324,6 +341,26 @@ def _check_range(f: dataclasses.Field, value: Any) -> None:
     too_high = high is not None and value > high
     if too_low or too_high:
         raise ConfigError(f"{f.name}={value} is out of range; allowed: {_range_text(meta)}")
+
+
+def _check_storage_url(url: str) -> None:
+    """A storage URL Optuna can open: ``dialect[+driver]://...`` of a known dialect (checked without connecting)."""
+    from .redact import mask_url
+
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme.split("+", 1)[0] not in STORAGE_DIALECTS:
+        raise ConfigError(f"storage={mask_url(url)!r} is not a database URL; allowed: "
+                          f"{', '.join(d + '://...' for d in STORAGE_DIALECTS)} (e.g. "
+                          "postgresql://user@host/db or sqlite:///path/study.db)")
+    try:
+        from sqlalchemy.engine import make_url
+    except ImportError:  # Optuna brings SQLAlchemy; without it the scheme check above is all we can do
+        return
+    try:
+        make_url(url)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the user's URL
+        raise ConfigError(f"storage={mask_url(url)!r} is not a valid database URL "
+                          f"({type(exc).__name__}); e.g. postgresql://user@host/db") from None
 
 
 def _closest(word: str, candidates: typing.Iterable[str]) -> str:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .exceptions import ConfigError
+from .redact import mask_url
 
 __all__ = [
     "OptimizationResult",
@@ -71,13 +71,6 @@ class OptimizationResult:
         return (f"OptimizationResult(run_dir={self.run_dir!r}, best_value={self.best_value!r}, "
                 f"best_test_accuracy={self.best_test_accuracy!r}, completed={self.completed}, "
                 f"pruned={self.pruned}, failed={self.failed})")
-
-
-def mask_url(url: str | None) -> str | None:
-    """Hide the password of a storage URL (``postgresql://user:***@host/db``)."""
-    if not url:
-        return url
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
 def _state_name(trial: Any) -> str:

@@ -31,7 +31,8 @@ from typing import Any
 
 from .config import trial_limit
 from .exceptions import BackendUnavailable, ConfigError, DatasetError
-from .results import BEST_FILE, CONFIG_FILE, TRIALS_FILE, mask_url
+from .redact import mask_url
+from .results import BEST_FILE, CONFIG_FILE, TRIALS_FILE
 
 __all__ = ["RunManager", "Run", "RunNotFound", "RunConflict", "StudyUnavailable", "OptionsInvalid", "RUN_STATE_FILE",
            "STATES", "FINAL_STATES", "jsonable", "validate_options"]
