@@ -241,7 +241,7 @@ def test_uvicorn_server_runs_cancels_and_survives_a_restart(tmp_path):
         resumed = wait_until(client.get, "killed", lambda s: s["state"] in FINAL, 60, "finished")
         assert resumed["state"] == "completed", resumed
         old, new = client.get("/runs/killed/trials").json()["trials"]
-        assert old["state"] == "fail" and new["state"] == "complete" and new["retry_of"] == 0
+        assert old["state"] == "interrupted" and new["state"] == "complete" and new["retry_of"] == 0
         assert new["params"] == old["params"]
 
 

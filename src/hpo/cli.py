@@ -3,7 +3,7 @@
     hpo optimize key=value ...     run (or resume) an optimization
     hpo datasets                   the datasets, their shapes, and whether their files are here
     hpo show RUN_DIR               summary of a finished or running run
-    hpo serve key=value ...        the REST API (host, port, max_active_runs, allow_remote, output_dir)
+    hpo serve key=value ...        the REST API (host, port, max_active_runs, allow_remote, output_dir, ...)
 
 Exit codes: 0 done, 1 the run failed, 2 usage or configuration error (nothing written), 130 interrupted.
 One place (:func:`main`) maps exceptions to exit codes; user mistakes never print a traceback.
@@ -57,8 +57,11 @@ def _build_parser() -> _Parser:
                            description="Serve the REST API with uvicorn. Example: hpo serve port=8000",
                            epilog="keys: host (default 127.0.0.1), port (8000), max_active_runs (1; more runs are "
                                   "queued), allow_remote (false: a non-loopback host needs HPO_API_TOKEN), "
-                                  "output_dir (optimization_results). With HPO_API_TOKEN set (environment or .env) "
-                                  "every route but /health needs Authorization: Bearer <token>.")
+                                  "output_dir (optimization_results), max_body_bytes (65536: larger POST bodies "
+                                  "get 413), runpod_endpoints (comma-separated RunPod endpoint URLs or ids runs may "
+                                  "use besides RUNPOD_ENDPOINT_URL / RUNPOD_ENDPOINT_ID; callers cannot name "
+                                  "others). With HPO_API_TOKEN set (environment or .env) every route but /health "
+                                  "needs Authorization: Bearer <token>.")
     serve.add_argument("options", nargs="*", metavar="key=value")
     return parser
 
@@ -69,6 +72,7 @@ def _print(*args: Any) -> None:
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from .config import config_from_options, parse_kv
+    from .redact import mask_text
     from .orchestrator import optimize
 
     config = config_from_options(parse_kv(args.options))
@@ -89,7 +93,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
                + (f" epoch_budget={config.epoch_budget}" if config.epoch_budget is not None else ""))
         return EXIT_INTERRUPTED
     if result.stop_reason:
-        _print(f"stopped: {result.stop_reason}")
+        _print(f"stopped: {mask_text(result.stop_reason)}")
     if result.completed == 0:
         print("error: no trial completed", file=sys.stderr)
         return EXIT_FAILED
@@ -169,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script passes it to sys.exit)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .redact import install_log_masking, mask_text
+
+    install_log_masking()
     try:
         parser = _build_parser()
         args = parser.parse_args(argv)
@@ -195,19 +202,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_datasets(args)
         return _cmd_show(args)
     except _UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (ConfigError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BackendUnavailable as exc:
-        print(f"error: the execution backend is unavailable: {exc}", file=sys.stderr)
+        print(f"error: the execution backend is unavailable: {mask_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except HPOError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -145,6 +145,9 @@ class OptimizationConfig:
     resume: bool = _opt(False, "continue the latest run of this dataset (or run_name) instead of starting anew")
     output_dir: str = _opt("optimization_results", "folder that holds the run folders")
     storage: str | None = _opt(None, "Optuna storage URL (default: sqlite study.db in the run folder)")
+    heartbeat_grace_s: float = _opt(60.0, "a running trial whose process sent no heartbeat for this long is taken "
+                                    "as dead (killed process or machine): it is marked interrupted and retried "
+                                    "once, by whichever process sharing the study notices first", low=1.0)
     sampler: SamplerName = _opt("tpe", "Optuna sampler (seeded)")
     pruner: PrunerName = _opt("hyperband", "pruner fed by every epoch's validation accuracy "
                               "(off in pareto mode)")

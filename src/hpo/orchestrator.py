@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_REJECTIONS = 100
 
+# hpo drives the study with ask/tell and beats each trial's heartbeat itself (_heartbeat_main); Optuna warns about
+# heartbeats outside Study.optimize and about fail_stale_trials being experimental on every call.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental")
+warnings.filterwarnings("ignore", message="Argument ``heartbeat_interval`` is an experimental feature")
+
 
 def objective_values(result: TrialResult, config: OptimizationConfig) -> list[float]:
     """The value(s) told to Optuna for a finished trial (validation metrics only; test metrics are never used)."""
@@ -72,7 +78,9 @@ def prepare_run_dir(config: OptimizationConfig, *, create: bool = True) -> tuple
                     raise ConfigError(f"run {config.run_name!r} exists with {key}={old.get(key)}; you asked for "
                                       f"{key}={getattr(config, key)} — pick another run_name to start a new run")
             return run_dir, True, config
-        if run_dir.exists() and any(run_dir.iterdir()):
+        from .runlock import HOLDER_FILE, LOCK_FILE
+
+        if run_dir.exists() and any(p.name not in (LOCK_FILE, HOLDER_FILE) for p in run_dir.iterdir()):
             raise ConfigError(f"{run_dir} exists but is not an hpo run folder; pick another run_name")
         if config.resume:
             raise ConfigError(f"resume=true but there is no run {config.run_name!r} in {root}")
@@ -147,6 +155,11 @@ class Orchestrator:
         self._warm_start_number: int | None = None
         self.notes: list[str] = []
         self.study: Any = None
+        self._storage: Any = None
+        self._threads_left = 0
+        self._threads_done = threading.Event()
+        self._heartbeat_ids: dict[int, int] = {}  # trial number -> storage trial id, for this process's running trials
+        self._next_stale_check = 0.0
 
     # -- study ----------------------------------------------------------------------------------------------------
     @property
@@ -172,6 +185,12 @@ class Orchestrator:
     def storage_url(self) -> str:
         return self.config.storage or f"sqlite:///{(self.run_dir / STUDY_FILE).resolve()}"
 
+    @property
+    def owns_storage(self) -> bool:
+        """True when the study lives in this run folder's own study.db: the run folder's lock then proves that no
+        other process writes to it, so trials found RUNNING at start are certainly stale."""
+        return self.config.storage is None
+
     def _create_study(self) -> Any:
         import optuna
 
@@ -180,9 +199,17 @@ class Orchestrator:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-        storage = optuna.storages.RDBStorage(url, **kwargs)
+        grace = self.config.heartbeat_grace_s
+        # Optuna 4.9 renamed failed_trial_callback (removed in 6); pass whichever this Optuna has
+        import inspect
+
+        takes_new = "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+        kwargs["heartbeat_stale_trial_callback" if takes_new else "failed_trial_callback"] = self._retry_stale
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=max(1, int(grace // 4)),
+                                             grace_period=max(2, int(grace)), **kwargs)
         if url.startswith("sqlite"):
             _tune_sqlite(storage)
+        self._storage = storage
         directions = ["maximize", "maximize"] if self.config.mode == "pareto" else ["maximize"]
         name = self.config.run_name
         try:
@@ -227,18 +254,45 @@ class Orchestrator:
         return FarBehindPruner(inner, margin=c.prune_below_best, time_margin=c.prune_behind_in_time,
                                min_step=c.min_epochs_per_trial)
 
+    def _retry_stale(self, study: Any, trial: Any) -> None:
+        """Optuna's failed-trial callback: a trial whose process stopped sending heartbeats was just failed (by this
+        process only: the storage lets one process make that change). It was interrupted, not a failure: it is
+        queued again once, with its parameters."""
+        if trial.params and not trial.user_attrs.get("retry_of_stale"):
+            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, "retry_of_stale": True},
+                                skip_if_exists=False)
+        self.notes.append(f"trial {trial.number} was left running by a process that stopped; it is retried")
+
+    def _fail_stale_trials(self, *, force: bool = False) -> None:
+        """Fail (as interrupted) and re-queue the trials of dead processes. (Under _lock, or before the threads.)"""
+        import optuna
+
+        now = time.monotonic()
+        if not force and now < self._next_stale_check:
+            return
+        self._next_stale_check = now + max(1.0, self.config.heartbeat_grace_s / 4)
+        optuna.storages.fail_stale_trials(self.study)
+
     def _recover(self) -> None:
-        """Fail trials a killed run left RUNNING, and re-enqueue them and Ctrl-C'd trials that were not retried."""
+        """Trials a killed run left RUNNING become interrupted and are retried; so are Ctrl-C'd trials that were not
+        retried yet. Completed trials are never repeated.
+
+        With the run folder's own study (the lock proves no other process uses it) every RUNNING trial is stale.
+        With a shared storage only trials whose heartbeat stopped are: a live process's trials are never touched."""
         from optuna.trial import TrialState
 
+        if self.owns_storage:
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                try:
+                    self._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                except Exception:  # noqa: BLE001 - finished meanwhile (UpdateFinishedTrialError): nothing to recover
+                    continue
+                self._retry_stale(self.study, t)
+        self._fail_stale_trials(force=True)
         trials = self.study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get("retry_of") for t in trials}
         for t in trials:
-            stale = t.state == TrialState.RUNNING
-            if stale:
-                self.study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-                self.notes.append(f"trial {t.number} was left running by an earlier run; it is retried")
-            if (stale or t.user_attrs.get("interrupted")) and t.number not in retried and t.params:
+            if t.user_attrs.get("interrupted") and t.number not in retried and t.params:
                 self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number}, skip_if_exists=False)
         trials = self.study.get_trials(deepcopy=False)
         self._counted = sum(1 for t in trials if t.user_attrs.get("counted"))
@@ -283,16 +337,20 @@ class Orchestrator:
         queue_ahead = max(0, int(getattr(self.backend, "queue_ahead", 0) or 0))
         threads = [threading.Thread(target=self._thread_main, name=f"hpo-trial-{i}", daemon=True)
                    for i in range(self.config.concurrent_workers + queue_ahead)]
+        threading.Thread(target=self._heartbeat_main, name="hpo-heartbeat", daemon=True).start()
+        self._threads_left = len(threads)
         for t in threads:
             t.start()
+        # Wait on an event, never on Thread.join: on Python 3.11 a Ctrl-C that interrupts join(timeout) marks the
+        # still-running thread as stopped (its lock is released from outside), the run then finished while a trial
+        # thread had not recorded its trial yet, and the trial stayed RUNNING in the study.
         try:
-            for t in threads:
-                while t.is_alive():
-                    t.join(timeout=0.2)
+            while not self._threads_done.wait(0.2):
+                pass
         except KeyboardInterrupt:
             self.request_stop("interrupted", hard=True)
-            for t in threads:
-                t.join()
+            while not self._threads_done.wait(0.2):
+                pass
         return self._finish()
 
     def _epoch_allowance(self) -> int | None:
@@ -318,6 +376,15 @@ class Orchestrator:
         return max(c.min_epochs_per_trial, math.ceil(c.max_epochs_per_trial / 3))
 
     def _thread_main(self) -> None:
+        try:
+            self._trial_loop()
+        finally:
+            with self._lock:
+                self._threads_left -= 1
+                if self._threads_left == 0:
+                    self._threads_done.set()
+
+    def _trial_loop(self) -> None:
         while True:
             with self._lock:
                 if self._stop_reason is not None:
@@ -347,7 +414,9 @@ class Orchestrator:
             except Exception as exc:  # noqa: BLE001 - an orchestrator bug must not hang the other threads
                 log.exception("unexpected error while running a trial")
                 with self._lock:
-                    self._stop_reason = f"internal error: {type(exc).__name__}: {exc}"
+                    if self._stop_reason is None:
+                        self._stop_reason = f"internal error: {type(exc).__name__}: {exc}"
+                    self._aborted = True  # the CLI exits 1: a run that stopped on an internal error did not succeed
             finally:
                 with self._lock:
                     self._running -= 1
@@ -363,7 +432,10 @@ class Orchestrator:
                 shape = info.input_shape if info.modality == "image" else None
                 if self._warm_start_number is not None:
                     self._enqueue_neighbour(shape)
+                if not self.owns_storage:
+                    self._fail_stale_trials()
                 trial = self.study.ask()
+                self._beat(trial)
                 params = search_space.suggest(trial, info.modality, self.config.pins, input_shape=shape)
                 n = search_space.count_params(params, info.modality, info.input_shape, info.num_classes,
                                               info.vocab_size)
@@ -378,12 +450,30 @@ class Orchestrator:
                 trial.set_user_attr("rejected", True)
                 trial.set_user_attr("reason", f"{n} parameters > max_params={self.config.max_params}")
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                self._heartbeat_ids.pop(trial.number, None)
                 self._consecutive_rejections += 1
                 if self._consecutive_rejections >= MAX_CONSECUTIVE_REJECTIONS:
                     self._stop_reason = (f"{MAX_CONSECUTIVE_REJECTIONS} sampled configurations in a row exceeded "
                                          f"max_params={self.config.max_params}; raise max_params or pin smaller "
                                          "layers")
                     return None
+
+    # -- heartbeats: other processes sharing the study judge this one's trials alive by them --------------------
+    def _beat(self, trial: Any) -> None:
+        """Record a first heartbeat as the trial is asked and keep beating until it is told. (Under _lock.)"""
+        self._heartbeat_ids[trial.number] = trial._trial_id
+        self._storage.record_heartbeat(trial._trial_id)
+
+    def _heartbeat_main(self) -> None:
+        interval = self._storage.get_heartbeat_interval() or 10
+        while not self._writer_stop.wait(interval):
+            with self._lock:
+                ids = list(self._heartbeat_ids.values())
+            for trial_id in ids:
+                try:
+                    self._storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - a missed beat is retried next interval; grace covers several
+                    log.warning("could not record a heartbeat for a running trial", exc_info=True)
 
     def _enqueue_neighbour(self, shape: tuple[int, ...] | None) -> None:
         """Queue the default configuration with two parameters redrawn at random (under _lock).
@@ -507,6 +597,8 @@ class Orchestrator:
             else:
                 self._fail(trial, result.error or token.reason or "failed")
             self._drop_model(trial.number)
+        with self._lock:
+            self._heartbeat_ids.pop(trial.number, None)
         if self.progress and result.details.get("fallback_reason"):
             self.progress.fell_back(trial.number, result.details["fallback_reason"],
                                     where=result.executed_on or "local")
@@ -635,16 +727,44 @@ def optimize(config: OptimizationConfig | None = None, *, progress: Any = None, 
     Returns an :class:`~hpo.results.OptimizationResult`; Ctrl-C stops gracefully (``result.interrupted``).
     """
     from .config import config_from_options
-    from .progress import as_listener, make_display
 
     if config is None:
         config = config_from_options(options, env_file=env_file)
     elif options:
         raise ConfigError("give either a config or keyword options, not both")
+    from .redact import install_log_masking
+    from .runlock import RunLock
+
+    install_log_masking()
     run_dir, _resuming, config = prepare_run_dir(config)
     local_needed = not config.use_runpod_service or config.runpod_fallback_local
     if local_needed and backend is None:
         datasets.ensure_available(config.dataset)  # DatasetError before any folder is made
+    check_output_dir(config.output_dir)
+    lock = RunLock(run_dir).acquire()  # RunLocked (exit 2) when another process writes to this folder
+    try:
+        return _run_locked(config, run_dir, progress, backend)
+    finally:
+        lock.release()
+
+
+def check_output_dir(output_dir: str) -> None:
+    """output_dir exists as a writable folder or can be made one; else a ConfigError (nothing else is written)."""
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output_dir={output_dir!r} is a file, not a folder; allowed: a folder hpo can write to")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output_dir={output_dir!r} cannot be created ({exc.strerror or exc}); allowed: a folder "
+                          "hpo can write to") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir={output_dir!r} is not writable; allowed: a folder hpo can write to")
+
+
+def _run_locked(config: OptimizationConfig, run_dir: Path, progress: Any, backend: Backend | None) -> Any:
+    from .progress import as_listener, make_display
+
     display = make_display(quiet=config.quiet)
     listeners = [display] if display is not None else []
     if progress is not None:

@@ -133,13 +133,23 @@ class _MaskingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a malformed record is left to logging's own error handling
             return True
-        masked = mask_text(message)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = mask_text(record.exc_text)
-        if masked != message or record.args:
-            record.msg, record.args = masked, ()
+        masked = mask_text(message)
+        if masked == message:
+            return True  # msg and args kept: formatters such as uvicorn's access log need them
+        if isinstance(record.args, tuple) and record.args:
+            # mask piece by piece and keep the record's shape where that hides everything
+            record.msg = mask_text(record.msg) if isinstance(record.msg, str) else record.msg
+            record.args = tuple(mask_text(a) if isinstance(a, str) else a for a in record.args)
+            try:
+                if mask_text(record.getMessage()) == record.getMessage():
+                    return True
+            except Exception:  # noqa: BLE001 - fall through to the flat, fully masked message
+                pass
+        record.msg, record.args = masked, ()
         return True
 
 

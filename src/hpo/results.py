@@ -74,6 +74,12 @@ class OptimizationResult:
 
 
 def _state_name(trial: Any) -> str:
+    """complete, pruned, fail, running, waiting -- or interrupted: a trial that ended without a verdict (Ctrl-C, or a
+    process that died and whose trial another run found stale). Every real failure carries the ``counted``
+    attribute; a FAIL without it was interrupted, is retried, and never counts as a failure."""
+    attrs = trial.user_attrs
+    if attrs.get("interrupted") or (trial.state.name == "FAIL" and not attrs.get("counted")):
+        return "interrupted"
     return trial.state.name.lower()
 
 
@@ -89,7 +95,7 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
         values = t.values
         record = {
             "number": t.number,
-            "state": "interrupted" if attrs.get("interrupted") else _state_name(t),
+            "state": _state_name(t),
             "value": (values[0] if values and len(values) == 1 else values),
             "val_accuracy": val.get("accuracy"),
             "val_loss": val.get("loss"),
