@@ -52,7 +52,7 @@ from hpo.testing.runpod_sim import SimulatorProcess, start_workers, stop_workers
 
 HANDLER = ROOT / "bench" / "sleep_handler.py"
 BENCH_TMP = "/dev/shm" if Path("/dev/shm").is_dir() else None
-PARAMS = {"conv_blocks": 1, "filters": 8, "kernel_size": 3, "activation": "relu", "batch_norm": False,
+PARAMS = {"conv_blocks": 1, "filters": 16, "kernel_size": 3, "activation": "relu", "batch_norm": False,
           "global_pooling": True, "dense_layers": 0, "dropout": 0.0, "learning_rate": 0.005, "optimizer": "adam",
           "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}
 

@@ -7,6 +7,13 @@ function local workers run, so a trial gives the same numbers wherever it runs.
     {TrialJob as JSON}                    {"trial_result": {TrialResult as JSON}}      (a failed trial is a result too)
     {"command": "health"}                 {"health": {"tensorflow", "gpus", "datasets", "worker_id", ...}}
     anything else                         {"error": "<what is wrong>", "error_kind": "invalid_input"}  -> job FAILED
+    (an unexpected exception)             {"error": "internal worker error (<type>: <first line>) ...",
+                                           "error_kind": "internal"}; the traceback, secrets masked, goes to the log
+
+The handler never raises (cancellation excepted). Before anything walks the input recursively, its size
+(MAX_INPUT_BYTES), nesting depth (MAX_INPUT_DEPTH) and key types are measured iteratively; the job is then parsed by
+``TrialJob.from_dict``, which also checks its params against the search space the orchestrator samples from
+(``hpo.search_space.validate_params``) -- the very parsing the local worker loop uses, so both refuse alike.
 
 While a trial trains, every epoch is published with ``runpod.serverless.progress_update`` as
 ``{"hpo_progress": {"trial_id", "worker", "epochs": [EpochReport, ...], "eta_s", "training_done"}}``; the epoch list
@@ -36,6 +43,7 @@ import platform
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,15 +53,19 @@ if (_SRC / "hpo").is_dir() and str(_SRC) not in sys.path:  # a checkout that is 
     sys.path.insert(0, str(_SRC))
 
 from hpo import datasets  # noqa: E402 - numpy only, no TensorFlow
-from hpo.exceptions import ConfigError, DatasetError, ProtocolError  # noqa: E402
-from hpo.protocol import MAX_JOB_BYTES, EpochReport, TrialJob, TrialResult  # noqa: E402
+from hpo.exceptions import ProtocolError  # noqa: E402
+from hpo.protocol import (MAX_JOB_INPUT_BYTES, MAX_JSON_DEPTH, EpochReport, TrialJob, TrialResult,  # noqa: E402
+                          check_json_bounds)
+from hpo.redact import mask_text  # noqa: E402
 
 __all__ = ["Worker", "Trainer", "health_info", "serve", "MAX_INPUT_BYTES"]
 
 log = logging.getLogger("hpo.worker")
 
-#: Inputs larger than this are refused before parsing (a TrialJob is well under MAX_JOB_BYTES).
-MAX_INPUT_BYTES = 8 * MAX_JOB_BYTES
+#: Inputs larger than this are refused before parsing (a TrialJob is well under MAX_JOB_BYTES = 1 KiB).
+MAX_INPUT_BYTES = MAX_JOB_INPUT_BYTES
+#: Inputs nested deeper than this are refused before anything walks them recursively.
+MAX_INPUT_DEPTH = MAX_JSON_DEPTH
 #: Most epochs repeated in each progress update (the client keeps the ones it has seen).
 PROGRESS_EPOCHS = 200
 
@@ -75,14 +87,46 @@ def _env_number(name: str, default: float, *, minimum: float, integer: bool = Fa
     return value
 
 
-def _worker_id() -> str:
-    from runpod.serverless.modules.worker_state import WORKER_ID  # the id the SDK puts in its job-take URL
+_LOCAL_ID = f"local-{os.getpid()}-{int(time.time())}"
 
-    return str(WORKER_ID)
+
+def _worker_id() -> str:
+    """The id the SDK puts in its job-take URL: RunPod's (and the simulator's) RUNPOD_POD_ID; a local name when the
+    worker runs without RunPod's environment (test_input.json mode, in-process tests)."""
+    return os.environ.get("RUNPOD_POD_ID", "").strip() or _LOCAL_ID
 
 
 class InvalidInput(ValueError):
     """The request input is not something this worker runs."""
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _internal_error(job_id: str, exc: Exception) -> dict[str, Any]:
+    """The answer to an unexpected exception: its type and first line (masked), never a traceback; the traceback
+    goes to the worker's log, masked."""
+    try:
+        log.error("job %s: internal error\n%s", job_id, mask_text(traceback.format_exc()))
+    except Exception:  # noqa: BLE001 - logging must not turn an answer into a raise
+        pass
+    try:
+        text = str(exc)
+        detail = text.strip().splitlines()[0][:300] if text.strip() else ""
+    except Exception:  # noqa: BLE001 - an exception whose str() raises
+        detail = ""
+    reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return {"error": mask_text(f"internal worker error ({reason}); the worker's log has the details"),
+            "error_kind": "internal"}
+
+
+def _job_id(job: Any) -> str:
+    """The SDK job's id for log lines: short and printable whatever the job holds."""
+    raw = job.get("id") if isinstance(job, dict) else None
+    text = raw if isinstance(raw, str) else repr(type(raw).__name__)
+    return text[:80] if text.isprintable() else ascii(text[:80])
 
 
 class _Running:
@@ -191,27 +235,42 @@ class Worker:
                 JobsProgress().remove(state.job_id)
                 log.debug("job %s expected to end in %.2f s: asking for the next job", state.job_id, end - now)
 
-    async def handler(self, job: dict[str, Any]) -> dict[str, Any]:
+    async def handler(self, job: Any) -> dict[str, Any]:
+        """The SDK's handler: never raises (but re-raises cancellation). Bad input -> ``invalid_input``; anything
+        unexpected -> ``internal`` with a one-line reason, the traceback (secrets masked) on the worker's log."""
+        job_id = _job_id(job)
         try:
-            request = self.parse(job.get("input"))
-        except InvalidInput as exc:
-            print(f"hpo-worker: job {job.get('id')} rejected: {exc}", flush=True)
-            return {"error": str(exc), "error_kind": "invalid_input"}
-        if request is None:
-            return {"health": await asyncio.get_running_loop().run_in_executor(self._executor, health_info,
-                                                                               self.worker_id, self.concurrency)}
-        return await self._train(job, request)
+            try:
+                request = self.parse(job.get("input") if isinstance(job, dict) else None)
+            except InvalidInput as exc:
+                message = mask_text(str(exc))
+                print(f"hpo-worker: job {job_id} rejected: {message}", flush=True)
+                return {"error": message, "error_kind": "invalid_input"}
+            if request is None:
+                return {"health": await asyncio.get_running_loop().run_in_executor(
+                    self._executor, health_info, self.worker_id, self.concurrency)}
+            return await self._train(job, request)
+        except Exception as exc:  # noqa: BLE001 - the last resort: the handler answers, whatever went wrong
+            return _internal_error(job_id, exc)
 
     # -- validation -------------------------------------------------------------------------------------------
     def parse(self, raw: Any) -> TrialJob | None:
-        """The TrialJob in ``raw``, or None for the health command; InvalidInput with a clear message otherwise."""
+        """The TrialJob in ``raw``, or None for the health command; InvalidInput with a clear message otherwise.
+
+        Size, nesting depth and key types are measured first, without recursion; then the job is parsed and
+        validated by :meth:`TrialJob.from_dict` (params against the search space), exactly as the local worker
+        loop does."""
         if not isinstance(raw, dict):
             raise InvalidInput(f"the input must be a JSON object (a TrialJob or {{\"command\": \"health\"}}), "
-                               f"got {type(raw).__name__}")
+                               f"got {_type_name(raw)}")
         try:
-            size = len(json.dumps(raw, separators=(",", ":")).encode())
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"the input is not plain JSON: {exc}") from None
+            check_json_bounds(raw, max_bytes=self.max_input_bytes, max_depth=MAX_INPUT_DEPTH)
+        except ProtocolError as exc:
+            raise InvalidInput(str(exc)) from None
+        try:
+            size = len(json.dumps(raw, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidInput(f"the input is not plain JSON: {str(exc)[:200]}") from None
         if size > self.max_input_bytes:
             raise InvalidInput(f"the input is {size:,} bytes; a job is at most {self.max_input_bytes:,} bytes "
                                "(datasets are baked into the worker image: send names and numbers, not data)")
@@ -221,17 +280,9 @@ class Worker:
             raise InvalidInput(f"unknown command {json.dumps(raw.get('command'))[:60]}; the only command is "
                                "{\"command\": \"health\"}")
         try:
-            trial = TrialJob.from_dict(raw)
+            return TrialJob.from_dict(raw)
         except ProtocolError as exc:
             raise InvalidInput(f"invalid TrialJob: {exc}") from None
-        if trial.dataset not in datasets.DATASET_NAMES:
-            raise InvalidInput(f"unknown dataset {trial.dataset!r}; this worker has: "
-                               f"{', '.join(datasets.DATASET_NAMES)}")
-        try:
-            datasets.info(trial.dataset, dict(trial.dataset_options))
-        except (ConfigError, DatasetError) as exc:
-            raise InvalidInput(f"invalid dataset options for {trial.dataset}: {exc}") from None
-        return trial
 
     # -- training ---------------------------------------------------------------------------------------------
     def _progress(self, state: _Running) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def _load_handler():
 
 handler_mod = _load_handler()
 
-PARAMS = {"conv_blocks": 1, "filters": 8, "kernel_size": 3, "activation": "relu", "batch_norm": False,
+PARAMS = {"conv_blocks": 1, "filters": 16, "kernel_size": 3, "activation": "relu", "batch_norm": False,
           "global_pooling": True, "dense_layers": 0, "dropout": 0.0, "learning_rate": 0.005, "optimizer": "adam",
           "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}
 
@@ -104,6 +104,109 @@ def test_bad_input_is_a_clear_error_not_a_traceback(payload, words):
         assert word in out["error"], out["error"]
     assert "Traceback" not in out["error"] and len(out["error"]) < 2000
     assert trainer.calls == []  # nothing was trained
+
+
+@pytest.mark.parametrize("params, words", [
+    (dict(PARAMS, learning_rate=-1), ["params.learning_rate=-1", "out of range", "[0.0001, 0.01] (log scale)"]),
+    (dict(PARAMS, batch_size=0), ["params.batch_size=0", "one of 32, 64, 128, 256"]),
+    (dict(PARAMS, foo=1), ["unknown parameter 'foo'"]),
+    (dict(PARAMS, dense_layers=1, dense_units=10**9), ["params.dense_units=1000000000", "one of 64, 128, 256, 512"]),
+    (dict(PARAMS, dense_units=128), ["params.dense_units is given but applies only when dense_layers > 0"]),
+    ({k: v for k, v in PARAMS.items() if k != "optimizer"}, ["missing parameter optimizer"]),
+    (dict(PARAMS, conv_blocks=4), ["params.conv_blocks=4", "input shape 16x16x3", "[1, 3]"]),
+    (dict(PARAMS, embedding_dim=64), ["unknown parameter 'embedding_dim' (a parameter of the other search space)"]),
+])
+def test_params_are_validated_against_the_search_space(params, words):
+    """Issue 13 (4): learning_rate=-1, batch_size=0, an unknown name, a huge layer: refused, nothing trained."""
+    trainer = FakeTrainer()
+    out = run(make_worker(trainer), job_input(params=params))
+    assert out.get("error_kind") == "invalid_input", out
+    for word in words:
+        assert word in out["error"], out["error"]
+    assert trainer.calls == []
+
+
+def test_text_params_are_validated_against_the_lstm_space():
+    lstm = {"embedding_dim": 32, "lstm_layers": 1, "lstm_units": 32, "bidirectional": False, "dropout": 0.0,
+            "dense_units": 0, "learning_rate": 0.01, "optimizer": "adam", "batch_size": 32}
+    trainer = FakeTrainer()
+    worker = make_worker(trainer)
+    out = run(worker, job_input(dataset="synthetic_text", params=dict(lstm, lstm_layers=3)))
+    assert out["error_kind"] == "invalid_input" and "params.lstm_layers=3" in out["error"], out
+    out = run(worker, job_input(dataset="synthetic_text", params=PARAMS))  # a CNN config for a text dataset
+    assert "unknown parameter 'conv_blocks'" in out["error"] and "missing parameter embedding_dim" in out["error"]
+    assert trainer.calls == []
+    assert "trial_result" in run(worker, job_input(dataset="synthetic_text", params=lstm))
+    assert trainer.calls == ["run#0"]
+
+
+def test_the_trainer_gets_the_validated_params():
+    seen = []
+
+    def trainer(job, on_epoch=None, should_stop=None, *, executed_on=None, **_):
+        seen.append(dict(job.params))
+        return TrialResult(trial_id=job.trial_id, status="completed")
+
+    run(make_worker(trainer), job_input(params=dict(PARAMS, dropout=0)))  # a JSON integer for a float param
+    assert seen == [dict(PARAMS, dropout=0.0)] and type(seen[0]["dropout"]) is float
+
+
+@pytest.mark.parametrize("payload, words", [
+    ({1: "x"}, ["key that is not a string"]),
+    (job_input(params={**PARAMS, 3: 1}), ["key that is not a string"]),
+    ({"a": {"b": {"c": json.loads("[" * 34 + "1" + "]" * 34)}}}, ["nested more than 32"]),
+    ({"x": {1, 2}}, ["not a JSON value"]),
+    ({"x": 10**5000}, ["not plain JSON"]),
+])
+def test_odd_inputs_are_refused_before_any_recursive_processing(payload, words):
+    out = run(make_worker(), payload)
+    assert out["error_kind"] == "invalid_input", out
+    for word in words:
+        assert word in out["error"], out["error"]
+
+
+def test_deep_nesting_of_100k_levels_is_an_error_not_a_recursion_error():
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    for payload in ({"params": deep}, {"command": "health", "x": {"y": deep}}, dict(job_input(), params=deep)):
+        out = run(make_worker(), payload)
+        assert out["error_kind"] == "invalid_input" and "nested more than 32 levels" in out["error"], out
+
+
+def test_an_unexpected_exception_is_an_internal_error_without_traceback_or_secret(monkeypatch, caplog):
+    secret = "rpa_HANDLER_SECRET_4f1c2e"
+    monkeypatch.setenv("RUNPOD_API_KEY", secret)
+    worker = make_worker()
+
+    def broken(raw):
+        raise RuntimeError(f"boom with {secret} inside\nsecond line")
+
+    monkeypatch.setattr(worker, "parse", broken)
+    with caplog.at_level("ERROR", logger="hpo.worker"):
+        out = run(worker, job_input())
+    assert out["error_kind"] == "internal", out
+    assert "RuntimeError: boom with *** inside" in out["error"], out["error"]
+    assert secret not in out["error"] and "Traceback" not in out["error"] and "second line" not in out["error"]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Traceback" in logged and "broken" in logged  # the traceback is on the worker's log ...
+    assert secret not in logged  # ... with the secret masked
+
+
+@pytest.mark.parametrize("job", [None, 5, "x", [], {"id": 7}, {"id": "j", "input": None}, {"input": {}}])
+def test_a_malformed_sdk_job_gets_an_answer(job):
+    out = asyncio.run(make_worker().handler(job))
+    assert out["error_kind"] == "invalid_input", out
+    expected = "missing required field 'trial_id'" if job == {"input": {}} else "the input must be a JSON object"
+    assert expected in out["error"], out
+
+
+def test_the_worker_id_is_runpods_pod_id_without_sdk_internals(monkeypatch):
+    monkeypatch.setenv("RUNPOD_POD_ID", "pod-abc")
+    worker = make_worker()
+    assert worker.worker_id == "pod-abc" and worker.executed_on == "runpod:pod-abc"
+    monkeypatch.delenv("RUNPOD_POD_ID")
+    assert make_worker().worker_id.startswith("local-")
 
 
 def test_after_bad_inputs_the_worker_serves_the_next_job():

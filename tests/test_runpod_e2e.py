@@ -196,7 +196,7 @@ def finished(cluster: Cluster, job_id: str, timeout: float = 120) -> dict:
 
 def test_bad_inputs_get_an_error_and_the_worker_serves_the_next_job(ready):
     good = TrialJob(trial_id="bad#ok", dataset="synthetic_images", max_epochs=1, seed=3, data_fraction=0.2,
-                    compute_health=False, params={"conv_blocks": 1, "filters": 8, "kernel_size": 3,
+                    compute_health=False, params={"conv_blocks": 1, "filters": 16, "kernel_size": 3,
                                                   "activation": "relu", "batch_norm": False,
                                                   "global_pooling": True, "dense_layers": 0, "dropout": 0.0,
                                                   "learning_rate": 0.005, "optimizer": "adam", "batch_size": 64,

@@ -88,3 +88,129 @@ def test_neighbours_of_the_defaults(modality, shape, pins):
     assert redrawn == set(base) - set(pins)
     one = search_space.neighbour_params(modality, random.Random("7-neighbour-3"), pins, shape)
     assert one == search_space.neighbour_params(modality, random.Random("7-neighbour-3"), pins, shape)
+
+
+# -- validate_params: the worker's check of a job's params (issue 13) ----------------------------------------------
+
+from hpo.exceptions import ProtocolError  # noqa: E402
+
+SHAPES = {"image": [(16, 16, 3), (28, 28, 1), (32, 32, 3), (8, 8, 1), (4, 4, 1)], "text": [None]}
+
+
+def _validate_all(modality, shape, configs):
+    for params in configs:
+        checked = search_space.validate_params(modality, params, shape)
+        assert checked == params, (params, checked)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_every_configuration_the_sampler_asks_for_passes_the_workers_validation(modality, sampler):
+    """Item 4: the orchestrator's own jobs always pass -- many sampled configurations per shape, with and without
+    pins, told back so TPE samples from its model (not only its random start-up)."""
+    pins_list = [{}, {"batch_size": 128} if modality == "image" else {"optimizer": "rmsprop"}]
+    for shape in SHAPES[modality]:
+        for pins in pins_list:
+            make = (optuna.samplers.RandomSampler(seed=5) if sampler == "random"
+                    else optuna.samplers.TPESampler(seed=5, n_startup_trials=5))
+            study = optuna.create_study(sampler=make, direction="maximize")
+            configs = []
+            for i in range(40):
+                trial = study.ask()
+                params = search_space.suggest(trial, modality, pins, input_shape=shape)
+                configs.append(params)
+                study.tell(trial, float(params["learning_rate"]) * (i % 7))
+            _validate_all(modality, shape, configs)
+            assert len({tuple(sorted(c.items())) for c in configs}) > 20  # really many different ones
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_warm_start_and_neighbours_pass_the_workers_validation_also_through_optuna(modality):
+    import random
+
+    for shape in SHAPES[modality]:
+        for pins in ({}, {"dropout": 0.5} if modality == "image" else {"dense_units": 128}):
+            base = search_space.default_params(modality, pins, shape)
+            configs = [base] + [search_space.neighbour_params(modality, random.Random(f"s-{i}"), pins, shape)
+                                for i in range(200)]
+            _validate_all(modality, shape, configs)
+            # as the orchestrator runs them: enqueued, then asked for through suggest
+            study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=1))
+            for params in configs[:20]:
+                study.enqueue_trial(params)
+                asked = search_space.suggest(study.ask(), modality, pins, input_shape=shape)
+                assert search_space.validate_params(modality, asked, shape) == params
+
+
+class _TopRng:
+    """A random.Random stand-in that always draws the upper end of a range."""
+
+    def sample(self, population, k):
+        return list(population)[:k]
+
+    def uniform(self, a, b):
+        return b
+
+    def randint(self, a, b):
+        return b
+
+    def choice(self, seq):
+        return seq[-1]
+
+
+def test_neighbours_on_the_edge_of_a_log_range_stay_inside_it():
+    import math
+
+    assert math.exp(math.log(1e-2)) > 1e-2  # the float round trip overshoots the upper bound ...
+    params = search_space.neighbour_params("text", _TopRng(), {}, None, redraw=10)
+    assert params["learning_rate"] == 1e-2  # ... and the neighbour is clamped back inside
+    assert search_space.validate_params("text", params) == params
+
+
+IMAGE = {"conv_blocks": 2, "filters": 32, "kernel_size": 3, "activation": "relu", "batch_norm": True,
+         "global_pooling": False, "dense_layers": 1, "dense_units": 128, "dropout": 0.25, "learning_rate": 1e-3,
+         "optimizer": "adam", "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"learning_rate": 1e-4 * 0.999}, "params.learning_rate=9.99e-05 is out of range; allowed: float in "
+                                      "[0.0001, 0.01] (log scale)"),
+    ({"learning_rate": float("nan")}, "params.learning_rate=nan is not a finite number"),
+    ({"weight_decay": float("inf")}, "params.weight_decay=inf is not a finite number"),
+    ({"dropout": "0.2"}, "params.dropout='0.2' is not a float; allowed: float in [0.0, 0.5]"),
+    ({"dropout": True}, "params.dropout=true is not a float"),
+    ({"conv_blocks": 2.0}, "params.conv_blocks=2.0 is not an int; allowed: int in [1, 4]"),
+    ({"conv_blocks": 0}, "params.conv_blocks=0 is out of range for input shape 32x32x3; allowed: int in [1, 4]"),
+    ({"dense_layers": 3}, "params.dense_layers=3 is out of range; allowed: int in [0, 2]"),
+    ({"batch_norm": 1}, "params.batch_norm=1 is not allowed; allowed: one of true, false"),
+    ({"filters": True}, "params.filters=true is not allowed; allowed: one of 16, 32, 64"),
+    ({"activation": "RELU"}, "params.activation='RELU' is not allowed; allowed: one of relu, elu, gelu, swish"),
+    ({"dense_units": None}, "params.dense_units=null is not allowed"),
+    ({"dense_layers": 0}, "params.dense_units is given but applies only when dense_layers > 0 (dense_layers=0)"),
+    ({"lstm_units": 64}, "unknown parameter 'lstm_units' (a parameter of the other search space)"),
+    ({"x" * 100: 1}, "unknown parameter 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...'"),
+    ({5: 1}, "parameter names must be strings, got 5"),
+])
+def test_validate_params_names_the_parameter_the_value_and_what_is_allowed(change, fragment):
+    with pytest.raises(ProtocolError) as info:
+        search_space.validate_params("image", {**IMAGE, **change}, (32, 32, 3))
+    assert fragment in str(info.value), str(info.value)
+
+
+def test_validate_params_requires_every_active_parameter():
+    for name in IMAGE:  # without dense_layers, dense_units is judged on its own and dense_layers is reported
+        params = {k: v for k, v in IMAGE.items() if k != name}
+        with pytest.raises(ProtocolError, match=f"missing parameter {name} "):
+            search_space.validate_params("image", params, (32, 32, 3))
+    no_dense = {k: v for k, v in IMAGE.items() if k != "dense_units"} | {"dense_layers": 0}
+    assert search_space.validate_params("image", no_dense, (32, 32, 3)) == no_dense
+
+
+def test_validate_params_refuses_other_shapes_and_modalities():
+    with pytest.raises(ProtocolError, match="params must be an object of parameter names to values, got a list"):
+        search_space.validate_params("image", [1, 2])
+    with pytest.raises(ProtocolError, match="unknown modality 'audio'; allowed: image, text"):
+        search_space.validate_params("audio", IMAGE)
+    assert search_space.validate_params("image", dict(IMAGE, conv_blocks=4)) == dict(IMAGE, conv_blocks=4)
+    with pytest.raises(ProtocolError, match=r"for input shape 16x16x3; allowed: int in \[1, 3\]"):
+        search_space.validate_params("image", dict(IMAGE, conv_blocks=4), (16, 16, 3))

@@ -109,11 +109,12 @@ class OptimizationConfig:
                                       "gradient_health, generalization, training_stability, convergence, efficiency)")
     concurrent_workers: int = _opt(1, "trials run at the same time (local worker processes or remote jobs)",
                                    low=1, high=64)
-    min_epochs_per_trial: int = _opt(1, "epochs every trial gets before pruning or early stopping may end it", low=1)
+    min_epochs_per_trial: int = _opt(1, "epochs every trial gets before pruning or early stopping may end it", low=1,
+                                     high=100_000)
     max_epochs_per_trial: int | None = _opt(None, f"most epochs a trial trains (default {DEFAULT_MAX_EPOCHS}; with "
                                             "epoch_budget, half the budget, or a worker's share of it when more than "
                                             f"two workers run: at least {DEFAULT_MAX_EPOCHS}, at most "
-                                            f"{MAX_EPOCHS_FROM_BUDGET})", low=1)
+                                            f"{MAX_EPOCHS_FROM_BUDGET})", low=1, high=100_000)
     epoch_budget: int | None = _opt(None, "most training epochs of all trials together (default: no limit but "
                                     "trials x max_epochs_per_trial); no trial starts once it is spent, none is "
                                     "given more epochs than remain, and epochs saved by pruning and early stopping "
@@ -130,10 +131,12 @@ class OptimizationConfig:
                                    low=0.0, high=0.9, low_open=True)
     data_fraction: float = _opt(1.0, "share of the training part each trial trains on (fast proxies)",
                                 low=0.0, high=1.0, low_open=True)
-    vocab_size: int | None = _opt(None, "text datasets: vocabulary size (default: the dataset's)", low=3)
+    vocab_size: int | None = _opt(None, "text datasets: vocabulary size (default: the dataset's)", low=3,
+                                   high=1_000_000)
     sequence_length: int | None = _opt(None, "text datasets: tokens per text, longer truncated, shorter padded "
-                                       "(default: the dataset's)", low=1)
-    image_size: int | None = _opt(None, "gtsrb: images are resized to image_size x image_size (default 32)", low=8)
+                                       "(default: the dataset's)", low=1, high=100_000)
+    image_size: int | None = _opt(None, "gtsrb: images are resized to image_size x image_size (default 32)",
+                                  low=8, high=1024)
     seed: int = _opt(42, "seed of the sampler, the data split and every trial", low=0, high=MAX_SEED)
     timeout_minutes: float | None = _opt(None, "stop starting new trials after this many minutes",
                                          low=0.0, low_open=True)

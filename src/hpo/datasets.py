@@ -150,6 +150,8 @@ _REGISTRY: dict[str, _Spec] = {
 assert tuple(_REGISTRY) == DATASET_NAMES
 
 _OPTION_MIN = {"vocab_size": 3, "sequence_length": 1, "image_size": 8}
+#: the most a job may ask for (a larger embedding or input would exhaust a worker's memory, not train)
+_OPTION_MAX = {"vocab_size": 1_000_000, "sequence_length": 100_000, "image_size": 1024}
 _OPTION_HELP = {
     "vocab_size": "integer >= 3 (ids 0, 1, 2 are padding, start and out-of-vocabulary)",
     "sequence_length": "integer >= 1",
@@ -197,6 +199,9 @@ def _resolve_options(spec: _Spec, options: Mapping | None) -> dict[str, int]:
         if value < _OPTION_MIN[key]:
             raise ConfigError(f"Dataset option {key}={value} is too small for '{spec.name}': "
                               f"must be an {_OPTION_HELP[key]}.")
+        if value > _OPTION_MAX[key]:
+            raise ConfigError(f"Dataset option {key}={value} is too large for '{spec.name}': "
+                              f"allowed at most {_OPTION_MAX[key]}.")
         out[key] = value
     return out
 

@@ -497,7 +497,7 @@ class Orchestrator:
         return TrialJob(trial_id=f"{c.run_name}#{trial.number}", dataset=c.dataset,
                         dataset_options=c.dataset_options, params=params, max_epochs=max_epochs,
                         min_epochs=c.min_epochs_per_trial, patience=c.early_stopping_patience,
-                        seed=c.seed + trial.number, split_seed=c.seed, validation_split=c.validation_split,
+                        seed=(c.seed + trial.number) % 2**32, split_seed=c.seed, validation_split=c.validation_split,
                         data_fraction=c.data_fraction, use_multi_gpu=c.use_multi_gpu,
                         target_gpus=c.target_gpus_per_worker, compute_health=c.mode != "simple",
                         lr_schedule=c.lr_schedule)

@@ -4,6 +4,13 @@ Local worker processes and RunPod workers receive the very same JSON job and run
 ``training.run_trial``, so a trial gives the same numbers wherever it runs. Parsing is strict: a missing, unknown or
 mistyped field, or another schema version, is a :class:`ProtocolError` that names the field. Non-finite floats are
 carried as ``null`` so every document is standard JSON.
+
+A TrialJob read from JSON (:meth:`TrialJob.from_dict`, used by the local worker loop and the RunPod handler alike) is
+also checked for meaning (:meth:`TrialJob.validate`): a known dataset with valid options, seeds and epoch counts in
+range, and ``params`` inside the very search space the orchestrator samples from
+(:func:`hpo.search_space.validate_params`). Untrusted input is measured first, without recursion
+(:func:`check_json_bounds`): nesting depth, size and key types are bounded before anything walks it recursively.
+Nothing here imports TensorFlow (``hpo.datasets`` is numpy-only and imported only when a job is validated).
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
-from .exceptions import ProtocolError
+from . import search_space
+from .exceptions import ConfigError, DatasetError, ProtocolError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -26,11 +34,28 @@ __all__ = [
     "TrialStatus",
     "LrSchedule",
     "MAX_JOB_BYTES",
+    "MAX_JOB_INPUT_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_SEED",
+    "MAX_EPOCHS",
+    "check_json_bounds",
 ]
 
 SCHEMA_VERSION = 1
 #: RunPod jobs are small: the dataset is baked into the worker image, only names and numbers travel.
 MAX_JOB_BYTES = 1024
+#: Most bytes of a job document a worker reads (8x the typical size; anything bigger is refused unparsed).
+MAX_JOB_INPUT_BYTES = 8 * MAX_JOB_BYTES
+#: Deepest nesting of objects/lists a worker accepts in its input (a TrialJob is 3 levels deep).
+MAX_JSON_DEPTH = 32
+#: Seeds are what numpy accepts: [0, 2**32 - 1] (config.MAX_SEED).
+MAX_SEED = 2**32 - 1
+#: Most epochs, min epochs or patience a job may ask for.
+MAX_EPOCHS = 100_000
+#: Longest trial id (ids are "<run name>#<number>").
+MAX_TRIAL_ID = 200
+#: Most GPUs a job may ask for (0 = all the worker sees).
+MAX_TARGET_GPUS = 1024
 
 TrialStatus = Literal["completed", "failed", "stopped"]
 #: learning rate within a trial: constant, or cosine decay from the trial's learning_rate to 0 over its max_epochs
@@ -82,6 +107,81 @@ def _conforms(value: Any, tp: Any) -> bool:
     raise TypeError(f"unsupported protocol type {tp}")
 
 
+def _preview(value: Any) -> str:
+    """A short rendering of an untrusted value for an error message: never recursive, never huge."""
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 60 else value[:60] + "...")
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**30 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} key(s)"
+    return f"a {type(value).__name__}"
+
+
+def _first_bad_entry(fname: str, value: Any, tp: Any) -> str:
+    """For an object field: which entry is wrong (``; params['dropout'] is a list of 1 item(s)``), else ""."""
+    if get_origin(tp) is not dict or not isinstance(value, dict):
+        return ""
+    vt = get_args(tp)[1]
+    for key, item in value.items():
+        if not isinstance(key, str):
+            return f"; {fname} has a key that is not a string ({_preview(key)})"
+        if not _conforms(item, vt):
+            shown = key if len(key) <= 60 else key[:60] + "..."
+            return f"; {fname}[{shown!r}] is {_preview(item)}"
+    return ""
+
+
+def check_json_bounds(value: Any, *, max_bytes: int = MAX_JOB_INPUT_BYTES, max_depth: int = MAX_JSON_DEPTH,
+                      what: str = "the input") -> int:
+    """Measure untrusted JSON-like data iteratively (no recursion: 100k-deep nesting cannot overflow the stack).
+
+    Returns an estimate of its size as compact JSON (bytes, a lower bound). Raises ProtocolError when it is nested
+    deeper than ``max_depth``, larger than ``max_bytes``, has an object key that is not a string, or holds anything
+    that is not a JSON value (dict, list, str, int, float, bool, None). Stops at the first problem, so a 10 MB
+    input costs no more than ``max_bytes`` of walking."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    size = 0
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)) and depth > max_depth:
+            raise ProtocolError(f"{what} is nested more than {max_depth} levels deep; a job is a flat object "
+                                "of names and numbers")
+        if isinstance(item, dict):
+            size += 2 + len(item)
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise ProtocolError(f"{what} has an object key that is not a string ({_preview(key)}); "
+                                        "JSON object keys are strings")
+                size += len(key) + 3
+                stack.append((child, depth + 1))
+                if size > max_bytes:
+                    break
+        elif isinstance(item, list):
+            size += 2 + len(item)
+            stack.extend((child, depth + 1) for child in item[: max_bytes + 1])
+        elif isinstance(item, str):
+            size += len(item) + 2
+        elif isinstance(item, bool) or item is None:
+            size += 4
+        elif isinstance(item, int):
+            size += max(1, item.bit_length() * 3 // 10)
+        elif isinstance(item, float):
+            size += 3
+        else:
+            raise ProtocolError(f"{what} holds {_preview(item)}, which is not a JSON value")
+        if size > max_bytes:
+            raise ProtocolError(f"{what} is more than {max_bytes:,} bytes as JSON; a job is at most {max_bytes:,} "
+                                "bytes (datasets are baked into the worker image: send names and numbers, not data)")
+    return size
+
+
 def _clean(value: Any) -> Any:
     """Deep-copy into JSON-safe values: non-finite floats -> None, numpy scalars -> Python scalars, tuples -> lists."""
     if isinstance(value, dict):
@@ -115,12 +215,17 @@ class _Message:
             raise ProtocolError(f"{name} must be a JSON object, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(fields))
+        odd = [k for k in data if not isinstance(k, str)]
+        if odd:
+            raise ProtocolError(f"{name}: field names must be strings, got {_preview(odd[0])}")
+        unknown = [u if len(u) <= 60 else u[:60] + "..." for u in sorted(set(data) - set(fields))]
+        if len(unknown) > 5:
+            unknown = [*unknown[:5], f"... ({len(unknown)} in all)"]
         if unknown:
             raise ProtocolError(f"{name}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
         version = data.get("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
-            raise ProtocolError(f"{name}: schema_version {version!r} is not supported; this hpo speaks "
+            raise ProtocolError(f"{name}: schema_version {_preview(version)} is not supported; this hpo speaks "
                                 f"version {SCHEMA_VERSION}")
         kwargs = {}
         for fname, f in fields.items():
@@ -130,7 +235,7 @@ class _Message:
                 continue
             if not _conforms(data[fname], hints[fname]):
                 raise ProtocolError(f"{name}: field {fname!r} must be {_describe(hints[fname])}, "
-                                    f"got {json.dumps(data[fname], default=repr)[:80]}")
+                                    f"got {_preview(data[fname])}{_first_bad_entry(fname, data[fname], hints[fname])}")
             kwargs[fname] = data[fname]
         try:
             return cls(**kwargs)
@@ -178,6 +283,48 @@ class TrialJob(_Message):
             raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
         if self.target_gpus < 0:
             raise ValueError(f"target_gpus must be >= 0, got {self.target_gpus}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrialJob:
+        """A job read from JSON: bounded (:func:`check_json_bounds`), strictly typed, then checked for meaning
+        (:meth:`validate`). ProtocolError names the first field that is wrong and what is allowed."""
+        check_json_bounds(data, what="the TrialJob")
+        job: TrialJob = super().from_dict(data)
+        return job.validate()
+
+    def validate(self) -> TrialJob:
+        """This job with its params as the trainer uses them, or ProtocolError.
+
+        Checks what the types cannot: a printable trial id, seeds in [0, MAX_SEED], epoch counts up to MAX_EPOCHS,
+        a known dataset with valid options, and ``params`` inside the search space of the dataset's modality
+        (:func:`hpo.search_space.validate_params`, the definitions the orchestrator samples from)."""
+        from . import datasets  # numpy only; not needed to import this module
+
+        if not self.trial_id or len(self.trial_id) > MAX_TRIAL_ID or not self.trial_id.isprintable():
+            raise ProtocolError(f"TrialJob: trial_id={_preview(self.trial_id)} is not allowed; allowed: 1 to "
+                                f"{MAX_TRIAL_ID} printable characters")
+        for name in ("seed", "split_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_SEED:
+                raise ProtocolError(f"TrialJob: {name}={_preview(value)} is out of range; allowed: integer in "
+                                    f"[0, {MAX_SEED}]")
+        for name in ("max_epochs", "min_epochs", "patience"):
+            if getattr(self, name) > MAX_EPOCHS:
+                raise ProtocolError(f"TrialJob: {name}={_preview(getattr(self, name))} is out of range; allowed: "
+                                    f"integer in [1, {MAX_EPOCHS}]")
+        if self.target_gpus > MAX_TARGET_GPUS:
+            raise ProtocolError(f"TrialJob: target_gpus={_preview(self.target_gpus)} is out of range; allowed: "
+                                f"integer in [0, {MAX_TARGET_GPUS}] (0 = all visible)")
+        if self.dataset not in datasets.DATASET_NAMES:
+            shown = self.dataset if len(self.dataset) <= 60 else self.dataset[:60] + "..."
+            raise ProtocolError(f"TrialJob: unknown dataset {shown!r}; allowed: {', '.join(datasets.DATASET_NAMES)}")
+        try:
+            info = datasets.info(self.dataset, dict(self.dataset_options))
+        except (ConfigError, DatasetError, ValueError) as exc:  # ValueError: e.g. an int too long to print
+            raise ProtocolError(f"TrialJob: invalid dataset options for {self.dataset}: {str(exc)[:300]}") from None
+        shape = info.input_shape if info.modality == "image" else None
+        params = search_space.validate_params(info.modality, self.params, shape)
+        return dataclasses.replace(self, params=params)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, ProtocolError
 
 __all__ = [
     "Param",
@@ -29,6 +29,7 @@ __all__ = [
     "default_params",
     "neighbour_params",
     "count_params",
+    "validate_params",
 ]
 
 Modality = Literal["image", "text"]
@@ -227,8 +228,9 @@ def neighbour_params(modality: str, rng: Any, pins: dict[str, Any] | None = None
         if p.kind == "int":
             values[name] = rng.randint(int(low), int(high))
         elif p.kind == "float":
-            values[name] = (math.exp(rng.uniform(math.log(low), math.log(high))) if p.log
-                            else rng.uniform(float(low), float(high)))
+            drawn = (math.exp(rng.uniform(math.log(low), math.log(high))) if p.log
+                     else rng.uniform(float(low), float(high)))
+            values[name] = min(max(drawn, float(low)), float(high))  # exp(log(high)) can overshoot by an ulp
         else:
             values[name] = rng.choice(list(p.choices))
     params: dict[str, Any] = {}
@@ -236,6 +238,104 @@ def neighbour_params(modality: str, rng: Any, pins: dict[str, Any] | None = None
         if _is_active(p, params):
             params[p.name] = values[p.name]
     return params
+
+
+# -- validation of a job's params (the worker side) -----------------------------------------------------------------
+
+def _preview(value: Any) -> str:
+    """A short, safe rendering of a value from outside (never recursive, never huge)."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:40] + "...")
+    if isinstance(value, bool) or value is None:
+        return _fmt(value) if value is not None else "null"
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**30 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} key(s)"
+    return f"a {type(value).__name__}"
+
+
+def _check_value(p: Param, value: Any, input_shape: tuple[int, ...] | None) -> Any:
+    """``value`` as the trainer will use it, or ProtocolError naming the param, the value and what is allowed.
+
+    Strict JSON typing (no string coercion, unlike :func:`coerce_pin`): ints are JSON integers, floats are finite
+    numbers, categorical values are one of the choices with the choice's type (``true`` is not ``1``)."""
+    where = f"params.{p.name}={_preview(value)}"
+    if p.kind == "categorical":
+        for choice in p.choices:
+            if type(value) is type(choice) and value == choice:
+                return choice
+        raise ProtocolError(f"{where} is not allowed; allowed: {p.describe()}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (p.kind == "int" and isinstance(value, float)):
+        raise ProtocolError(f"{where} is not a{'n' if p.kind == 'int' else ''} {p.kind}; allowed: {p.describe()}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError(f"{where} is not a finite number; allowed: {p.describe()}")
+    low, high = _bounds(p, input_shape)
+    if (low is not None and value < low) or (high is not None and value > high):
+        scale = " (log scale)" if p.log else ""
+        shape = (f" for input shape {'x'.join(str(d) for d in input_shape)}"
+                 if p.name == "conv_blocks" and input_shape is not None else "")
+        raise ProtocolError(f"{where} is out of range{shape}; allowed: {p.kind} in [{_fmt(low)}, {_fmt(high)}]{scale}")
+    return int(value) if p.kind == "int" else float(value)
+
+
+def validate_params(modality: str, params: Any, input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Check a trial's ``params`` against the space the orchestrator samples from; return them as the trainer uses
+    them (in the space's order, floats as floats).
+
+    Every active parameter must be present, with the right type, inside its range (for ``conv_blocks``: capped by
+    ``input_shape`` like :func:`suggest` caps it) or one of its choices; conditional parameters (``dense_units`` of
+    the CNN) must be absent when inactive; unknown names are refused. Raises :class:`ProtocolError` listing every
+    problem, each naming the parameter, the bad value and what is allowed."""
+    try:
+        space = space_for(modality)
+    except ConfigError as exc:
+        raise ProtocolError(str(exc)) from None
+    if not isinstance(params, dict):
+        raise ProtocolError(f"params must be an object of parameter names to values, got {_preview(params)}")
+    label = "CNN (image)" if modality == "image" else "LSTM (text)"
+    names = [p.name for p in space]
+    problems: list[str] = []
+    odd_keys = [k for k in params if not isinstance(k, str)]
+    if odd_keys:
+        problems.append(f"parameter names must be strings, got {_preview(odd_keys[0])}")
+    unknown = sorted(k for k in params if isinstance(k, str) and k not in names)
+    for name in unknown[:5]:
+        other = " (a parameter of the other search space)" if name in all_param_names() else ""
+        problems.append(f"unknown parameter {_preview(name)}{other}")
+    if len(unknown) > 5:
+        problems.append(f"... and {len(unknown) - 5} more unknown parameter(s)")
+    checked: dict[str, Any] = {}
+    for p in space:
+        if p.active_if is not None:
+            control, _cond = p.active_if
+            if control not in checked:  # the controlling parameter is itself wrong: judge this one on its own
+                if p.name in params:
+                    try:
+                        _check_value(p, params[p.name], input_shape)
+                    except ProtocolError as exc:
+                        problems.append(str(exc))
+                continue
+            if not _is_active(p, checked):
+                if p.name in params:
+                    problems.append(f"params.{p.name} is given but applies only when {control} > 0 "
+                                    f"({control}={checked[control]}); leave it out")
+                continue
+        if p.name not in params:
+            problems.append(f"missing parameter {p.name} ({p.describe()})")
+            continue
+        try:
+            checked[p.name] = _check_value(p, params[p.name], input_shape)
+        except ProtocolError as exc:
+            problems.append(str(exc))
+    if problems:
+        hint = f" (the {label} search space has: {', '.join(names)})" if unknown or odd_keys else ""
+        raise ProtocolError("invalid params: " + "; ".join(problems) + hint)
+    return checked
 
 
 def _conv_filters(params: dict[str, Any]) -> list[int]:

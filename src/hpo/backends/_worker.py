@@ -81,12 +81,14 @@ def main() -> int:
             return 0
         if message.get("type") != "run":
             continue
+        raw = message.get("job")
         try:
-            job = TrialJob.from_dict(message["job"])
+            job = TrialJob.from_dict(raw)  # the RunPod handler's validation too: params inside the search space
         except Exception as exc:  # noqa: BLE001 - a bad job is a failed trial, not a dead worker
-            trial_id = str((message.get("job") or {}).get("trial_id", "?"))
+            trial_id = raw.get("trial_id") if isinstance(raw, dict) else None
             send({"type": "result", "rss_mb": _rss_mb(),
-                  "result": TrialResult(trial_id=trial_id, status="failed", error=str(exc)).to_dict()})
+                  "result": TrialResult(trial_id=trial_id if isinstance(trial_id, str) else "?", status="failed",
+                                        error=f"invalid TrialJob: {exc}").to_dict()})
             continue
 
         stop = threading.Event()
