@@ -186,7 +186,7 @@ def test_run_names_are_filesystem_safe(tmp_path):
 
 def test_concurrent_cpu_workers_share_the_cores(tmp_path, monkeypatch):
     from hpo.config import OptimizationConfig
-    from hpo.orchestrator import make_backend
+    from hpo.session import make_backend
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     one = make_backend(OptimizationConfig(dataset="synthetic_images"), tmp_path)

@@ -80,12 +80,12 @@ def test_the_best_trial_is_a_completed_one(hyperband_run):
 ])
 def test_each_pruner_uses_the_epochs_per_trial_as_its_resources(tmp_path, name, cls, resources):
     from hpo.config import OptimizationConfig
-    from hpo.orchestrator import Orchestrator
+    from hpo.study import make_pruner
 
     config = OptimizationConfig(dataset="synthetic_images", pruner=name, min_epochs_per_trial=2,
                                 max_epochs_per_trial=7, prune_below_best=0.2, prune_behind_in_time=0.07)
-    orchestrator = Orchestrator(config, backend=None, run_dir=tmp_path)
-    pruner = orchestrator._make_pruner()
+    notes: list[str] = []
+    pruner = make_pruner(config, notes)
     if name != "none":  # every real pruner is wrapped in the far-behind rule; pruner=none prunes nothing at all
         assert isinstance(pruner, FarBehindPruner)
         assert (pruner.margin, pruner.time_margin, pruner.min_step) == (0.2, 0.07, 2)
@@ -93,8 +93,8 @@ def test_each_pruner_uses_the_epochs_per_trial_as_its_resources(tmp_path, name, 
     assert isinstance(pruner, cls)
     for attr, value in resources.items():
         assert getattr(pruner, attr) == value
-    assert orchestrator.notes == []
-    pareto = Orchestrator(config.replace(mode="pareto"), backend=None, run_dir=tmp_path)
-    assert isinstance(pareto._make_pruner(), optuna.pruners.NopPruner)
-    assert pareto.notes == ([] if name == "none" else
+    assert notes == []
+    pareto_notes: list[str] = []
+    assert isinstance(make_pruner(config.replace(mode="pareto"), pareto_notes), optuna.pruners.NopPruner)
+    assert pareto_notes == ([] if name == "none" else
                             [f"pruner={name} is off: Optuna cannot prune multi-objective (pareto) studies"])

@@ -110,7 +110,7 @@ def test_a_killed_holders_lock_is_taken_over_and_the_run_resumes_with_its_trial_
     assert f"trial {lost} was left running" in resumed.stdout
     # the crash is no failure: 2 completed, nothing failed, done never above total
     assert "trials: 2 completed, 0 pruned, 0 failed" in resumed.stdout, resumed.stdout
-    from hpo.results import load_results
+    from hpo.rundir import load_results
 
     result = load_results(tmp_path / "crash")
     by_number = {t["number"]: t for t in result.trials}

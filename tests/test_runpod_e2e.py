@@ -107,7 +107,7 @@ def test_trials_run_on_the_workers_with_the_numbers_of_a_local_run(ready, tmp_pa
     assert "trials: 4 completed" in proc.stdout
     run_dir = tmp_path / "e2e"
 
-    from hpo.results import load_results
+    from hpo.rundir import load_results
 
     result = load_results(run_dir)
     assert [t["state"] for t in result.trials] == ["complete"] * 4
@@ -159,7 +159,7 @@ def test_endpoint_down_from_the_start_runs_every_trial_locally(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "trials: 2 completed" in proc.stdout
     assert "unreachable at start" in proc.stdout  # the summary says why
-    from hpo.results import load_results
+    from hpo.rundir import load_results
 
     trials = load_results(tmp_path / "down").trials
     assert all(t["executed_on"].startswith("local:") for t in trials)
@@ -253,7 +253,7 @@ def test_a_trial_past_its_time_limit_is_cancelled_and_the_worker_stops_within_an
                                 "trial_timeout_minutes=0.08", *LONG), cwd=tmp_path, RUNPOD_API_KEY=API_KEY,
                    timeout=300)
     assert "trials: 0 completed, 0 pruned, 1 failed" in proc.stdout, proc.stdout + proc.stderr
-    from hpo.results import load_results
+    from hpo.rundir import load_results
 
     trial = load_results(tmp_path / "limit").trials[0]
     assert "time limit of 4.8 s" in trial["reason"] and trial["epochs"] >= 1
@@ -332,7 +332,7 @@ def test_a_worker_killed_mid_trial_loses_no_trial(ready, tmp_path):
     assert "trials: 3 completed" in out
     lost = ready.sim.job(victim_job["id"])
     assert lost["status"] == "FAILED" and f"worker {victim} stopped responding" in lost["error"]
-    from hpo.results import load_results
+    from hpo.rundir import load_results
 
     trials = load_results(tmp_path / "killed").trials
     assert len(trials) == 3 and all(t["state"] == "complete" for t in trials)

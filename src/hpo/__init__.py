@@ -27,12 +27,13 @@ from .exceptions import ConfigError, DatasetError, HPOError
 
 if TYPE_CHECKING:
     from .config import OptimizationConfig
-    from .orchestrator import optimize
-    from .results import OptimizationResult, load_results
+    from .results import OptimizationResult
+    from .rundir import load_results
+    from .session import optimize
 
 _LAZY = {
-    "optimize": ("orchestrator", "optimize"),
-    "load_results": ("results", "load_results"),
+    "optimize": ("session", "optimize"),
+    "load_results": ("rundir", "load_results"),
     "OptimizationConfig": ("config", "OptimizationConfig"),
     "OptimizationResult": ("results", "OptimizationResult"),
 }

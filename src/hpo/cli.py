@@ -73,7 +73,7 @@ def _print(*args: Any) -> None:
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from .config import config_from_options, parse_kv
     from .redact import mask_text
-    from .orchestrator import optimize
+    from .session import optimize
 
     config = config_from_options(parse_kv(args.options))
     result = optimize(config)
@@ -109,13 +109,12 @@ def _fmt(value: Any) -> str:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from . import datasets
+    from . import catalog, datafiles
 
     rows = []
-    for name in datasets.DATASET_NAMES:
-        info = datasets.info(name)
-        synthetic = name.startswith("synthetic")
-        found = synthetic or datasets.locate(name) is not None
+    for name in catalog.DATASET_NAMES:
+        info = catalog.info(name)
+        found = catalog.is_generated(name) or datafiles.locate(name) is not None
         rows.append({"name": name, "modality": info.modality, "input_shape": list(info.input_shape),
                      "classes": info.num_classes, "available_offline": found, "description": info.description})
     if args.json:
@@ -130,7 +129,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .results import load_results
+    from .rundir import load_results
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -24,7 +24,12 @@ class HPOError(Exception):
 
 
 class ConfigError(HPOError, ValueError):
-    """An option is unknown, mistyped or out of range. The message says what was wrong and what is allowed."""
+    """An option is unknown, mistyped or out of range. The message says what was wrong and what is allowed;
+    ``field`` names the option when one option is to blame (the REST API reports it as the error's location)."""
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class DatasetError(HPOError):

@@ -1,10 +1,9 @@
-"""The run folder: ``optimization_results/<run_name>/`` writing and loading.
+"""A run's results as plain data and files, made from its Optuna study (the store of record):
 
-    config.json        every option of the run (no secrets; passwords in storage URLs are masked)
-    study.db           the Optuna study (default storage)
     trials.csv         one row per trial
     best.json          the best trial (or the Pareto front in pareto mode)
-    best_model.keras   the best trial's model
+
+(:mod:`hpo.rundir` owns the run folder itself: config.json, study.db, the lock and the model files.)
 
 Trials serialize to plain dicts (:func:`trial_records`) built from the Optuna study, which is the store of record:
 each trial's own TrialResult travels in its user attributes.
@@ -14,22 +13,19 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .exceptions import ConfigError
-from .redact import mask_url
-
 __all__ = [
     "OptimizationResult",
     "trial_records",
-    "write_config",
     "write_trials_csv",
     "write_best",
-    "load_results",
-    "mask_url",
+    "RunFilesWriter",
     "CONFIG_FILE",
     "BEST_FILE",
     "TRIALS_FILE",
@@ -145,18 +141,6 @@ def write_trials_csv(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
-def write_config(run_dir: Path, config: Any, *, storage_url: str, study_name: str) -> Path:
-    data = config.to_dict()
-    data["storage"] = mask_url(data.get("storage"))
-    from . import __version__
-
-    doc = {"hpo_version": __version__, "study_name": study_name, "storage_url": mask_url(storage_url),
-           "config": data}
-    path = Path(run_dir) / CONFIG_FILE
-    _atomic_write(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    return path
-
-
 def _best_entry(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("number", "value", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "overall_health",
             "epochs", "best_epoch", "param_count", "executed_on", "device", "params", "health")
@@ -195,25 +179,6 @@ def write_best(run_dir: Path, study: Any, records: list[dict[str, Any]], mode: s
     return doc
 
 
-def load_results(path: str | os.PathLike[str]) -> OptimizationResult:
-    """Read a run folder back (finished or still running)."""
-    import optuna
-
-    run_dir = Path(path)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise ConfigError(f"{run_dir} is not an hpo run folder (no {CONFIG_FILE})")
-    doc = json.loads(config_path.read_text())
-    storage = doc["storage_url"]
-    if "***" in storage:
-        raise ConfigError(f"the study of {run_dir} lives in {storage}; its password is not stored — open it with "
-                          "optuna.load_study and your credentials")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=doc["study_name"], storage=storage)
-    mode = doc["config"]["mode"]
-    return build_result(run_dir, study, mode)
-
-
 def build_result(run_dir: Path, study: Any, mode: str, *, interrupted: bool = False,
                  stop_reason: str | None = None, aborted: bool = False,
                  notes: list[str] | None = None) -> OptimizationResult:
@@ -230,3 +195,45 @@ def build_result(run_dir: Path, study: Any, mode: str, *, interrupted: bool = Fa
         pruned=sum(r["state"] == "pruned" for r in records),
         failed=sum(r["state"] == "fail" for r in records),
         interrupted=interrupted, stop_reason=stop_reason, aborted=aborted, notes=list(notes or []))
+
+
+class RunFilesWriter:
+    """Rewrites trials.csv and best.json when asked. A background thread coalesces the requests, so trial threads
+    never wait for file I/O (with many concurrent trials, rewriting per trial under the study lock delayed the next
+    dispatch by up to seconds). :meth:`close` writes a last time."""
+
+    def __init__(self, run_dir: Path, study: Any, mode: str) -> None:
+        self.run_dir, self.study, self.mode = Path(run_dir), study, mode
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        self._dirty.set()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name="hpo-files", daemon=True)
+                self._thread.start()
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            if self._dirty.wait(timeout=0.5):
+                self._dirty.clear()
+                self.write_now()
+
+    def write_now(self) -> None:
+        try:
+            records = trial_records(self.study)
+            write_trials_csv(self.run_dir, records)
+            write_best(self.run_dir, self.study, records, self.mode)
+        except Exception:  # noqa: BLE001 - a failed rewrite is retried at the next trial and at the end
+            logging.getLogger(__name__).exception("could not write the run files of %s", self.run_dir)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self.write_now()

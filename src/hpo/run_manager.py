@@ -1,7 +1,7 @@
 """Runs behind the REST API: a bounded queue of optimizations executed in background threads.
 
-The manager composes the orchestrator's public pieces exactly as :func:`hpo.orchestrator.optimize` does
-(``prepare_run_dir`` -> ``make_backend`` -> :class:`~hpo.orchestrator.Orchestrator` with a
+The manager runs each run as a :class:`~hpo.session.Session`, exactly as :func:`hpo.optimize` does
+(``prepare_run_dir`` -> lock -> ``Session`` with a
 :class:`~hpo.progress.ProgressTracker`), so a run started over HTTP lands in the same run folder, with the same
 files, as ``hpo optimize``. At most ``max_active_runs`` run at once; more wait in a FIFO queue. Bodies are checked by
 :mod:`hpo.run_options` (the operator's endpoint and output folder), runs described by :mod:`hpo.run_views`.
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .exceptions import BackendUnavailable, ConfigError, DatasetError
-from .redact import mask_obj, mask_url
+from .redact import mask_obj, mask_text
 from .results import BEST_FILE, CONFIG_FILE
 from .run_options import EndpointPolicy, OptionsInvalid, server_owned_options, validate_options
 from .run_views import (FINAL_STATES, RUN_STATE_FILE, describe, file_in, jsonable, list_files, lock_folder, now,
@@ -82,7 +82,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     cancel_requested: bool = False
     tracker: Any = None
-    orchestrator: Any = None
+    session: Any = None
     thread: threading.Thread | None = None
     lock: Any = None  # the run folder's RunLock, held from submit until the run ends
     version: int = 0  # bumped on every progress event and state change (the events stream watches it)
@@ -106,7 +106,7 @@ class Run:
 class RunManager:
     """Submits, schedules, cancels and describes runs in ``output_dir``.
 
-    ``backend_factory(config, run_dir) -> Backend`` replaces :func:`hpo.orchestrator.make_backend` (tests use an
+    ``backend_factory(config, run_dir) -> Backend`` replaces :func:`hpo.session.make_backend` (tests use an
     instant fake; nothing is downloaded then). ``runpod_endpoints``: the operator's allow-list of RunPod endpoint
     URLs / ids, besides RUNPOD_ENDPOINT_URL / RUNPOD_ENDPOINT_ID of the server's environment or .env
     (:class:`~hpo.run_options.EndpointPolicy`). Each run holds its folder's :class:`~hpo.runlock.RunLock` from
@@ -136,7 +136,7 @@ class RunManager:
 
         Raises OptionsInvalid (each bad field), RunConflict (that run is already queued or running here, or another
         process holds its folder: the message names it). Nothing is written for a refused body."""
-        from .orchestrator import prepare_run_dir
+        from .rundir import prepare_run_dir
 
         if not isinstance(options, dict):
             raise OptionsInvalid([{"loc": ["body"], "msg": "the body must be a JSON object of options, e.g. "
@@ -227,31 +227,25 @@ class RunManager:
 
     # -- execution --------------------------------------------------------------------------------------------------
     def _execute(self, run: Run) -> None:
-        from . import datasets
-        from .orchestrator import Orchestrator, make_backend
         from .progress import ProgressTracker
+        from .session import Session
 
         config = run.config
         state, error, stop_reason, notes = "failed", None, None, []
         try:
-            if self.backend_factory is None and (not config.use_runpod_service or config.runpod_fallback_local):
-                datasets.ensure_available(config.dataset)  # may download; DatasetError says where to put files
-
             def bump(event: dict[str, Any], snapshot: dict[str, Any]) -> None:
                 run.version += 1
 
             tracker = ProgressTracker(config.trial_limit, concurrency=config.concurrent_workers, listeners=[bump])
-            backend = (self.backend_factory or make_backend)(config, run.run_dir)
-            orchestrator = Orchestrator(config, backend, run.run_dir, progress=tracker)
+            backend = self.backend_factory(config, run.run_dir) if self.backend_factory is not None else None
+            # the folder is locked since submit (run.lock); datasets are checked (may download: DatasetError)
+            session = Session.create(config, backend=backend, progress=tracker, lock=run.lock, run_dir=run.run_dir,
+                                     resuming=run.resuming)
             with self._lock:
-                run.tracker, run.orchestrator = tracker, orchestrator
+                run.tracker, run.session = tracker, session
                 if run.cancel_requested or self.closing:
-                    orchestrator.request_stop("interrupted", hard=True)
-            try:
-                backend.start()
-                result = orchestrator.run()
-            finally:
-                backend.close()
+                    session.request_stop("interrupted", hard=True)
+            result = session.run()
             notes, stop_reason = list(result.notes), result.stop_reason
             if run.cancel_requested:
                 state = "cancelled"
@@ -264,7 +258,7 @@ class RunManager:
             else:
                 state = "completed"
             if config.plot_generation != "none" and result.completed > 0 and not self.closing:
-                self._outputs(run, orchestrator, result)
+                self._outputs(run, session, result)
         except (ConfigError, DatasetError) as exc:
             error = str(exc)
         except BackendUnavailable as exc:
@@ -283,15 +277,9 @@ class RunManager:
                 self._pump()
 
     @staticmethod
-    def _outputs(run: Run, orchestrator: Any, result: Any) -> None:
+    def _outputs(run: Run, session: Any, result: Any) -> None:
         """Plots and report.html, like ``hpo optimize`` (never fails the run)."""
-        try:
-            from .report import generate_outputs
-
-            generate_outputs(run.run_dir, plot_generation=run.config.plot_generation, study=orchestrator.study,
-                             notes=result.notes)
-        except Exception:  # noqa: BLE001
-            log.exception("run %s: plots and report could not be written", run.id)
+        session.write_outputs(result)
 
     # -- cancel / shutdown ------------------------------------------------------------------------------------------
     def cancel(self, run_id: str) -> dict[str, Any]:
@@ -310,8 +298,8 @@ class RunManager:
                 except ValueError:
                     pass
                 run.state, run.finished_at = "cancelled", now()
-            elif run.orchestrator is not None:
-                run.orchestrator.request_stop("interrupted", hard=True)
+            elif run.session is not None:
+                run.session.request_stop("interrupted", hard=True)
             self._save(run)
             if run.state in FINAL_STATES:
                 run.release()
@@ -328,8 +316,8 @@ class RunManager:
                 run.release()
             active = [r for r in self._runs.values() if r.state == "running"]
             for run in active:
-                if run.orchestrator is not None:
-                    run.orchestrator.request_stop("interrupted", hard=True)
+                if run.session is not None:
+                    run.session.request_stop("interrupted", hard=True)
         deadline = time.monotonic() + (self.join_timeout_s if timeout_s is None else timeout_s)
         for run in active:
             if run.thread is not None:
@@ -387,44 +375,28 @@ class RunManager:
         return runs
 
     # -- trials, best, files ----------------------------------------------------------------------------------------
-    def _storage(self, url: str) -> Any:
-        import optuna
-
-        with self._storage_lock:
-            storage = self._storages.get(url)
-            if storage is None:
-                kwargs: dict[str, Any] = {}
-                if url.startswith("sqlite"):
-                    kwargs["engine_kwargs"] = {"connect_args": {"timeout": 30}}
-                storage = optuna.storages.RDBStorage(url, **kwargs)
-                self._storages[url] = storage
-            return storage
-
     def trials(self, run_id: str) -> list[dict[str, Any]]:
         """Every trial of the run's study (``hpo.results.trial_records``); [] before the study exists."""
-        import optuna
-
         from .results import trial_records
+        from .rundir import open_run_study
 
         folder = self.run_dir(run_id)
         with self._lock:
             run = self._runs.get(run_id)
-            orchestrator = run.orchestrator if run is not None else None
-        doc = read_json(folder / CONFIG_FILE)
-        if doc is None:
+            session = run.session if run is not None else None
+        if read_json(folder / CONFIG_FILE) is None:
             return []
-        url = orchestrator.storage_url if orchestrator is not None else doc.get("storage_url")
-        if not isinstance(url, str) or "***" in url:
-            raise RunConflict(f"the study of run {run_id!r} lives in {url}; its password is not stored in the run "
-                              "folder, so this server cannot read it")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            study = optuna.load_study(study_name=doc.get("study_name") or run_id, storage=self._storage(url))
+            with self._storage_lock:  # storages are opened once per URL and kept (a connection pool each)
+                study, _doc = open_run_study(folder, storage=session.config.storage if session else None,
+                                             storage_cache=self._storages)
             return mask_obj(jsonable(trial_records(study)))
-        except KeyError:  # the study is not created yet
-            return []
+        except ConfigError as exc:
+            if "no study.db" in str(exc) or "is not in" in str(exc):
+                return []  # the study is not created yet
+            raise RunConflict(f"run {run_id!r}: {mask_text(str(exc))}") from None
         except Exception as exc:  # noqa: BLE001 - storage errors (locked, unreachable) are not the API's bug
-            log.warning("run %s: study %s unreadable: %s", run_id, mask_url(url), exc)
+            log.warning("run %s: study unreadable: %s", run_id, mask_text(str(exc)))
             raise StudyUnavailable(f"the study of run {run_id!r} cannot be read right now: {type(exc).__name__}; "
                                    "retry") from None
 

@@ -49,6 +49,18 @@ class Backend(abc.ABC):
     """
 
     name: str = "backend"
+    #: trials the dispatcher keeps submitted beyond concurrent_workers (a remote queue: a worker that finishes finds
+    #: its next job waiting); 0 for backends that run what they are given at once
+    queue_ahead: int = 0
+
+    @property
+    def notes(self) -> list[str]:
+        """What the run's summary should say about this backend (e.g. why trials ran locally)."""
+        return []
+
+    def probe(self) -> str | None:
+        """Why the backend cannot run trials right now (a short reason), or None when it can."""
+        return None
 
     def start(self) -> None:
         """Prepare (start workers, check the service). Raise BackendUnavailable if it cannot work."""

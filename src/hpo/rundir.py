@@ -1,0 +1,216 @@
+"""Run folders: the one module that chooses them, writes and reads their config.json, opens their study and keeps
+their model files.
+
+    optimization_results/<run_name>/
+        config.json        every option of the run (secrets masked) and where its study lives
+        study.db           the Optuna study (default storage)
+        trials.csv, best.json, best_model.keras, plots/, report.html, logs/
+        .hpo.lock          held by the one process that writes the folder (hpo.runlock)
+
+Nothing in a run folder depends on its absolute path: the default study is recorded as "study.db in this folder",
+so a copied or moved folder keeps `hpo show`, resume and the report working.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .config import OptimizationConfig
+from .exceptions import ConfigError
+from .redact import mask_url
+from .results import CONFIG_FILE, MODEL_FILE, STUDY_FILE, OptimizationResult, build_result
+from .runlock import HOLDER_FILE, LOCK_FILE
+
+__all__ = ["prepare_run_dir", "check_output_dir", "read_config_doc", "write_config", "storage_url",
+           "study_url_of", "open_run_study", "load_results", "ModelFiles", "LOCAL_STUDY"]
+
+#: config.json's record of the default storage: the study.db beside it, wherever the folder is now
+LOCAL_STUDY = "study.db (this run folder)"
+
+
+def read_config_doc(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run folder's config.json as a dict, or None when it has none (or it is unreadable)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("config"), dict) else None
+
+
+def storage_url(config: OptimizationConfig, run_dir: Path) -> str:
+    """The URL to open the run's study with: ``storage=`` or the folder's own study.db."""
+    return config.storage or f"sqlite:///{(Path(run_dir) / STUDY_FILE).resolve()}"
+
+
+def write_config(run_dir: Path, config: OptimizationConfig) -> Path:
+    data = config.to_dict()
+    data["storage"] = mask_url(data.get("storage"))
+    data.pop("output_dir", None)  # where the folder is now decides that; a recorded path would go stale
+    from . import __version__
+
+    doc = {"hpo_version": __version__, "study_name": config.run_name or "",
+           "storage_url": mask_url(config.storage) if config.storage else LOCAL_STUDY, "config": data}
+    path = Path(run_dir) / CONFIG_FILE
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def study_url_of(run_dir: str | os.PathLike[str], doc: dict[str, Any], storage: str | None = None) -> str:
+    """Where a run folder's study lives. ``storage`` (the real URL) is needed when config.json holds it masked.
+
+    Folders written before runs were relocatable recorded their study.db by absolute path: when that path is gone but
+    the folder has its own study.db, the folder's copy is used."""
+    run_dir = Path(run_dir)
+    recorded = doc.get("storage_url") or LOCAL_STUDY
+    if storage:
+        return storage
+    if recorded == LOCAL_STUDY:
+        return f"sqlite:///{(run_dir / STUDY_FILE).resolve()}"
+    if recorded.startswith("sqlite:///") and recorded.endswith(f"/{STUDY_FILE}"):
+        old = Path(recorded[len("sqlite:///"):])
+        if not old.is_file() and (run_dir / STUDY_FILE).is_file():
+            return f"sqlite:///{(run_dir / STUDY_FILE).resolve()}"
+    if "***" in recorded:
+        raise ConfigError(f"the study of {run_dir} lives in {recorded}; its password is not stored -- give the full "
+                          "URL again (storage=...)", field="storage")
+    return recorded
+
+
+def open_run_study(run_dir: str | os.PathLike[str], *, storage: str | None = None,
+                   storage_cache: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(study, config.json document) of a run folder; ConfigError when it is no run folder or the study is gone."""
+    import optuna
+
+    run_dir = Path(run_dir)
+    doc = read_config_doc(run_dir)
+    if doc is None:
+        raise ConfigError(f"{run_dir} is not an hpo run folder (no readable {CONFIG_FILE})")
+    url = study_url_of(run_dir, doc, storage)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"{run_dir} has no study.db: the run never started, or its files were not all copied")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage_cache is not None:
+        if url not in storage_cache:
+            from .study import open_storage
+
+            storage_cache[url] = open_storage(url)
+        store: Any = storage_cache[url]
+    else:
+        store = url
+    try:
+        study = optuna.load_study(study_name=doc["study_name"], storage=store)
+    except KeyError:
+        raise ConfigError(f"the study {doc['study_name']!r} of {run_dir} is not in {mask_url(url)}") from None
+    return study, doc
+
+
+def load_results(path: str | os.PathLike[str], *, storage: str | None = None) -> OptimizationResult:
+    """Read a run folder back (finished or still running; copied or moved elsewhere too)."""
+    study, doc = open_run_study(path, storage=storage)
+    return build_result(Path(path), study, doc["config"]["mode"])
+
+
+# -- choosing the folder -------------------------------------------------------------------------------------------------
+
+def check_output_dir(output_dir: str) -> None:
+    """output_dir exists as a writable folder or can be made one; else a ConfigError (nothing else is written)."""
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output_dir={output_dir!r} is a file, not a folder; allowed: a folder hpo can write to",
+                          field="output_dir")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output_dir={output_dir!r} cannot be created ({exc.strerror or exc}); allowed: a folder "
+                          "hpo can write to", field="output_dir") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir={output_dir!r} is not writable; allowed: a folder hpo can write to",
+                          field="output_dir")
+
+
+def prepare_run_dir(config: OptimizationConfig) -> tuple[Path, bool, OptimizationConfig]:
+    """Decide the run folder: (path, resuming?, config with run_name filled in). Reads only; creates nothing."""
+    root = Path(config.output_dir)
+    if config.run_name:
+        run_dir = root / config.run_name
+        existing = read_config_doc(run_dir)
+        if existing is not None:
+            old = existing["config"]
+            for key in ("dataset", "mode"):
+                if old.get(key) != getattr(config, key):
+                    raise ConfigError(f"run {config.run_name!r} exists with {key}={old.get(key)}; you asked for "
+                                      f"{key}={getattr(config, key)} -- pick another run_name to start a new run",
+                                      field=key)
+            return run_dir, True, config
+        if run_dir.exists() and any(p.name not in (LOCK_FILE, HOLDER_FILE) for p in run_dir.iterdir()):
+            raise ConfigError(f"{run_dir} exists but is not an hpo run folder; pick another run_name",
+                              field="run_name")
+        if config.resume:
+            raise ConfigError(f"resume=true but there is no run {config.run_name!r} in {root}", field="resume")
+        return run_dir, False, config
+    if config.resume:
+        candidates = []
+        for child in root.glob("*") if root.is_dir() else []:
+            existing = read_config_doc(child)
+            if existing and existing["config"].get("dataset") == config.dataset:
+                candidates.append((child.stat().st_mtime, child))
+        if not candidates:
+            raise ConfigError(f"resume=true but {root} holds no run of dataset {config.dataset}; start one without "
+                              "resume, or give run_name", field="resume")
+        run_dir = max(candidates)[1]
+        return run_dir, True, config.replace(run_name=run_dir.name)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")  # no colons: safe on every OS
+    name = f"{config.dataset}-{stamp}"
+    run_dir, n = root / name, 2
+    while run_dir.exists():
+        run_dir, n = root / f"{name}-{n}", n + 1
+    return run_dir, False, config.replace(run_name=run_dir.name)
+
+
+# -- model files -------------------------------------------------------------------------------------------------------
+
+class ModelFiles:
+    """Each trial saves its model to models/trial-N.keras; the best one becomes best_model.keras.
+
+    Single objective: the best-so-far model replaces best_model.keras as results come in. Pareto: every completed
+    trial's model is kept until the end, when the selected one is moved."""
+
+    def __init__(self, run_dir: Path, *, pareto: bool, enabled: bool = True) -> None:
+        self.run_dir, self.pareto, self.enabled = Path(run_dir), pareto, enabled
+
+    def path(self, number: int) -> Path | None:
+        if not self.enabled:
+            return None
+        folder = self.run_dir / "models"
+        folder.mkdir(exist_ok=True)
+        return folder / f"trial-{number}.keras"
+
+    def promote(self, number: int) -> None:
+        """Trial ``number`` is the new best (single objective): its model becomes best_model.keras."""
+        path = self.path(number)
+        if path is not None and path.exists() and not self.pareto:
+            shutil.move(str(path), self.run_dir / MODEL_FILE)
+
+    def drop(self, number: int) -> None:
+        path = self.path(number)
+        if path is not None and path.exists() and not self.pareto:
+            path.unlink()
+
+    def finalize(self, best_number: int | None) -> None:
+        folder = self.run_dir / "models"
+        if self.pareto and best_number is not None:
+            chosen = folder / f"trial-{best_number}.keras"
+            if chosen.exists():
+                shutil.move(str(chosen), self.run_dir / MODEL_FILE)
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)

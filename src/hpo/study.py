@@ -1,0 +1,133 @@
+"""A run's Optuna study: its storage (the run folder's SQLite, or a shared RDB URL), heartbeats, sampler and pruner.
+
+Liveness of trials is judged by heartbeat: every process beats for the trials it runs, and a RUNNING trial whose beats
+stopped for ``heartbeat_grace_s`` belongs to a dead process. Optuna fails it (in exactly one process, the storage sees
+to that) and calls ``stale_callback`` there, which queues it again.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from .config import OptimizationConfig
+
+__all__ = ["open_storage", "create_study", "make_pruner", "expected_trials", "startup_trials", "tune_sqlite"]
+
+# hpo drives the study with ask/tell and beats each trial's heartbeat itself; Optuna warns about heartbeats outside
+# Study.optimize and about the experimental heartbeat API on every call.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental")
+warnings.filterwarnings("ignore", message="Argument ``heartbeat_interval`` is an experimental feature")
+
+
+def tune_sqlite(storage: Any) -> None:
+    """WAL journal + synchronous=NORMAL: commits cost a fraction of the default rollback journal's fsyncs (it made
+    every ask/tell ~15 ms), readers (optuna-dashboard, `hpo show`) never block writers, and a killed process still
+    loses nothing that was committed."""
+    from sqlalchemy import event
+
+    @event.listens_for(storage.engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    storage.engine.dispose()  # connections opened before the listener get the pragmas on reconnect
+
+
+def open_storage(url: str, *, heartbeat_grace_s: float | None = None,
+                 stale_callback: Callable[[Any, Any], None] | None = None) -> Any:
+    """An RDBStorage for ``url`` (SQLite tuned for concurrent readers); with heartbeats when a grace period is given."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    if heartbeat_grace_s is not None:
+        kwargs["heartbeat_interval"] = max(1, int(heartbeat_grace_s // 4))
+        kwargs["grace_period"] = max(2, int(heartbeat_grace_s))
+        if stale_callback is not None:
+            # Optuna 4.9 renamed failed_trial_callback (removed in 6); pass whichever this Optuna has
+            params = inspect.signature(optuna.storages.RDBStorage).parameters
+            key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params \
+                else "failed_trial_callback"
+            kwargs[key] = stale_callback
+    storage = optuna.storages.RDBStorage(url, **kwargs)
+    if url.startswith("sqlite"):
+        tune_sqlite(storage)
+    return storage
+
+
+def expected_trials(config: OptimizationConfig) -> int:
+    """trials, or about as many as epoch_budget allows when it is the tighter limit (pruning and early stopping end
+    most trials around the middle of their epoch range)."""
+    c = config
+    if c.epoch_budget is None:
+        return c.trial_limit
+    typical = max(1, math.ceil((c.min_epochs_per_trial + c.max_epochs_per_trial) / 2))
+    return max(1, min(c.trial_limit, c.epoch_budget // typical))
+
+
+def startup_trials(config: OptimizationConfig) -> int:
+    """Random trials before TPE models the results. TPE's default of 10 would make a 12-trial run almost a random
+    search: a quarter of the expected trials (3..10) leaves most trials guided. With warm_start, the trials that start
+    while the default trains are its neighbours, so TPE needs no random start-up of its own beyond one trial (a
+    quarter of the expected ones, up to 10, in long runs, for coverage)."""
+    quarter = min(10, expected_trials(config) // 4)
+    return max(1, quarter) if config.warm_start else max(3, quarter)
+
+
+def make_pruner(config: OptimizationConfig, notes: list[str]) -> Any:
+    """Optuna's NopPruner (pareto mode, pruner=none), else the configured pruner wrapped by hpo's far-behind rule."""
+    import optuna
+
+    c = config
+    if c.mode == "pareto" or c.pruner == "none":
+        if c.mode == "pareto" and c.pruner != "none":
+            notes.append(f"pruner={c.pruner} is off: Optuna cannot prune multi-objective (pareto) studies")
+        return optuna.pruners.NopPruner()
+    from .pruners import FarBehindPruner
+
+    if c.pruner == "hyperband":
+        inner: Any = optuna.pruners.HyperbandPruner(min_resource=c.min_epochs_per_trial,
+                                                    max_resource=c.max_epochs_per_trial)
+    elif c.pruner == "median":
+        inner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=c.min_epochs_per_trial)
+    else:
+        inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=c.min_epochs_per_trial)
+    return FarBehindPruner(inner, margin=c.prune_below_best, time_margin=c.prune_behind_in_time,
+                           min_step=c.min_epochs_per_trial)
+
+
+def create_study(config: OptimizationConfig, storage: Any, notes: list[str]) -> Any:
+    """Create or load the study ``config.run_name`` with the config's sampler (seeded) and pruner."""
+    import optuna
+
+    directions = ["maximize", "maximize"] if config.mode == "pareto" else ["maximize"]
+    name = config.run_name
+    try:
+        previous = len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        previous = 0
+    # A resumed study gets a sampler seeded past the trials it already has, so its random start-up trials do not
+    # repeat the parameters of the first run.
+    seed = (config.seed + previous) % 2**32
+    if config.sampler == "random":
+        sampler: Any = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        # Multivariate TPE (grouped, for the conditional dense_units) models how the parameters interact.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(
+                seed=seed, constant_liar=config.concurrent_workers > 1, multivariate=True, group=True,
+                n_startup_trials=startup_trials(config))
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
+                                pruner=make_pruner(config, notes), load_if_exists=True)
+    study.set_user_attr("hpo_mode", config.mode)
+    return study
