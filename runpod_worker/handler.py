@@ -52,7 +52,7 @@ _SRC = Path(__file__).resolve().parents[1] / "src"
 if (_SRC / "hpo").is_dir() and str(_SRC) not in sys.path:  # a checkout that is not installed
     sys.path.insert(0, str(_SRC))
 
-from hpo import datasets  # noqa: E402 - numpy only, no TensorFlow
+from hpo import catalog, datafiles  # noqa: E402 - standard library only
 from hpo.exceptions import ProtocolError  # noqa: E402
 from hpo.protocol import (MAX_JOB_INPUT_BYTES, MAX_JSON_DEPTH, EpochReport, TrialJob, TrialResult,  # noqa: E402
                           check_json_bounds)
@@ -351,9 +351,9 @@ def health_info(worker_id: str = "", concurrency: int = 1) -> dict[str, Any]:
     configure_tensorflow()
     import tensorflow as tf
 
-    baked = {name: ("generated" if name.startswith("synthetic") else
-                    ("baked" if datasets.locate(name) is not None else "missing (downloaded on first use)"))
-             for name in datasets.DATASET_NAMES}
+    baked = {name: ("generated" if catalog.is_generated(name) else
+                    ("baked" if datafiles.locate(name) is not None else "missing (downloaded on first use)"))
+             for name in catalog.DATASET_NAMES}
     return {"hpo_version": __version__, "tensorflow": tf.__version__, "python": platform.python_version(),
             "gpus": [gpu.name for gpu in tf.config.list_physical_devices("GPU")],
             "cuda_build": bool(tf.test.is_built_with_cuda()), "datasets": baked, "worker_id": worker_id,

@@ -1,5 +1,6 @@
 import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,61 @@ def test_each_bad_input_gets_its_own_clear_message(options, fragment):
     with pytest.raises(ConfigError) as info:
         make(**options)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("options,field", [
+    ({"trails": "3"}, "trails"),
+    ({"quiet": "maybe"}, "quiet"),
+    ({"trials": "0"}, "trials"),
+    ({"trials": "2.5"}, "trials"),
+    ({"mode": "fast"}, "mode"),
+    ({"validation_split": "1.5"}, "validation_split"),
+    ({"data_fraction": "abc"}, "data_fraction"),
+    ({"health_weight": "nan"}, "health_weight"),
+    ({"seed": str(2**32)}, "seed"),
+    ({"min_epochs_per_trial": "5", "max_epochs_per_trial": "2"}, "min_epochs_per_trial"),
+    ({"epoch_budget": "2", "min_epochs_per_trial": "3"}, "epoch_budget"),
+    ({"run_name": "a:b"}, "run_name"),
+    ({"health_weights": "generalisation:1"}, "health_weights"),
+    ({"storage": "ftp://x"}, "storage"),
+    ({"activation": "sigmoid"}, "activation"),
+    ({"conv_blocks": "9"}, "conv_blocks"),
+    ({"pins": {"dropout": "0.9"}}, "dropout"),
+    ({"lstm_units": "64"}, "lstm_units"),
+    ({"vocab_size": "100"}, "vocab_size"),
+    ({"use_runpod_service": "true"}, "use_runpod_service"),
+    ({"dataset": "fashon_mnist"}, "dataset"),
+    ({"dataset": None}, "dataset"),
+])
+def test_every_config_error_names_its_field(options, field):
+    """The REST API reports ``ConfigError.field`` as the error's location (no guessing from the message)."""
+    with pytest.raises(ConfigError) as info:
+        config_from_options({"dataset": "synthetic_images", **options}, use_env=False)
+    assert info.value.field == field, str(info.value)
+
+
+def test_dataset_required_and_dataset_option_errors_name_their_field():
+    with pytest.raises(ConfigError) as info:
+        config_from_options({"trials": "3"}, use_env=False)
+    assert info.value.field == "dataset"
+    with pytest.raises(ConfigError) as info:
+        config_from_options({"dataset": "gtsrb", "image_size": "4"}, use_env=False)
+    assert info.value.field == "image_size"
+    with pytest.raises(ConfigError) as info:
+        parse_kv(["trials=3", "trials=4"])
+    assert info.value.field == "trials"
+
+
+def test_config_takes_its_vocabulary_from_the_light_core():
+    from typing import get_args
+
+    from hpo import catalog, protocol, scoring
+
+    hints = typing.get_type_hints(OptimizationConfig)
+    assert get_args(hints["dataset"]) == catalog.DATASET_NAMES
+    assert get_args(hints["mode"]) == scoring.MODES
+    assert get_args(hints["lr_schedule"]) == get_args(catalog.LrSchedule) == get_args(protocol.LrSchedule)
+    assert cfg.Mode is scoring.Mode
 
 
 def test_unknown_dataset_names_the_allowed_ones():

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 
 import hpo.datasets as ds
+from hpo import catalog, datafiles
+from hpo.datasets import readers
 from hpo.exceptions import ConfigError, DatasetError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -34,7 +36,7 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _no_network(url, dest):  # replaces hpo.datasets._download
+def _no_network(url, dest):  # replaces hpo.datasets._download (every download of the package goes through it)
     raise OSError(f"network disabled in tests (tried {url})")
 
 
@@ -158,6 +160,38 @@ def test_registry_names_and_info_need_no_tensorflow():
     assert proc.returncode == 0, proc.stderr
     assert ds.DATASET_NAMES == ("mnist", "fashion_mnist", "cifar10", "cifar100", "gtsrb", "imdb", "reuters",
                                 "synthetic_images", "synthetic_text")
+
+
+def test_metadata_and_file_locations_come_from_the_light_core():
+    """hpo.catalog (what a dataset is) and hpo.datafiles (where its files are) need no numpy; the package re-exports
+    them, so hpo.datasets.info / locate / ... are the very same functions."""
+    for name in ("DATASET_NAMES", "DatasetInfo", "DatasetName", "info", "default_options"):
+        assert getattr(ds, name) is getattr(catalog, name), name
+    for name in ("locate", "keras_cache_dir"):
+        assert getattr(ds, name) is getattr(datafiles, name), name
+    assert [n for n in catalog.DATASET_NAMES if catalog.is_generated(n)] == ["synthetic_images", "synthetic_text"]
+    assert catalog.is_generated("Synthetic-Images") and not catalog.is_generated("nope")
+    assert not catalog.is_generated(None)  # type: ignore[arg-type]
+    code = (
+        "import sys\n"
+        "from hpo import catalog, datafiles\n"
+        "rows = [(catalog.info(n), datafiles.locate(n)) for n in catalog.DATASET_NAMES]\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'tensorflow', 'keras', 'optuna'))\n"
+        "assert not heavy, heavy\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_numpy_integer_options_are_accepted_and_bad_ones_name_their_field():
+    t = ds.info("imdb", {"vocab_size": np.int64(500), "sequence_length": np.int32(16)})
+    assert t.vocab_size == 500 and type(t.vocab_size) is int and t.input_shape == (16,)
+    for options, field in (({"vocab_size": 2}, "vocab_size"), ({"sequence_length": 10**6}, "sequence_length"),
+                           ({"sequence_length": "8"}, "sequence_length"), ({"image_size": 32}, "image_size")):
+        with pytest.raises(ConfigError) as e:
+            ds.info("imdb", options)
+        assert e.value.field == field
 
 
 @pytest.mark.parametrize(
@@ -375,8 +409,8 @@ def test_load_caches_raw_arrays(offline, monkeypatch):
     write_mnist_npz(keras_dir / "mnist.npz")
     ds.clear_cache()
     reads = []
-    real = ds._load_npz
-    monkeypatch.setattr(ds, "_load_npz", lambda p: reads.append(p) or real(p))
+    real = readers._load_npz
+    monkeypatch.setattr(readers, "_load_npz", lambda p: reads.append(p) or real(p))
     ds.load("mnist", seed=1)
     ds.load("mnist", seed=2, data_fraction=0.5)
     assert len(reads) == 1
@@ -622,9 +656,36 @@ def test_download_lands_in_keras_cache_and_is_hash_checked(offline, monkeypatch)
         ds.ensure_available("mnist")
     assert not (keras_dir / "mnist.npz").exists()  # a bad download is removed
 
-    monkeypatch.setattr(ds, "_sha256", lambda p: "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1")
+    monkeypatch.setattr(datafiles, "_sha256", lambda p: "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1")
     s = ds.load("mnist")
     assert (keras_dir / "mnist.npz").is_file() and len(s.x_test) == 50
+
+
+def test_both_download_hooks_reach_every_download(offline, monkeypatch):
+    """Downloads of hpo.datasets go through hpo.datasets._download, which calls hpo.datafiles._download: replacing
+    either keeps a test offline; hpo.datafiles.ensure_available (the light core's) uses its own or the one given."""
+    _, keras_dir = offline
+    monkeypatch.undo()  # the fixture's hpo.datasets._download replacement
+    monkeypatch.setenv("HPO_DATA_DIR", str(offline[0]))
+    monkeypatch.setenv("KERAS_HOME", str(keras_dir.parent))
+    calls = []
+
+    def record(url, dest):
+        calls.append(url)
+        raise OSError("offline")
+
+    monkeypatch.setattr(datafiles, "_download", record)
+    with pytest.raises(DatasetError, match="mnist.npz"):
+        ds.ensure_available("mnist")
+    with pytest.raises(DatasetError, match="imdb.npz"):
+        ds.load("imdb")
+    with pytest.raises(DatasetError, match="reuters.npz"):
+        datafiles.ensure_available("reuters")
+    given = []
+    with pytest.raises(DatasetError, match="cifar-100-python.tar.gz"):
+        datafiles.ensure_available("cifar100", download=lambda url, dest: given.append(url) or record(url, dest))
+    assert [u.rsplit("/", 1)[1] for u in calls] == ["mnist.npz", "imdb.npz", "reuters.npz", "cifar-100-python.tar.gz"]
+    assert given == calls[-1:]
 
 
 def test_locate_never_downloads(offline, monkeypatch):

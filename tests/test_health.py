@@ -1,15 +1,17 @@
 """Model health: each metric on constructed cases with known answers, missing (never 0.5) when not measurable,
-weights validated and normalized, objectives from validation metrics only, and mode=health changing the winner."""
+weights validated and normalized, objectives from validation metrics only, and mode=health changing the winner.
+Weights and objectives are defined in the light core (hpo.scoring); hpo.health measures and re-exports them."""
 
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import numpy as np
 import optuna
 import pytest
 
-from hpo import health
+from hpo import health, scoring
 from hpo.config import OptimizationConfig
 from hpo.exceptions import ConfigError, TrialFailed
 from hpo.protocol import TrialJob, TrialResult
@@ -157,34 +159,34 @@ def test_efficiency_prefers_fewer_parameters_and_faster_inference_at_equal_accur
 # -- overall, weights ---------------------------------------------------------------------------------------------------
 
 def test_default_weights_are_documented_and_sum_to_one():
-    assert set(health.DEFAULT_WEIGHTS) == set(health.COMPONENTS)
-    assert sum(health.DEFAULT_WEIGHTS.values()) == pytest.approx(1.0)
-    for name, weight in health.DEFAULT_WEIGHTS.items():
-        assert f"{name} {weight:.2f}" in " ".join(health.__doc__.split())
+    assert set(scoring.DEFAULT_WEIGHTS) == set(scoring.COMPONENTS)
+    assert sum(scoring.DEFAULT_WEIGHTS.values()) == pytest.approx(1.0)
+    for name, weight in scoring.DEFAULT_WEIGHTS.items():
+        assert f"{name} {weight:.2f}" in " ".join(scoring.__doc__.split())
 
 
 def test_overall_health_is_a_weighted_mean_of_the_available_components_and_never_a_made_up_value():
     comps = {"generalization": 1.0, "efficiency": 0.0}
-    w = health.DEFAULT_WEIGHTS
+    w = scoring.DEFAULT_WEIGHTS
     expected = w["generalization"] / (w["generalization"] + w["efficiency"])
-    assert health.overall_health(comps) == pytest.approx(expected)
-    assert health.overall_health({name: None for name in health.COMPONENTS}) is None
-    assert health.overall_health({}) is None
-    only_gen = health.parse_weights("neuron_utilization:0,gradient_health:0,training_stability:0,convergence:0,"
+    assert scoring.overall_health(comps) == pytest.approx(expected)
+    assert scoring.overall_health({name: None for name in scoring.COMPONENTS}) is None
+    assert scoring.overall_health({}) is None
+    only_gen = scoring.parse_weights("neuron_utilization:0,gradient_health:0,training_stability:0,convergence:0,"
                                     "efficiency:0")
-    assert health.overall_health({"generalization": 0.3, "efficiency": 1.0}, only_gen) == pytest.approx(0.3)
+    assert scoring.overall_health({"generalization": 0.3, "efficiency": 1.0}, only_gen) == pytest.approx(0.3)
 
 
 def test_weights_are_validated_and_normalized():
-    w = health.parse_weights("generalization:2, efficiency=0")
+    w = scoring.parse_weights("generalization:2, efficiency=0")
     assert sum(w.values()) == pytest.approx(1.0) and w["efficiency"] == 0.0
     assert w["generalization"] / w["gradient_health"] == pytest.approx(2.0 / 0.2)  # unlisted keep their defaults
-    assert health.parse_weights(None) == pytest.approx(health.DEFAULT_WEIGHTS)
+    assert scoring.parse_weights(None) == pytest.approx(scoring.DEFAULT_WEIGHTS)
     for bad, message in (("generalisation:1", "did you mean generalization"), ("generalization:-1", ">= 0"),
                          ("generalization:inf", ">= 0"), ("generalization", "malformed"),
-                         (",".join(f"{c}:0" for c in health.COMPONENTS), "above 0")):
+                         (",".join(f"{c}:0" for c in scoring.COMPONENTS), "above 0")):
         with pytest.raises(ConfigError, match=message):
-            health.parse_weights(bad)
+            scoring.parse_weights(bad)
     assert OptimizationConfig(dataset="synthetic_images", health_weights="convergence:1").health_weights
     with pytest.raises(ConfigError, match="health_weights"):
         OptimizationConfig(dataset="synthetic_images", health_weights="convergence:-2")
@@ -193,7 +195,7 @@ def test_weights_are_validated_and_normalized():
 def _result(val, health_scores=None, test=None, number=0):
     scores = dict(health_scores or {})
     if scores and "overall_health" not in scores:
-        scores["overall_health"] = health.overall_health(scores)
+        scores["overall_health"] = scoring.overall_health(scores)
     return TrialResult(trial_id=f"r#{number}", status="completed", val_metrics={"accuracy": val, "loss": 1 - val},
                        test_metrics={"accuracy": test if test is not None else val}, health=scores, best_epoch=1,
                        epochs_run=1)
@@ -201,33 +203,52 @@ def _result(val, health_scores=None, test=None, number=0):
 
 def test_reweight_recomputes_overall_health_with_the_runs_weights():
     r = _result(0.8, {"generalization": 0.2, "efficiency": 1.0})
-    same = health.reweight(r, None)
+    same = scoring.reweight(r, None)
     assert same is r
-    heavy = health.reweight(r, "generalization:1,efficiency:0")
+    heavy = scoring.reweight(r, "generalization:1,efficiency:0")
     assert heavy.health["overall_health"] == pytest.approx(0.2)
     assert heavy.details["health_weights"]["efficiency"] == 0.0
+
+
+def test_bad_weights_are_config_errors_naming_the_health_weights_field():
+    for bad in ("generalisation:1", "generalization:-1", "generalization", "convergence:1,convergence:2",
+                ",".join(f"{c}:0" for c in scoring.COMPONENTS), "efficiency:abc"):
+        with pytest.raises(ConfigError) as info:
+            scoring.parse_weights(bad)
+        assert info.value.field == "health_weights" and str(info.value).startswith("health_weights: ")
+
+
+def test_health_measures_with_the_scoring_definitions_and_re_exports_them():
+    for name in ("COMPONENTS", "DEFAULT_WEIGHTS", "parse_weights", "normalize_weights", "overall_health", "reweight",
+                 "objective"):
+        assert getattr(health, name) is getattr(scoring, name), name
+    assert (health._GRAD_LOW, health._GRAD_HIGH) == scoring.GRADIENT_HEALTHY_RANGE == (1e-4, 10.0)
+    assert health.gradient_health({"a": scoring.GRADIENT_HEALTHY_RANGE[0]}) == 1.0
+    assert health.gradient_health({"a": scoring.GRADIENT_HEALTHY_RANGE[1]}) == 1.0
+    assert health.gradient_health({"a": scoring.GRADIENT_HEALTHY_RANGE[1] * 10}) < 1.0
+    assert scoring.MODES == get_args(scoring.Mode) == ("simple", "health", "pareto")
 
 
 # -- objectives ---------------------------------------------------------------------------------------------------------
 
 def test_objectives_use_validation_metrics_only():
     r = _result(0.8, {"generalization": 0.5}, test=0.99)
-    assert health.objective(r, mode="simple") == [0.8]
-    assert health.objective(r, mode="health", health_weight=0.3) == [pytest.approx(0.7 * 0.8 + 0.3 * 0.5)]
-    assert health.objective(r, mode="pareto") == [0.8, 0.5]
-    assert health.objective(r.replace(test_metrics={"accuracy": 0.1}), mode="health") == \
-        health.objective(r, mode="health")  # the test split never moves the objective
+    assert scoring.objective(r, mode="simple") == [0.8]
+    assert scoring.objective(r, mode="health", health_weight=0.3) == [pytest.approx(0.7 * 0.8 + 0.3 * 0.5)]
+    assert scoring.objective(r, mode="pareto") == [0.8, 0.5]
+    assert scoring.objective(r.replace(test_metrics={"accuracy": 0.1}), mode="health") == \
+        scoring.objective(r, mode="health")  # the test split never moves the objective
     with pytest.raises(TrialFailed, match="overall_health"):
-        health.objective(_result(0.8), mode="health")
+        scoring.objective(_result(0.8), mode="health")
     with pytest.raises(TrialFailed, match="validation accuracy"):
-        health.objective(TrialResult(trial_id="x", status="completed"), mode="simple")
+        scoring.objective(TrialResult(trial_id="x", status="completed"), mode="simple")
 
 
 def _study(results: list[TrialResult], mode: str, health_weight: float = 0.3):
     directions = ["maximize", "maximize"] if mode == "pareto" else ["maximize"]
     study = optuna.create_study(directions=directions)
     for i, r in enumerate(results):
-        values = health.objective(r, mode=mode, health_weight=health_weight)
+        values = scoring.objective(r, mode=mode, health_weight=health_weight)
         study.add_trial(optuna.trial.create_trial(
             params={"i": i}, distributions={"i": optuna.distributions.IntDistribution(0, 100)},
             values=values, user_attrs={"result": r.to_dict(), "counted": True}))
@@ -264,7 +285,7 @@ def test_run_trial_measures_every_component_in_unit_range_and_round_trips_as_jso
 
     result = run_trial(_job())
     assert result.status == "completed", result.error
-    assert set(result.health) == set(health.COMPONENTS) | {"overall_health"}
+    assert set(result.health) == set(scoring.COMPONENTS) | {"overall_health"}
     for name, value in result.health.items():
         assert value is not None and 0.0 <= value <= 1.0, (name, value)
     norms = result.details["gradient_norms"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import sys
 
 import numpy as np
 import optuna
@@ -12,11 +13,12 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
-from hpo import plots, search_space
+from hpo import plots, report, search_space
 from hpo.config import OptimizationConfig
 from hpo.plots import PlotSkipped
 from hpo.protocol import TrialResult
-from hpo.results import trial_records, write_best, write_config
+from hpo.results import trial_records, write_best
+from hpo.rundir import write_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -50,7 +52,7 @@ def make_run(tmp_path, *, mode="simple", trials=TRIALS, details=None, name="run"
     storage = f"sqlite:///{run_dir / 'study.db'}"
     directions = ["maximize", "maximize"] if mode == "pareto" else ["maximize"]
     study = optuna.create_study(study_name=name, storage=storage, directions=directions)
-    write_config(run_dir, config, storage_url=storage, study_name=name)
+    write_config(run_dir, config)
     sampler_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     for i, (state, acc, health) in enumerate(trials):
         asked = sampler_study.ask()
@@ -130,7 +132,7 @@ def test_importances_cover_the_searched_params(tmp_path):
 def test_parallel_coordinates_rows_are_the_completed_trials(tmp_path):
     run_dir, study = make_run(tmp_path)
     run = plots.load_run(run_dir, study=study)
-    data = plots.parallel_data(run.records, "simple", plots._distributions(study))
+    data = plots.parallel_data(run.records, "simple", plots.param_distributions(study))
     complete = {t.number: t for t in study.trials if t.state == TrialState.COMPLETE}
     assert [r["number"] for r in data["rows"]] == sorted(complete)
     assert data["axes"][-1]["name"] == "objective"
@@ -260,7 +262,7 @@ def test_a_failing_plot_is_logged_and_skipped(tmp_path, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("renderer exploded")
 
-    monkeypatch.setattr(plots, "render_history", broken)
+    monkeypatch.setattr(plots.render, "render_history", broken)
     by = {o.name: o for o in plots.generate_plots(run_dir, study=study)}
     assert by["history"].path is None and "renderer exploded" in by["history"].note
     assert not (run_dir / "plots" / "history.png").exists()
@@ -274,6 +276,52 @@ def test_no_completed_trial(tmp_path):
     assert "no trial completed" in by["history"].note
     assert by["timeline"].path is not None  # failed and pruned trials still ran somewhere
     assert "curves" not in by  # no best trial: no best-trial plots
+
+
+# -- the model-plot process: its failures never fail the run -----------------------------------------------------------
+
+MODEL_PLOT_TITLES = {"confusion": "Confusion matrix (test set)", "gradients": "Gradient flow",
+                     "weights": "Weight and bias distributions", "activations": "Activation maps"}
+
+
+def _fake_python(tmp_path, body):
+    """An 'interpreter' for the model-plot process that runs ``body`` (sh) instead of hpo."""
+    script = tmp_path / "fake-python"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_failing_model_plot_process_is_logged_and_the_report_lists_its_plots(tmp_path, monkeypatch, caplog):
+    run_dir, study = make_run(tmp_path, mode="health")
+    monkeypatch.setattr(sys, "executable", _fake_python(tmp_path, 'echo "no TensorFlow in here" >&2; exit 7'))
+    by = {o.name: o for o in plots.generate_plots(run_dir, study=study)}
+    reason = "skipped: the model-plot process exited with code 7; its output: no TensorFlow in here"
+    for name in MODEL_PLOT_TITLES:
+        assert by[name].path is None and by[name].note == reason, by[name]
+    assert {n for n, o in by.items() if o.path is not None} == {"history", "importance", "parallel", "timeline",
+                                                                "curves", "health"}
+    assert "model plots (confusion, gradients, weights, activations) skipped: the model-plot process exited with " \
+           "code 7; its output: no TensorFlow in here" in caplog.text
+
+    report_path = report.generate_outputs(run_dir, plot_generation="all", study=study)
+    text = report_path.read_text(encoding="utf-8")
+    skipped = text[text.index("<h3>Plots not drawn</h3>"):]
+    for title in MODEL_PLOT_TITLES.values():
+        assert f"<li><b>{title}</b>: {reason}</li>" in skipped
+    assert 'id="plot-history"' in text and 'id="plot-confusion"' not in text
+
+
+def test_a_hanging_model_plot_process_is_stopped_and_its_plots_skipped(tmp_path, monkeypatch, caplog):
+    run_dir, study = make_run(tmp_path)
+    monkeypatch.setattr(sys, "executable", _fake_python(tmp_path, "exec sleep 600"))
+    process = plots.generate.ModelPlotProcess(plots.load_run(run_dir, study=study), ["confusion", "weights"],
+                                              timeout_s=1)
+    outcomes = process.outcomes()
+    assert [(o.name, o.path, o.note) for o in outcomes] == [
+        (name, None, "skipped: the model-plot process did not finish within 1 s") for name in ("confusion", "weights")]
+    assert process.process.returncode is not None  # stopped, not left behind
+    assert "model plots (confusion, weights) skipped" in caplog.text
 
 
 # -- plots of the best model (TensorFlow) ------------------------------------------------------------------------------
@@ -330,3 +378,17 @@ def test_weights_and_activation_maps_of_the_best_model(model_run):
     assert all((entry["maps"] >= 0).all() for entry in act["layers"])  # read after the relu
     for name in ("weights", "activations"):
         _check_png(outcomes[name])
+
+
+
+def test_a_broken_model_file_skips_the_model_plots_with_the_reason(tmp_path, caplog):
+    run_dir, study = make_run(tmp_path, mode="health", details={6: {"gradient_norms": {"conv2d": 0.02}}})
+    (run_dir / "best_model.keras").write_bytes(b"not a keras file")
+    by = {o.name: o for o in plots.generate_plots(run_dir, study=study)}
+    for name in ("confusion", "weights", "activations"):  # failed in the model-plot process: the reason comes back
+        assert by[name].path is None and by[name].note.startswith("failed: "), by[name]
+        assert f"plot {name} failed in the model-plot process: " in caplog.text
+    assert by["gradients"].path is not None and by["gradients"].data == {"layers": ["conv2d"], "norms": [0.02]}
+    assert by["history"].path is not None and by["health"].path is not None
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(
+        f"{n}.png" for n, o in by.items() if o.path is not None)

@@ -2,7 +2,10 @@
 
 Covers the client's contract: statuses mapped to results that keep the worker's text, progress forwarded once per
 epoch, cancel and time limits, retries of 429 / 5xx, resubmission after a lost worker, adaptive polling, and a key
-that never shows up in messages or logs.
+that never shows up in messages or logs. Hardening (issue 13): the key goes only to the configured endpoint (redirects
+are not followed, job ids cannot steer requests), every wait is bounded on the client side (queue deadline, unusable
+/status answers, Retry-After honoured up to a cap without spending attempts, waits that end on cancel / close), and a
+COMPLETED result is range-checked before it is believed (``hpo.backends._checks.check_result``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from hpo.protocol import EpochReport, TrialJob, TrialResult
 from hpo.testing.runpod_sim import RunPodSimulator
 
 KEY = "rpa_TESTKEY_do_not_log_7c1f"
-PARAMS = {"filters": 8}
+PARAMS = {"conv_blocks": 1, "filters": 16, "kernel_size": 3, "activation": "relu", "batch_norm": False,
+          "global_pooling": True, "dense_layers": 0, "dropout": 0.0, "learning_rate": 0.005, "optimizer": "adam",
+          "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}
 
 
 @pytest.fixture
@@ -325,3 +330,330 @@ def test_make_runpod_backend_uses_the_endpoint_id_and_the_key_from_the_environme
     (tmp_path / ".env").write_text(f"RUNPOD_API_KEY={KEY}\n")
     remote = make_runpod_backend(config, env_file=tmp_path / ".env").remote
     assert remote._key == KEY and KEY not in repr(remote)
+
+
+def test_make_runpod_backend_takes_the_client_side_bounds_from_the_config(tmp_path):
+    config = OptimizationConfig(dataset="synthetic_images", use_runpod_service=True,
+                                runpod_endpoint_url="http://127.0.0.1:9/v2/x", runpod_queue_timeout_s=42.0,
+                                runpod_retry_after_max_s=7.0)
+    remote = make_runpod_backend(config, env_file=tmp_path / ".env").remote
+    assert remote.queue_timeout_s == 42.0 and remote.http.retry_after_max_s == 7.0
+    assert OptimizationConfig(dataset="synthetic_images").runpod_retry_after_max_s >= 60  # the documented default
+
+
+# -- the key goes only to the configured endpoint ---------------------------------------------------------------------
+
+class Listener:
+    """A loopback HTTP server that records every request (path, Authorization) and answers as ``answer`` says:
+    ``answer(method, path) -> (status, headers, body)``."""
+
+    def __init__(self, answer) -> None:
+        import http.server
+
+        self.seen: list[tuple[str, str, str]] = []  # (method, path, Authorization header)
+        listener = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                listener.seen.append((self.command, self.path, self.headers.get("Authorization", "")))
+                status, headers, body = answer(self.command, self.path)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                data = body.encode()
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _any
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def listeners():
+    made: list[Listener] = []
+
+    def make(answer) -> Listener:
+        made.append(Listener(answer))
+        return made[-1]
+
+    yield make
+    for listener in made:
+        listener.close()
+
+
+@pytest.mark.parametrize("redirected", ["health", "run", "status"])
+@pytest.mark.parametrize("code, to", [(302, "another port"), (307, "another port"), (302, "this host")])
+def test_redirects_are_not_followed_so_the_key_never_reaches_another_host(listeners, caplog, redirected, code, to):
+    caplog.set_level(logging.DEBUG)
+    other = listeners(lambda method, path: (200, {"Content-Type": "application/json"}, '{"id": "stolen-1"}'))
+    ok = {"health": '{"workers": {}}', "run": '{"id": "job-1", "status": "IN_QUEUE"}',
+          "status": '{"id": "job-1", "status": "IN_QUEUE"}'}
+
+    def answer(method: str, path: str):
+        route = path.split("/")[3]
+        if route == redirected:
+            return code, {"Location": f"{other.url}{path}" if to == "another port" else "/v2/x/elsewhere"}, ""
+        return 200, {"Content-Type": "application/json"}, ok.get(route, "{}")
+
+    endpoint = listeners(answer)
+    b = RunPodBackend(f"{endpoint.url}/v2/x", KEY, backoff_s=0.01, resubmits=1)
+    with pytest.raises(BackendUnavailable) as info:
+        b.start()
+        b.run(job(20))
+    text = str(info.value)
+    port = other.port if to == "another port" else endpoint.port
+    assert f"HTTP {code} redirect to http://127.0.0.1:{port} not followed" in text
+    assert other.seen == []  # the second listener saw no request at all, so certainly not the key
+    assert endpoint.seen and all(auth == f"Bearer {KEY}" for _, _, auth in endpoint.seen)
+    assert not any("elsewhere" in path for _, path, _ in endpoint.seen)  # not followed on the same host either
+    assert KEY not in text + caplog.text
+
+
+def test_job_ids_cannot_steer_requests_off_the_endpoint(listeners):
+    other = listeners(lambda method, path: (200, {}, "{}"))
+    evil = f"../../../x?u={other.url}/steal"
+
+    def answer(method: str, path: str):
+        if path.endswith("/run"):
+            return 200, {"Content-Type": "application/json"}, json.dumps({"id": evil, "status": "IN_QUEUE"})
+        return 200, {"Content-Type": "application/json"}, '{"workers": {}}'
+
+    endpoint = listeners(answer)
+    b = RunPodBackend(f"{endpoint.url}/v2/x", KEY)
+    b.start()
+    with pytest.raises(BackendUnavailable, match="without a usable job id"):
+        b.run(job(21))
+    assert other.seen == [] and [p for _, p, _ in endpoint.seen] == ["/v2/x/health", "/v2/x/run"]
+    assert b.http.url("status", "a/../../b?c") == f"{endpoint.url}/v2/x/status/a%2F..%2F..%2Fb%3Fc"
+
+
+def test_an_echoed_key_in_an_error_answer_is_masked(sim, caplog):
+    caplog.set_level(logging.DEBUG)
+    b = backend(sim)
+    sim.inject("run", 400, body=json.dumps({"error": f"bad header: Bearer {KEY} (key {KEY})"}))
+    with pytest.raises(BackendUnavailable) as info:
+        b.run(job(22))
+    assert "HTTP 400" in str(info.value) and KEY not in str(info.value) + caplog.text
+
+
+# -- every wait has an end -------------------------------------------------------------------------------------------
+
+def test_a_job_nobody_takes_is_cancelled_at_the_queue_deadline_and_not_resubmitted(sim):
+    b = backend(sim, queue_timeout_s=0.6, resubmits=2)
+    with pytest.raises(BackendUnavailable) as info:
+        b.run(job(23))
+    assert "no worker took it within 0.6 s (runpod_queue_timeout_s)" in str(info.value)
+    assert "the job was cancelled" in str(info.value)
+    assert [j["status"] for j in sim.jobs()] == ["CANCELLED"]  # cancelled on the endpoint, submitted once
+    assert sim.jobs()[0]["ttl_s"] < 0.6 + 3600.0 + 61  # the endpoint's own expiry follows the client's deadline
+
+
+def test_the_queue_deadline_does_not_cut_a_running_trial(sim):
+    b = backend(sim, queue_timeout_s=0.6)
+    run = Run(b, job(24))
+    worker = ScriptedWorker(sim)
+    sdk_job = worker.take()
+    taken, polls = time.monotonic(), sim.requests["status"]
+    # the client keeps polling a running job past twice the queue deadline
+    sim.wait_for(lambda s: time.monotonic() - taken > 1.2 and s.requests["status"] >= polls + 3, 30,
+                 what="polls past the queue deadline")
+    assert sim.job(sdk_job["id"])["status"] == "IN_PROGRESS"
+    worker.complete(sdk_job)
+    assert run.wait().status == "completed"
+
+
+UNUSABLE = {
+    "a list": "[1, 2]",
+    "not JSON": "<html>gateway</html>",
+    "no status": '{"id": "x"}',
+    "an unknown status": '{"status": "WEIRD"}',
+    "another job": '{"id": "someone-else", "status": "IN_PROGRESS"}',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNUSABLE))
+def test_unusable_status_answers_are_tolerated_a_bounded_number_of_times(sim, kind):
+    b = backend(sim, max_bad_answers=4, poll_max_s=0.2)
+    sim.inject("status", 200, count=3, body=UNUSABLE[kind])  # fewer than the bound: tolerated
+    run = Run(b, job(25))
+    worker = ScriptedWorker(sim)
+    sim.wait_for(lambda s: s.responses[("status", 200)] >= 4, 20, what="three bad answers and a good one")
+    worker.complete(worker.take())
+    assert run.wait().status == "completed"
+
+    sim.inject("status", 200, count=None, body=UNUSABLE[kind])  # for good: the trial ends with the reason
+    with pytest.raises(BackendUnavailable) as info:
+        b.run(job(26))
+    assert "4 unusable /status answers in a row" in str(info.value) and "the job was cancelled" in str(info.value)
+    assert sim.jobs()[-1]["status"] == "CANCELLED" and len(sim.jobs()) == 2  # not resubmitted
+
+
+def test_retry_after_is_honoured_up_to_the_cap_without_spending_attempts(sim):
+    b = backend(sim, attempts=2, retry_after_max_s=0.3)
+    sim.inject("run", 429, count=5, retry_after="0.25")
+    sim.inject("status", 503, count=3, retry_after="3600")  # asks for an hour: capped at 0.3 s
+    run = Run(b, job(27))
+    worker = ScriptedWorker(sim)
+    worker.complete(worker.take())
+    assert run.wait(60).status == "completed"  # 8 rate-limited answers with attempts=2: none was spent
+    waits = list(b.http.retry_waits)
+    assert [w for w in waits if w[0] == "run"] == [("run", 0.25, "rate limited")] * 5
+    assert [w for w in waits if w[0] == "status"] == [("status", 0.3, "rate limited")] * 3
+
+
+def test_server_errors_spend_attempts_and_end_the_trial(sim):
+    b = backend(sim, attempts=3)
+    sim.inject("run", 503, count=None, retry_after=None)  # a 503 without Retry-After is a failure, not a rate limit
+    with pytest.raises(BackendUnavailable, match=r"HTTP 503.*after 3 attempts"):
+        b.run(job(28))
+    assert [kind for _, _, kind in b.http.retry_waits] == ["attempt", "attempt"]
+
+
+def test_rate_limiting_beyond_the_budget_ends_the_trial_with_the_reason(sim):
+    b = backend(sim, retry_after_max_s=0.2, rate_limit_budget_s=1.0)
+    sim.inject("run", 429, count=None, retry_after="0.2")
+    with pytest.raises(BackendUnavailable) as info:
+        b.run(job(29))
+    assert "still rate limited after waiting 1 s" in str(info.value) and "at most 1 s" in str(info.value)
+    assert sum(seconds for _, seconds, _ in b.http.retry_waits) <= 1.0 + 1e-9
+
+
+def test_a_retry_after_wait_ends_at_once_on_cancel(sim):
+    b = backend(sim, retry_after_max_s=600)
+    sim.inject("run", 429, count=None, retry_after="600")
+    token = CancelToken()
+    run = Run(b, job(30), cancel=token)
+    sim.wait_for(lambda s: s.responses[("run", 429)] >= 1, 20, what="a rate-limited submission")
+    token.cancel("pruned while rate limited")
+    result = run.wait(30)  # far less than the 600 s asked for
+    assert result.status == "stopped" and result.error == "pruned while rate limited"
+    assert sim.jobs() == []
+
+
+def test_a_status_wait_ends_at_once_on_close(sim):
+    b = backend(sim, retry_after_max_s=600)
+    run = Run(b, job(31))
+    sim.wait_for(lambda s: len(s.jobs()) == 1, 10, what="a submitted job")
+    sim.inject("status", 429, count=None, retry_after="600")
+    sim.wait_for(lambda s: s.responses[("status", 429)] >= 1, 20, what="a rate-limited poll")
+    b.close()
+    assert run.wait(30).status == "stopped"
+    assert sim.jobs()[0]["status"] == "CANCELLED"
+
+
+@pytest.mark.parametrize("value, seconds", [("2", 2.0), ("0", 0.0), ("-5", 0.0), ("nan", None), ("soon", None),
+                                            (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", 30.0)])
+def test_retry_after_values(value, seconds):
+    from email.utils import parsedate_to_datetime
+
+    from hpo.backends._http import parse_retry_after
+
+    now = parsedate_to_datetime("Wed, 21 Oct 2015 07:27:30 GMT").timestamp()
+    assert parse_retry_after(value, now=now) == seconds
+
+
+# -- a completed result is believed only when its numbers are in range -------------------------------------------------
+
+def good_result(epochs: int = 3, **changes) -> TrialResult:
+    fields = dict(trial_id="run#0", status="completed", epochs_run=epochs, best_epoch=epochs,
+                  history={"loss": [1.0] * epochs, "val_accuracy": [0.5] * epochs},
+                  val_metrics={"accuracy": 0.5, "loss": 0.7}, test_metrics={"accuracy": 0.4, "loss": 0.8},
+                  health={"overall_health": 0.6}, param_count=10, train_seconds=1.0)
+    fields.update(changes)
+    return TrialResult(**fields)
+
+
+BAD_RESULTS = {
+    "val_metrics.accuracy = 7.5 is not in [0, 1]": dict(val_metrics={"accuracy": 7.5}),
+    "test_metrics.accuracy = -0.1 is not in [0, 1]": dict(test_metrics={"accuracy": -0.1}),
+    "val_metrics.loss = inf is not finite": dict(val_metrics={"accuracy": 0.5, "loss": float("inf")}),
+    "test_metrics.loss = nan is not finite": dict(test_metrics={"loss": float("nan")}),
+    "epochs_run = -3 is not in [0, 3]": dict(epochs_run=-3),
+    "epochs_run = 4 is not in [0, 3]": dict(epochs_run=4, history={}),
+    "best_epoch = 5 is not in [1, 3]": dict(best_epoch=5),
+    "history.loss has 2 entries, but epochs_run = 3": dict(history={"loss": [1.0, 1.0]}),
+    "history.val_accuracy[1] = 2.0 is not in [0, 1]": dict(history={"val_accuracy": [0.5, 2.0, 0.5]}),
+    "history.loss[0] = -inf is not finite": dict(history={"loss": [float("-inf"), 1.0, 1.0]}),
+    "health.overall_health = 1.5 is not in [0, 1]": dict(health={"overall_health": 1.5}),
+    "train_seconds = -1.0 is not a finite number >= 0": dict(train_seconds=-1.0),
+    "param_count = -10 is not an integer >= 0": dict(param_count=-10),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_RESULTS))
+def test_check_result_names_the_bad_field(reason):
+    from hpo.backends._checks import check_result
+    from hpo.exceptions import TrialFailed
+
+    with pytest.raises(TrialFailed) as info:
+        check_result(good_result(**BAD_RESULTS[reason]), job(0, epochs=3))
+    assert str(info.value).startswith(reason)
+
+
+def test_check_result_accepts_a_good_result_and_missing_values():
+    from hpo.backends._checks import check_result
+
+    check_result(good_result(), job(0, epochs=3))
+    check_result(good_result(val_metrics={"accuracy": None, "loss": None}, history={"val_loss": [None, 1.0, 1.0]},
+                             health={"overall_health": None}, param_count=None, best_epoch=None), job(0, epochs=3))
+    check_result(TrialResult(trial_id="run#0", status="failed", error="diverged"), job(0, epochs=3))
+
+
+@pytest.mark.parametrize("changes, field", [(dict(val_metrics={"accuracy": 7.5}), "val_metrics.accuracy = 7.5"),
+                                            (dict(epochs_run=-3), "epochs_run = -3"),
+                                            (dict(history={"loss": [1.0]}), "history.loss has 1 entries")])
+def test_an_out_of_range_completed_result_fails_the_trial_naming_the_field(sim, changes, field):
+    b = backend(sim)
+    run = Run(b, job(32, epochs=3))
+    worker = ScriptedWorker(sim)
+    sdk_job = worker.take()
+    worker.progress(sdk_job, 1)
+    sim.wait_for(lambda s: len(run.epochs) == 1, 10, what="epoch 1 forwarded")
+    bad = good_result(trial_id=sdk_job["input"]["trial_id"], **changes)
+    worker.post(sdk_job["id"], {"output": {"trial_result": bad.to_dict()}})
+    result = run.wait()
+    assert result.status == "failed" and field in result.error and "its numbers were discarded" in result.error
+    assert result.val_accuracy == pytest.approx(0.1)  # what the epochs said, not the worker's claim
+    assert [r.epoch for r in run.epochs] == [1]
+
+
+def test_out_of_range_epoch_reports_are_not_forwarded(sim):
+    b = backend(sim)
+    run = Run(b, job(33, epochs=3))
+    worker = ScriptedWorker(sim)
+    sdk_job = worker.take()
+    trial_id = sdk_job["input"]["trial_id"]
+    reports = [EpochReport(trial_id=trial_id, epoch=1, metrics={"val_accuracy": 9.0}).to_dict(),
+               EpochReport(trial_id=trial_id, epoch=7, metrics={"val_accuracy": 0.5}).to_dict()]
+    worker.post(sdk_job["id"], {"status": "IN_PROGRESS", "output": {"hpo_progress": {
+        "trial_id": trial_id, "epochs": reports, "elapsed_s": 1.0}}})
+    polls = sim.requests["status"]
+    sim.wait_for(lambda s: s.requests["status"] >= polls + 2, 10, what="the progress polled")
+    worker.complete(sdk_job, epochs=3)
+    assert run.wait().status == "completed"
+    assert [(r.epoch, r.metrics["val_accuracy"]) for r in run.epochs] == [(1, 0.1), (2, pytest.approx(0.2)),
+                                                                           (3, pytest.approx(0.3))]
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/v2/x", "127.0.0.1:8000/v2/x", "http:///v2/x"])
+def test_an_endpoint_url_that_is_not_http_is_a_config_error_naming_the_field(url):
+    from hpo.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="runpod_endpoint_url must be an http"):
+        RunPodBackend(url, KEY)

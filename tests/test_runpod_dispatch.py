@@ -17,7 +17,10 @@ from hpo.protocol import TrialJob
 from hpo.testing.runpod_sim import REPO_ROOT, RunPodSimulator, start_workers, stop_workers
 
 SLEEP_HANDLER = REPO_ROOT / "bench" / "sleep_handler.py"
-PARAMS = {"filters": 8}
+# a valid synthetic_images configuration (the worker checks params against the search space)
+PARAMS = {"conv_blocks": 1, "filters": 16, "kernel_size": 3, "activation": "relu", "batch_norm": False,
+          "global_pooling": True, "dense_layers": 0, "dropout": 0.0, "learning_rate": 0.005, "optimizer": "adam",
+          "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}
 
 
 def job(n: int, epochs: int = 4) -> TrialJob:

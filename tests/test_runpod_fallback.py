@@ -9,7 +9,9 @@ from hpo.backends.fallback import FallbackBackend
 from hpo.exceptions import BackendUnavailable
 from hpo.protocol import EpochReport, TrialJob, TrialResult
 
-PARAMS = {"filters": 8}
+PARAMS = {"conv_blocks": 1, "filters": 16, "kernel_size": 3, "activation": "relu", "batch_norm": False,
+          "global_pooling": True, "dense_layers": 0, "dropout": 0.0, "learning_rate": 0.005, "optimizer": "adam",
+          "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}
 
 
 def job(n: int = 0) -> TrialJob:
@@ -164,3 +166,49 @@ def test_a_cancelled_trial_is_not_rerun_locally():
     token.cancel("interrupted", hard=True)
     result = backend.run(job(0), on_epoch=lambda r: None, cancel=token)
     assert result.status == "stopped" and local.runs == []
+
+
+# -- with the real RunPod client: its client-side deadlines end in a local run or a clear error ------------------------
+
+def test_a_trial_no_worker_takes_runs_locally_after_the_queue_deadline():
+    from hpo.backends.runpod import RunPodBackend
+    from hpo.testing.runpod_sim import RunPodSimulator
+
+    with RunPodSimulator(take_hold_s=1.0) as sim:
+        local = Local()
+        backend = FallbackBackend(RunPodBackend(sim.endpoint_url, queue_timeout_s=0.5), local)
+        backend.start()
+        result = backend.run(job(0), on_epoch=lambda r: None)
+        assert result.executed_on.startswith("local:") and local.runs == ["r#0"]
+        assert "no worker took it within 0.5 s (runpod_queue_timeout_s)" in result.details["fallback_reason"]
+        assert sim.counts() == {"CANCELLED": 1}  # cancelled on the endpoint before the local run
+        backend.close()
+
+
+def test_without_fallback_a_queue_deadline_is_a_clear_error():
+    from hpo.backends.runpod import RunPodBackend
+    from hpo.testing.runpod_sim import RunPodSimulator
+
+    with RunPodSimulator(take_hold_s=1.0) as sim:
+        backend = FallbackBackend(RunPodBackend(sim.endpoint_url, queue_timeout_s=0.5))
+        backend.start()
+        with pytest.raises(BackendUnavailable, match=r"no worker took it within 0\.5 s.*the job was cancelled"):
+            backend.run(job(0), on_epoch=lambda r: None)
+        assert sim.counts() == {"CANCELLED": 1}
+        backend.close()
+
+
+def test_endless_rate_limiting_runs_the_trial_locally_with_the_reason():
+    from hpo.backends.runpod import RunPodBackend
+    from hpo.testing.runpod_sim import RunPodSimulator
+
+    with RunPodSimulator(take_hold_s=1.0) as sim:
+        local = Local()
+        remote = RunPodBackend(sim.endpoint_url, retry_after_max_s=0.2, rate_limit_budget_s=0.6)
+        backend = FallbackBackend(remote, local)
+        backend.start()
+        sim.inject("run", 429, count=None, retry_after="0.2")
+        result = backend.run(job(0), on_epoch=lambda r: None)
+        assert local.runs == ["r#0"] and "still rate limited" in result.details["fallback_reason"]
+        assert sim.jobs() == []
+        backend.close()

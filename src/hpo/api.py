@@ -198,14 +198,14 @@ def create_app(output_dir: str | os.PathLike[str] = "optimization_results", max_
 
     @app.get("/datasets", tags=["server"], dependencies=auth)
     def list_datasets() -> list[dict[str, Any]]:
-        from . import datasets
+        from . import catalog, datafiles
 
         rows = []
-        for name in datasets.DATASET_NAMES:
-            info = datasets.info(name)
+        for name in catalog.DATASET_NAMES:
+            info = catalog.info(name)
             rows.append({"name": name, "modality": info.modality, "input_shape": list(info.input_shape),
-                         "classes": info.num_classes, "options": datasets.default_options(name),
-                         "available_offline": name.startswith("synthetic") or datasets.locate(name) is not None,
+                         "classes": info.num_classes, "options": catalog.default_options(name),
+                         "available_offline": catalog.is_generated(name) or datafiles.locate(name) is not None,
                          "description": info.description})
         return rows
 

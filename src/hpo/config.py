@@ -9,19 +9,18 @@ instead of searched.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
-from . import datasets, search_space
+from . import catalog, scoring
+from .catalog import LrSchedule
 from .exceptions import ConfigError
-from .protocol import LrSchedule
+from .option_types import check_range, check_type, closest, range_text, type_name
+from .scoring import Mode
 
 __all__ = [
     "OptimizationConfig",
@@ -39,7 +38,6 @@ __all__ = [
     "trial_limit",
 ]
 
-Mode = Literal["simple", "health", "pareto"]
 SamplerName = Literal["tpe", "random"]
 PrunerName = Literal["hyperband", "median", "successive_halving", "none"]
 PlotGeneration = Literal["all", "best", "none"]
@@ -78,8 +76,6 @@ MAX_SEED = 2**32 - 1
 #: storage URL schemes (SQLAlchemy dialects, optionally +driver) Optuna's RDBStorage can open
 STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql")
 
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -95,7 +91,7 @@ def _opt(default: Any, help: str, *, low: float | None = None, high: float | Non
 class OptimizationConfig:
     """All options of one optimization run. Build it with keyword arguments or :func:`config_from_options`."""
 
-    dataset: datasets.DatasetName = field(metadata={"help": "dataset to optimize on (`hpo datasets` lists them); "
+    dataset: catalog.DatasetName = field(metadata={"help": "dataset to optimize on (`hpo datasets` lists them); "
                                                     "required", "low": None, "high": None, "low_open": False,
                                                     "env": None})
     trials: int | None = _opt(None, f"number of trials to train (default {DEFAULT_TRIALS}; with epoch_budget, as many "
@@ -188,32 +184,34 @@ class OptimizationConfig:
         for f in dataclasses.fields(self):
             if f.name == "pins":
                 continue
-            value = _check_type(f.name, getattr(self, f.name), hints[f.name])
+            value = check_type(f.name, getattr(self, f.name), hints[f.name])
             object.__setattr__(self, f.name, value)
-            _check_range(f, value)
+            check_range(f, value)
         if self.max_epochs_per_trial is None:
             object.__setattr__(self, "max_epochs_per_trial", default_max_epochs(
                 self.epoch_budget, self.concurrent_workers, self.min_epochs_per_trial))
         if self.epoch_budget is not None and self.epoch_budget < self.min_epochs_per_trial:
             raise ConfigError(f"epoch_budget={self.epoch_budget} is below min_epochs_per_trial="
                               f"{self.min_epochs_per_trial}, so no trial could start; allowed: epoch_budget >= "
-                              "min_epochs_per_trial")
+                              "min_epochs_per_trial", field="epoch_budget")
         if self.min_epochs_per_trial > self.max_epochs_per_trial:
             raise ConfigError(
                 f"min_epochs_per_trial={self.min_epochs_per_trial} is above max_epochs_per_trial="
-                f"{self.max_epochs_per_trial}; allowed: min_epochs_per_trial <= max_epochs_per_trial")
+                f"{self.max_epochs_per_trial}; allowed: min_epochs_per_trial <= max_epochs_per_trial",
+                field="min_epochs_per_trial")
         if self.health_weights is not None:
-            from .health import parse_weights
-
-            parse_weights(self.health_weights)  # ConfigError naming the bad component or weight
+            scoring.parse_weights(self.health_weights)  # ConfigError naming the bad component or weight
         if self.run_name is not None and not _RUN_NAME.match(self.run_name):
             raise ConfigError(f"run_name={self.run_name!r} is not a safe folder name; allowed: letters, digits, "
-                              "'.', '_' and '-', starting with a letter or digit, at most 100 characters")
+                              "'.', '_' and '-', starting with a letter or digit, at most 100 characters",
+                              field="run_name")
         if self.storage is not None:
             _check_storage_url(self.storage)
+        if self.runpod_endpoint_url is not None:
+            _check_endpoint_url(self.runpod_endpoint_url)
         if self.use_runpod_service and not (self.runpod_endpoint_id or self.runpod_endpoint_url):
             raise ConfigError("use_runpod_service=true needs runpod_endpoint_id (or RUNPOD_ENDPOINT_ID in the "
-                              "environment / .env) or runpod_endpoint_url")
+                              "environment / .env) or runpod_endpoint_url", field="use_runpod_service")
         info = self.dataset_info  # validates dataset options
         object.__setattr__(self, "pins", _check_pins(dict(self.pins), info))
 
@@ -226,7 +224,7 @@ class OptimizationConfig:
     @property
     def dataset_options(self) -> dict[str, Any]:
         """The options of the dataset (only those it takes), defaults filled in."""
-        opts = datasets.default_options(self.dataset)
+        opts = catalog.default_options(self.dataset)
         for key in opts:
             value = getattr(self, key)
             if value is not None:
@@ -234,14 +232,15 @@ class OptimizationConfig:
         return opts
 
     @property
-    def dataset_info(self) -> datasets.DatasetInfo:
+    def dataset_info(self) -> catalog.DatasetInfo:
         given = [k for k in ("vocab_size", "sequence_length", "image_size") if getattr(self, k) is not None]
-        takes = datasets.default_options(self.dataset)
+        takes = catalog.default_options(self.dataset)
         for key in given:
             if key not in takes:
                 allowed = ", ".join(takes) or "none"
-                raise ConfigError(f"{key} does not apply to dataset {self.dataset}; its dataset options: {allowed}")
-        return datasets.info(self.dataset, self.dataset_options)
+                raise ConfigError(f"{key} does not apply to dataset {self.dataset}; its dataset options: {allowed}",
+                                  field=key)
+        return catalog.info(self.dataset, self.dataset_options)
 
     @property
     def modality(self) -> str:
@@ -255,98 +254,21 @@ class OptimizationConfig:
         return dataclasses.replace(self, **changes)
 
 
-# -- type and range checks -----------------------------------------------------------------------------------------
+def _check_endpoint_url(url: str) -> None:
+    """An http(s) URL with a host (the RunPod key is sent there, so nothing else will do)."""
+    from urllib.parse import urlsplit
 
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    if get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
+    from .redact import mask_url
 
-
-def _type_name(tp: Any) -> str:
-    base, optional = _unwrap_optional(tp)
-    if get_origin(base) is Literal:
-        name = "one of " + ", ".join(str(a) for a in get_args(base))
-    else:
-        name = {bool: "bool", int: "int", float: "float", str: "str"}.get(base, str(base))
-    return f"{name} or none" if optional else name
-
-
-def _check_type(name: str, value: Any, tp: Any) -> Any:
-    """Convert ``value`` (native or string) to the annotated type or raise a ConfigError that names what is allowed."""
-    base, optional = _unwrap_optional(tp)
-    if isinstance(value, str):
-        text = value.strip()
-        if optional and text.lower() in ("none", "null", ""):
-            return None
-    else:
-        text = None
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{name} must not be empty; allowed: {_type_name(tp)}")
-    if get_origin(base) is Literal:
-        allowed = get_args(base)
-        candidate = text if text is not None else value
-        if candidate in allowed:
-            return candidate
-        hint = _closest(str(candidate), [str(a) for a in allowed])
-        raise ConfigError(f"{name}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}{hint}")
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if text is not None and text.lower() in _TRUE:
-            return True
-        if text is not None and text.lower() in _FALSE:
-            return False
-        raise ConfigError(f"{name}={value!r} is not a boolean; allowed: true, false, 1, 0, yes, no")
-    if base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if text is not None and re.fullmatch(r"[+-]?\d+", text.replace("_", "")):
-            return int(text.replace("_", ""))
-        raise ConfigError(f"{name}={value!r} is not a whole number; allowed: {_type_name(tp)}")
-    if base is float:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(text if text is not None else value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}={value!r} is not a number; allowed: {_type_name(tp)}") from None
-        if not math.isfinite(number):
-            raise ConfigError(f"{name}={value!r} is not a finite number")
-        return number
-    if base is str:
-        if text is not None:
-            return text
-        raise ConfigError(f"{name}={value!r} is not text; allowed: {_type_name(tp)}")
-    raise TypeError(f"unsupported option type for {name}: {tp}")  # a programming error, not a user's
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
-
-
-def _range_text(meta: dict[str, Any]) -> str:
-    low, high = meta["low"], meta["high"]
-    if low is not None and high is not None:
-        return f"{'(' if meta['low_open'] else '['}{_num(low)}, {_num(high)}]"
-    if low is not None:
-        return f"> {_num(low)}" if meta["low_open"] else f">= {_num(low)}"
-    return f"<= {_num(high)}"
-
-
-def _check_range(f: dataclasses.Field, value: Any) -> None:
-    meta = f.metadata
-    if value is None or isinstance(value, (bool, str)) or (meta["low"] is None and meta["high"] is None):
-        return
-    low, high = meta["low"], meta["high"]
-    too_low = low is not None and (value <= low if meta["low_open"] else value < low)
-    too_high = high is not None and value > high
-    if too_low or too_high:
-        raise ConfigError(f"{f.name}={value} is out of range; allowed: {_range_text(meta)}")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError for a port that is no number
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"runpod_endpoint_url={mask_url(url)!r} is not an http(s) URL with a host; allowed: e.g. "
+                          "https://api.runpod.ai/v2/ENDPOINT_ID", field="runpod_endpoint_url")
 
 
 def _check_storage_url(url: str) -> None:
@@ -357,7 +279,7 @@ def _check_storage_url(url: str) -> None:
     if scheme.split("+", 1)[0] not in STORAGE_DIALECTS:
         raise ConfigError(f"storage={mask_url(url)!r} is not a database URL; allowed: "
                           f"{', '.join(d + '://...' for d in STORAGE_DIALECTS)} (e.g. "
-                          "postgresql://user@host/db or sqlite:///path/study.db)")
+                          "postgresql://user@host/db or sqlite:///path/study.db)", field="storage")
     try:
         from sqlalchemy.engine import make_url
     except ImportError:  # Optuna brings SQLAlchemy; without it the scheme check above is all we can do
@@ -366,26 +288,21 @@ def _check_storage_url(url: str) -> None:
         make_url(url)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's URL
         raise ConfigError(f"storage={mask_url(url)!r} is not a valid database URL "
-                          f"({type(exc).__name__}); e.g. postgresql://user@host/db") from None
+                          f"({type(exc).__name__}); e.g. postgresql://user@host/db", field="storage") from None
 
 
-def _closest(word: str, candidates: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
-
-
-def _check_pins(pins: dict[str, Any], info: datasets.DatasetInfo) -> dict[str, Any]:
-    space = {p.name: p for p in search_space.space_for(info.modality)}
+def _check_pins(pins: dict[str, Any], info: catalog.DatasetInfo) -> dict[str, Any]:
+    space = {p.name: p for p in catalog.space_for(info.modality)}
     checked = {}
     for key, value in pins.items():
         if key not in space:
-            if key in search_space.all_param_names():
+            if key in catalog.all_param_names():
                 raise ConfigError(f"{key} is a parameter of the {'LSTM' if info.modality == 'image' else 'CNN'} "
                                   f"space and does not apply to {info.modality} dataset {info.name}; its "
-                                  f"parameters: {', '.join(space)}")
-            raise ConfigError(f"unknown option {key!r}{_closest(key, space)}")
+                                  f"parameters: {', '.join(space)}", field=key)
+            raise ConfigError(f"unknown option {key!r}{closest(key, space)}", field=key)
         shape = info.input_shape if info.modality == "image" else None
-        checked[key] = search_space.coerce_pin(space[key], value, shape)
+        checked[key] = catalog.coerce_pin(space[key], value, shape)
     return checked
 
 
@@ -404,7 +321,7 @@ def parse_kv(args: typing.Sequence[str]) -> dict[str, str]:
         if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise ConfigError(f"malformed argument {arg!r}; expected key=value, e.g. dataset=cifar10 trials=8")
         if key in options:
-            raise ConfigError(f"{key} is given twice ({key}={options[key]!r} and {arg!r}); give it once")
+            raise ConfigError(f"{key} is given twice ({key}={options[key]!r} and {arg!r}); give it once", field=key)
         options[key] = value
     return options
 
@@ -439,14 +356,15 @@ def config_from_options(options: dict[str, Any], *, env_file: str | os.PathLike[
             continue
         if key in names:
             kwargs[key] = value
-        elif key in search_space.all_param_names():
+        elif key in catalog.all_param_names():
             pins[key] = value
         else:
-            candidates = names + sorted(search_space.all_param_names())
-            raise ConfigError(f"unknown option {key!r}{_closest(key, candidates)}; `hpo optimize --help` lists "
-                              "every option")
+            candidates = names + sorted(catalog.all_param_names())
+            raise ConfigError(f"unknown option {key!r}{closest(key, candidates)}; `hpo optimize --help` lists "
+                              "every option", field=key)
     if "dataset" not in kwargs:
-        raise ConfigError(f"dataset is required, e.g. dataset=fashion_mnist; allowed: {', '.join(datasets.DATASET_NAMES)}")
+        raise ConfigError(f"dataset is required, e.g. dataset=fashion_mnist; allowed: {', '.join(catalog.DATASET_NAMES)}",
+                          field="dataset")
     if use_env:
         env = load_dotenv_values(env_file)
         for f in dataclasses.fields(OptimizationConfig):
@@ -475,9 +393,9 @@ def _rows() -> list[tuple[str, str, str, str]]:
     for f in dataclasses.fields(OptimizationConfig):
         if f.name == "pins":
             continue
-        kind = _type_name(hints[f.name])
+        kind = type_name(hints[f.name])
         if f.metadata["low"] is not None or f.metadata["high"] is not None:
-            kind += f" {_range_text(f.metadata)}"
+            kind += f" {range_text(f.metadata)}"
         rows.append((f.name, kind, _default_text(f), f.metadata["help"]))
     return rows
 
@@ -491,7 +409,7 @@ def options_help() -> str:
     for modality, label in (("image", "CNN (image datasets)"), ("text", "LSTM (text datasets)")):
         lines.append("")
         lines.append(f"search parameters of the {label}; give one as key=value to pin it:")
-        for p in search_space.space_for(modality):
+        for p in catalog.space_for(modality):
             lines.append(f"  {p.name:<26} {p.help}; {p.describe()}")
     return "\n".join(lines)
 

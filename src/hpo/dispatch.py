@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import Backend, CancelToken
+from .exceptions import BackendUnavailable
 from .progress import ProgressTracker
 from .protocol import EpochReport, TrialResult
 from .search import Search
@@ -132,6 +133,9 @@ class Dispatcher:
         try:
             result = self.backend.run(job, on_epoch=on_epoch, cancel=token, timeout_s=timeout_s,
                                       save_model_to=str(model_path) if model_path else None)
+        except BackendUnavailable as exc:  # expected (service down, no fallback): the reason, not a traceback
+            log.error("trial %s: the backend is unavailable: %s", trial.number, exc)
+            result = TrialResult(trial_id=job.trial_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - the backend could not run it: a failed trial, the study goes on
             log.error("trial %s: backend error with params %s\n%s", trial.number, params, traceback.format_exc())
             result = TrialResult(trial_id=job.trial_id, status="failed", error=f"{type(exc).__name__}: {exc}")

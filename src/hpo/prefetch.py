@@ -1,7 +1,7 @@
 """Put datasets on disk ahead of time: ``python -m hpo.prefetch [NAME ...] [--verify]``.
 
 The Dockerfile runs it at build time so RunPod workers start with every dataset baked into the image (jobs carry
-only names and numbers). Files go where :mod:`hpo.datasets` looks first: ``$HPO_DATA_DIR`` when set, else the Keras
+only names and numbers). Files go where :mod:`hpo.datafiles` looks first: ``$HPO_DATA_DIR`` when set, else the Keras
 cache (``$KERAS_HOME/datasets``). Generated datasets (synthetic_*) need nothing. ``--verify`` also loads each
 dataset once, which extracts archives (GTSRB) and checks the files, so the first trial does not pay for it.
 
@@ -15,7 +15,7 @@ import sys
 import time
 from typing import TextIO
 
-from . import datasets
+from . import catalog, datasets
 from .exceptions import ConfigError, DatasetError
 
 __all__ = ["main", "prefetch"]
@@ -26,7 +26,7 @@ def prefetch(names: list[str], *, verify: bool = False, out: TextIO | None = Non
     out = out or sys.stdout
     errors = []
     for name in names:
-        if name.startswith("synthetic"):
+        if catalog.is_generated(name):
             print(f"{name}: generated, nothing to fetch", file=out, flush=True)
             continue
         started = time.monotonic()
@@ -48,15 +48,15 @@ def prefetch(names: list[str], *, verify: bool = False, out: TextIO | None = Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpo.prefetch", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"datasets (default: all): {', '.join(datasets.DATASET_NAMES)}")
+                        help=f"datasets (default: all): {', '.join(catalog.DATASET_NAMES)}")
     parser.add_argument("--verify", action="store_true", help="also load each dataset once (extracts archives)")
     args = parser.parse_args(argv)
-    unknown = [n for n in args.names if n not in datasets.DATASET_NAMES]
+    unknown = [n for n in args.names if n not in catalog.DATASET_NAMES]
     if unknown:
-        print(f"error: unknown dataset(s) {', '.join(unknown)}; allowed: {', '.join(datasets.DATASET_NAMES)}",
+        print(f"error: unknown dataset(s) {', '.join(unknown)}; allowed: {', '.join(catalog.DATASET_NAMES)}",
               file=sys.stderr)
         return 2
-    errors = prefetch(list(args.names or datasets.DATASET_NAMES), verify=args.verify)
+    errors = prefetch(list(args.names or catalog.DATASET_NAMES), verify=args.verify)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if errors else 0

@@ -1,7 +1,9 @@
 """report.html: one self-contained page per run (styles inline, plots embedded as base64 ``data:`` URIs), readable
 offline: the config, the best trial, a table of trials, and the plots.
 
-:func:`generate_outputs` is what a run calls at its end: plots (per ``plot_generation``) and then the report.
+:func:`generate_outputs` is what a run calls at its end: plots (per ``plot_generation``) and then the report. It
+loads neither TensorFlow nor Keras in the calling process (the plots of the model are drawn by a process of their
+own, see :mod:`hpo.plots.generate`); plots that could not be drawn are listed in the report with the reason.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def _trials_section(run: RunData) -> str:
 
 
 def _param_key(name: str) -> tuple[int, str]:
-    from . import search_space
+    from . import search_space  # TODO(catalog): the search spaces as data move to hpo.catalog
 
     order = [p.name for p in search_space.CNN_SPACE + search_space.LSTM_SPACE]
     return (order.index(name), name) if name in order else (len(order), name)
@@ -276,9 +278,11 @@ def write_report(run_dir: str | Path, outcomes: list[PlotOutcome] | None = None,
     """Write ``report.html`` in the run folder (atomically) and return its path."""
     run_dir = Path(run_dir)
     run = run or load_run(run_dir, study=study)
-    from .results import CONFIG_FILE
+    doc = run.doc
+    if not doc:
+        from .rundir import read_config_doc
 
-    doc = json.loads((run_dir / CONFIG_FILE).read_text())
+        doc = read_config_doc(run_dir) or {}
     text = render_report(run, outcomes, notes=notes, doc=doc)
     path = run_dir / REPORT_FILE
     tmp = path.with_name(path.name + ".tmp")

@@ -7,7 +7,7 @@
   an endpoint gets one for ``use_runpod_service``. RUNPOD_API_KEY thus only ever goes where the operator said.
 - Every other ConfigError becomes one 422 entry naming its field (:func:`validate_options`).
 
-Imports nothing heavy; config and search spaces are loaded when a body is validated.
+Imports nothing heavy: the config and the catalog (light core) are loaded when a body is validated.
 """
 
 from __future__ import annotations
@@ -160,35 +160,21 @@ def server_owned_options(options: dict[str, Any], output_dir: Path, endpoints: E
 
 # -- the CLI's validation, one entry per bad field ------------------------------------------------------------------
 
-def _errors_field(message: str, candidates: set[str]) -> str | None:
-    """The option a ConfigError message is about: the quoted key of "unknown option 'x'", else the candidate
-    named earliest in the message (messages start with the field: ``trials=0 is out of range``)."""
-    quoted = re.match(r"unknown option '([^']*)'", message)
-    if quoted:
-        return quoted.group(1)
-    best: tuple[int, int, str] | None = None
-    for name in candidates:
-        m = re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", message)
-        if m and (best is None or (m.start(), -len(name)) < best[:2]):
-            best = (m.start(), -len(name), name)
-    return best[2] if best else None
-
-
 def validate_options(options: dict[str, Any], errors: list[dict[str, Any]] | None = None) -> Any:
     """``config_from_options`` (the CLI's validation), collecting an error for each bad field: the field a
-    ConfigError names (its ``field`` attribute, else found in its message) is set aside and validation runs again,
-    until the rest validates or nothing is left. When the dataset itself is bad, the other options are still checked
-    against a stand-in dataset (errors that depend on the dataset -- search-space pins, dataset options -- are then
-    not reported). ``errors``: entries found before (they are raised together with these)."""
-    from . import search_space
-    from .config import OptimizationConfig, config_from_options
+    ConfigError names (its ``field`` attribute; every ConfigError of the config carries one) is set aside and
+    validation runs again, until the rest validates or nothing is left. When the dataset itself is bad, the other
+    options are still checked against a stand-in dataset (errors that depend on the dataset -- search-space pins,
+    dataset options -- are then not reported). ``errors``: entries found before (they are raised together with
+    these)."""
+    from . import catalog
+    from .config import config_from_options
 
     prior, errors = list(errors or []), []
     if "pins" in options and options["pins"] is not None and not isinstance(options["pins"], dict):
         raise OptionsInvalid(prior + [_error(["pins"], "pins must be an object of search-space parameters, e.g. "
                                                         '{"activation": "relu"}')])
-    fields = {f for f in OptimizationConfig.__dataclass_fields__ if f != "pins"}
-    pin_names = set(search_space.all_param_names())
+    pin_names = catalog.all_param_names()
     dataset_dependent = pin_names | {"vocab_size", "sequence_length", "image_size"}
     opts = dict(options)
     pins: dict[str, Any] = dict(opts.get("pins") or {})
@@ -200,7 +186,7 @@ def validate_options(options: dict[str, Any], errors: list[dict[str, Any]] | Non
             config = config_from_options(opts)
         except ConfigError as exc:
             message = str(exc)
-            name = getattr(exc, "field", None) or _errors_field(message, fields | pin_names | set(opts) | set(pins))
+            name = exc.field
             report = not (stand_in and name in dataset_dependent)
             if name == "dataset" and not stand_in:
                 if "dataset" in opts or not errors:

@@ -285,6 +285,15 @@ class Search:
 
         from . import health as scoring  # TODO(core): hpo.scoring once the light core lands
 
+        from .backends._checks import check_result
+        from .exceptions import TrialFailed
+
+        if result.status == "completed":  # believed only in range, wherever it ran
+            try:
+                check_result(result, job)
+            except TrialFailed as exc:
+                result = TrialResult(trial_id=result.trial_id, status="failed", executed_on=result.executed_on,
+                                     error=f"the trial's result is out of range: {exc}")
         result = scoring.reweight(result, self.config.health_weights)  # overall_health with the run's weights
         with self.lock:
             if trial.number == self._warm_start_number:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import OptimizationConfig
+from .exceptions import ConfigError
+from .redact import mask_text, mask_url
 
 __all__ = ["open_storage", "create_study", "make_pruner", "expected_trials", "startup_trials", "tune_sqlite"]
 
@@ -58,7 +60,14 @@ def open_storage(url: str, *, heartbeat_grace_s: float | None = None,
             key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params \
                 else "failed_trial_callback"
             kwargs[key] = stale_callback
-    storage = optuna.storages.RDBStorage(url, **kwargs)
+    try:
+        storage = optuna.storages.RDBStorage(url, **kwargs)
+    except ImportError as exc:  # the database driver is an extra
+        raise ConfigError(f"storage={mask_url(url)!r} needs a database driver that is not installed ({exc.name}); "
+                          'for PostgreSQL: pip install "hpo[postgres]"', field="storage") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: the database named by the user is unreachable
+        first = mask_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise ConfigError(f"storage={mask_url(url)!r} cannot be opened: {first}", field="storage") from None
     if url.startswith("sqlite"):
         tune_sqlite(storage)
     return storage

@@ -2,8 +2,10 @@
 
 - The endpoint does not answer at start: every trial runs locally, and a health probe every ``probe_interval_s``
   sends trials back to the endpoint once it answers.
-- A trial's remote execution fails for infrastructure reasons after the remote backend's own retries
-  (:class:`~hpo.exceptions.BackendUnavailable`): that trial runs locally.
+- A trial's remote execution fails for infrastructure reasons after the remote backend's own retries, or passes one
+  of its client-side bounds (RunPod: nobody took the job within ``runpod_queue_timeout_s``, unusable answers, rate
+  limiting beyond its budget; the remote job is cancelled first) -- :class:`~hpo.exceptions.BackendUnavailable`:
+  that trial runs locally.
 - ``failure_threshold`` such failures in a row: further trials go local until a health probe succeeds.
 
 A trial that ran locally carries ``details["fallback_reason"]`` (the orchestrator records it in the trial's user

@@ -32,9 +32,12 @@ arrive late are recorded and ignored; RunPod's rate limits (/run 1000, /status 2
 A worker that stops sending pings and polls for ``worker_timeout_s`` is lost: its running jobs are FAILED with an
 error saying so (``lost_jobs="fail"``) or put back in the queue (``lost_jobs="requeue"``).
 
-Faults for tests: :meth:`~RunPodSimulator.inject` (answer a route with 429 / 5xx a number of times or at a rate),
-:meth:`~RunPodSimulator.vanish_worker` (a worker whose traffic the control plane no longer sees), and
-:class:`WorkerProcess` to start and kill real ``python runpod_worker/handler.py`` processes.
+Faults for tests: :meth:`~RunPodSimulator.inject` (answer a route with 429 + Retry-After / 5xx / a malformed 200, or
+drop its connections -- closed, reset, cut off mid-answer -- a number of times or at a rate),
+:meth:`~RunPodSimulator.set_output_filter` (rewrite the results workers post: malformed or out-of-range output),
+:meth:`~RunPodSimulator.vanish_worker` (a worker whose traffic the control plane no longer sees),
+:class:`WorkerProcess` to start and kill real ``python runpod_worker/handler.py`` processes, and :class:`FakeWorker`
+(a thread that answers jobs through the worker routes as a test says, or holds them).
 
 Run it by hand: ``python -m hpo.testing.runpod_sim --port 8000`` prints the endpoint URL and a worker environment.
 """
@@ -49,21 +52,19 @@ import os
 import random
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-__all__ = ["RunPodSimulator", "SimulatorProcess", "SimJob", "SimWorker", "WorkerProcess", "start_workers",
-           "stop_workers", "worker_environment", "REPO_ROOT", "HANDLER_PATH"]
+from ._sim_workers import (HANDLER_PATH, REPO_ROOT, FakeWorker, SimulatorProcess, WorkerProcess, _Reader,
+                           completed_output, start_workers, stop_workers, worker_environment)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-HANDLER_PATH = REPO_ROOT / "runpod_worker" / "handler.py"
+__all__ = ["RunPodSimulator", "SimulatorProcess", "SimJob", "SimWorker", "WorkerProcess", "FakeWorker",
+           "completed_output", "start_workers", "stop_workers", "worker_environment", "REPO_ROOT", "HANDLER_PATH"]
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 #: RunPod's documented rate limits: requests per 10 s window.
@@ -133,10 +134,16 @@ class SimWorker:
 @dataclass
 class _Fault:
     route: str
-    status: int
+    status: int | str  # an HTTP status, or one of DROPS
     remaining: int | None
     rate: float | None
     body: str
+    retry_after: str | None = None
+
+
+#: Faults that answer no HTTP status: the server closes the connection without an answer ("close"), resets it (TCP
+#: RST, "reset"), or sends the start of a 200 answer and closes mid-body ("truncate").
+DROPS = ("close", "reset", "truncate")
 
 
 @dataclass
@@ -145,58 +152,6 @@ class _Taker:
     future: asyncio.Future
     batch: int
     request: Any
-
-
-def worker_environment(endpoint_url: str, worker_key: str, worker_id: str, *,
-                       ping_interval_ms: int = 1000) -> dict[str, str]:
-    """The environment that makes the SDK's worker loop serve ``endpoint_url`` as ``worker_id``."""
-    return {
-        "RUNPOD_WEBHOOK_GET_JOB": f"{endpoint_url}/job-take/$ID?sim=1",
-        "RUNPOD_WEBHOOK_POST_OUTPUT": f"{endpoint_url}/job-done/$RUNPOD_POD_ID/$ID?sim=1",
-        "RUNPOD_WEBHOOK_POST_STREAM": f"{endpoint_url}/job-stream/$RUNPOD_POD_ID/$ID?sim=1",
-        "RUNPOD_WEBHOOK_PING": f"{endpoint_url}/ping/$RUNPOD_POD_ID",
-        "RUNPOD_PING_INTERVAL": str(max(1000, ping_interval_ms)),  # the SDK sleeps interval // 1000 seconds
-        "RUNPOD_POD_ID": worker_id,
-        "RUNPOD_AI_API_KEY": worker_key,
-        "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",  # the SDK's checks probe 8.8.8.8; tests stay on loopback
-        "RUNPOD_SKIP_GPU_CHECK": "true",
-        "RUNPOD_LOG_LEVEL": "INFO",
-    }
-
-
-class _Reader:
-    """Waiting helpers shared by the in-process simulator and SimulatorProcess."""
-
-    endpoint_url: str
-    worker_key: str
-
-    def jobs(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def workers(self) -> dict[str, dict[str, Any]]:
-        raise NotImplementedError
-
-    def counts(self) -> dict[str, int]:
-        """Jobs per status."""
-        return dict(collections.Counter(j["status"] for j in self.jobs()))
-
-    def worker_env(self, worker_id: str, *, ping_interval_ms: int = 1000) -> dict[str, str]:
-        return worker_environment(self.endpoint_url, self.worker_key, worker_id, ping_interval_ms=ping_interval_ms)
-
-    def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 60.0, interval: float = 0.05,
-                 what: str = "the condition") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return
-            time.sleep(interval)
-        raise TimeoutError(f"the simulator did not reach {what} within {timeout:g} s; jobs: {self.counts()}, "
-                           f"workers: {sorted(self.workers())}")
-
-    def wait_workers(self, n: int, timeout: float = 120.0) -> None:
-        """Wait until ``n`` live workers have asked for jobs."""
-        self.wait_for(lambda s: sum(1 for w in s.workers().values() if not w["lost"] and not w["vanished"]) >= n,
-                      timeout, what=f"{n} ready workers")
 
 
 class RunPodSimulator(_Reader):
@@ -226,9 +181,10 @@ class RunPodSimulator(_Reader):
         self._takers: collections.deque[_Taker] = collections.deque()
         self._stop_events: dict[str, asyncio.Event] = {}
         self._faults: list[_Fault] = []
+        self._output_filter: Callable[[Any, Any], Any] | None = None
         self._windows: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self.requests: collections.Counter[str] = collections.Counter()
-        self.responses: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.responses: collections.Counter[tuple[str, int | str]] = collections.Counter()  # (route, status)
         self.auth_failures = 0
         self.authorization_seen: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -356,14 +312,27 @@ class RunPodSimulator(_Reader):
         """Jobs per status."""
         return self._call(lambda: dict(collections.Counter(j.status for j in self._jobs.values())))
 
-    def inject(self, route: str, status: int, count: int | None = 1, *, rate: float | None = None,
-               body: str | None = None) -> None:
-        """Answer ``route`` (one of ROUTES) with HTTP ``status``: the next ``count`` requests (None: all), or each
-        request with probability ``rate``."""
+    def inject(self, route: str, status: int | str, count: int | None = 1, *, rate: float | None = None,
+               body: str | None = None, retry_after: str | float | None = "") -> None:
+        """Answer ``route`` (one of ROUTES) with ``status``: the next ``count`` requests (None: all), or each request
+        with probability ``rate``. ``status`` is an HTTP status (a 200 with ``body`` plays a malformed answer), or
+        one of DROPS: "close" (the connection is closed without an answer), "reset" (TCP reset), "truncate" (a 200
+        cut off mid-body). ``retry_after``: the Retry-After header (default: "0.2" on 429, none otherwise; None:
+        none)."""
         if route not in ROUTES:
             raise ValueError(f"unknown route {route!r}; routes: {', '.join(ROUTES)}")
+        if isinstance(status, str) and status not in DROPS:
+            raise ValueError(f"unknown fault {status!r}; an HTTP status or one of {', '.join(DROPS)}")
         text = body if body is not None else json.dumps({"error": f"injected HTTP {status}"})
-        self._call(self._faults.append, _Fault(route, status, count, rate, text))
+        if retry_after == "":
+            retry_after = "0.2" if status == 429 else None
+        header = None if retry_after is None else (retry_after if isinstance(retry_after, str) else f"{retry_after:g}")
+        self._call(self._faults.append, _Fault(route, status, count, rate, text, header))
+
+    def set_output_filter(self, rewrite: Callable[[Any, Any], Any] | None) -> None:
+        """Rewrite every result a worker posts before it is stored: ``rewrite(job_input, output) -> output`` (a
+        COMPLETED job's output; progress updates and errors are left alone). None: results are stored as posted."""
+        self._output_filter = rewrite
 
     def clear_faults(self) -> None:
         self._call(self._faults.clear)
@@ -399,7 +368,7 @@ class RunPodSimulator(_Reader):
         self.responses[(route, status)] += 1
         return web.json_response(data, status=status)
 
-    def _fault(self, route: str) -> Any:
+    def _fault(self, route: str, request: Any = None) -> Any:
         from aiohttp import web
 
         self.requests[route] += 1
@@ -413,7 +382,9 @@ class RunPodSimulator(_Reader):
                 if fault.remaining <= 0:
                     self._faults.remove(fault)
             self.responses[(route, fault.status)] += 1
-            headers = {"Retry-After": "0.2"} if fault.status == 429 else None
+            if isinstance(fault.status, str):
+                self._drop(request, fault.status)
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
             return web.Response(status=fault.status, text=fault.body, content_type="application/json",
                                 headers=headers)
         limit = RATE_LIMITS.get(route)
@@ -428,6 +399,27 @@ class RunPodSimulator(_Reader):
                                     content_type="application/json")
             window.append(now)
         return None
+
+    @staticmethod
+    def _drop(request: Any, how: str) -> None:
+        """End the request's connection without an HTTP answer (see DROPS); raises CancelledError to end the
+        handler."""
+        import socket
+        import struct
+
+        transport = request.transport if request is not None else None
+        if transport is not None:
+            if how == "reset":
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+            else:
+                if how == "truncate":
+                    transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n"
+                                    b"\r\n{\"id\": \"")
+                transport.close()
+        raise asyncio.CancelledError()
 
     def _auth(self, request: Any, route: str) -> Any:
         header = request.headers.get("Authorization", "")
@@ -552,7 +544,7 @@ class RunPodSimulator(_Reader):
 
     # -- client API ---------------------------------------------------------------------------------------------
     async def _h_run(self, request: Any) -> Any:
-        if (resp := self._fault("run")) is not None or (resp := self._auth(request, "run")) is not None:
+        if (resp := self._fault("run", request)) is not None or (resp := self._auth(request, "run")) is not None:
             return resp
         try:
             body = json.loads(await request.text())
@@ -579,13 +571,13 @@ class RunPodSimulator(_Reader):
         return job, None
 
     async def _h_status(self, request: Any) -> Any:
-        if (resp := self._fault("status")) is not None or (resp := self._auth(request, "status")) is not None:
+        if (resp := self._fault("status", request)) is not None or (resp := self._auth(request, "status")) is not None:
             return resp
         job, resp = self._lookup(request, "status")
         return resp if job is None else self._json("status", self._status_doc(job))
 
     async def _h_stream(self, request: Any) -> Any:
-        if (resp := self._fault("stream")) is not None or (resp := self._auth(request, "stream")) is not None:
+        if (resp := self._fault("stream", request)) is not None or (resp := self._auth(request, "stream")) is not None:
             return resp
         job, resp = self._lookup(request, "stream")
         if job is None:
@@ -595,7 +587,7 @@ class RunPodSimulator(_Reader):
         return self._json("stream", {"id": job.id, "status": job.status, "stream": [{"output": i} for i in items]})
 
     async def _h_cancel(self, request: Any) -> Any:
-        if (resp := self._fault("cancel")) is not None or (resp := self._auth(request, "cancel")) is not None:
+        if (resp := self._fault("cancel", request)) is not None or (resp := self._auth(request, "cancel")) is not None:
             return resp
         job, resp = self._lookup(request, "cancel")
         if job is None:
@@ -607,7 +599,7 @@ class RunPodSimulator(_Reader):
         return self._json("cancel", {"id": job.id, "status": job.status})
 
     async def _h_health(self, request: Any) -> Any:
-        if (resp := self._fault("health")) is not None or (resp := self._auth(request, "health")) is not None:
+        if (resp := self._fault("health", request)) is not None or (resp := self._auth(request, "health")) is not None:
             return resp
         counts = collections.Counter(j.status for j in self._jobs.values())
         live = [w for w in self._workers.values() if not w.lost and not w.vanished]
@@ -621,7 +613,8 @@ class RunPodSimulator(_Reader):
                         "unhealthy": sum(1 for w in self._workers.values() if w.lost or w.vanished)}})
 
     async def _h_purge(self, request: Any) -> Any:
-        if (resp := self._fault("purge-queue")) is not None or (resp := self._auth(request, "purge-queue")) is not None:
+        if ((resp := self._fault("purge-queue", request)) is not None
+                or (resp := self._auth(request, "purge-queue")) is not None):
             return resp
         now, removed = time.time(), 0
         for job_id in list(self._queue):
@@ -639,7 +632,7 @@ class RunPodSimulator(_Reader):
     async def _h_take(self, request: Any) -> Any:
         from aiohttp import web
 
-        if ((resp := self._fault("job-take")) is not None
+        if ((resp := self._fault("job-take", request)) is not None
                 or (resp := self._worker_auth(request, "job-take")) is not None):
             return resp
         worker = self._seen(request.match_info["worker_id"])
@@ -679,7 +672,7 @@ class RunPodSimulator(_Reader):
     async def _h_stop(self, request: Any) -> Any:
         from aiohttp import web
 
-        if ((resp := self._fault("job-stop")) is not None
+        if ((resp := self._fault("job-stop", request)) is not None
                 or (resp := self._worker_auth(request, "job-stop")) is not None):
             return resp
         worker = self._seen(request.match_info["worker_id"])
@@ -710,7 +703,7 @@ class RunPodSimulator(_Reader):
     async def _h_done(self, request: Any) -> Any:
         from aiohttp import web
 
-        if ((resp := self._fault("job-done")) is not None
+        if ((resp := self._fault("job-done", request)) is not None
                 or (resp := self._worker_auth(request, "job-done")) is not None):
             return resp
         worker = self._seen(request.match_info["worker_id"])
@@ -736,6 +729,8 @@ class RunPodSimulator(_Reader):
         else:
             body = body if isinstance(body, dict) else {"output": body}
             job.output = body.get("output")
+            if self._output_filter is not None and not body.get("error"):
+                job.output = self._output_filter(job.input, job.output)
             if body.get("error"):
                 self._finish(job, "FAILED", now, error=str(body["error"]), stop=False)
             else:
@@ -746,7 +741,7 @@ class RunPodSimulator(_Reader):
     async def _h_stream_post(self, request: Any) -> Any:
         from aiohttp import web
 
-        if ((resp := self._fault("job-stream")) is not None
+        if ((resp := self._fault("job-stream", request)) is not None
                 or (resp := self._worker_auth(request, "job-stream")) is not None):
             return resp
         self._seen(request.match_info["worker_id"])
@@ -764,7 +759,8 @@ class RunPodSimulator(_Reader):
     async def _h_ping(self, request: Any) -> Any:
         from aiohttp import web
 
-        if (resp := self._fault("ping")) is not None or (resp := self._worker_auth(request, "ping")) is not None:
+        if ((resp := self._fault("ping", request)) is not None
+                or (resp := self._worker_auth(request, "ping")) is not None):
             return resp
         worker = self._seen(request.match_info["worker_id"])
         worker.pings += 1
@@ -776,172 +772,6 @@ class RunPodSimulator(_Reader):
                 worker.stop_since.pop(job_id, None)
                 worker.jobs.discard(job_id)
         return web.Response(text="OK")
-
-
-# -- worker processes ---------------------------------------------------------------------------------------------
-
-class WorkerProcess:
-    """One real worker: ``python <handler>`` with the SDK's webhook environment pointing at a simulator."""
-
-    def __init__(self, sim: _Reader, worker_id: str, *, handler: str | os.PathLike[str] = HANDLER_PATH,
-                 log_path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
-                 ping_interval_ms: int = 1000) -> None:
-        self.worker_id = worker_id
-        self.handler = Path(handler)
-        self.log_path = Path(log_path) if log_path else None
-        full_env = dict(os.environ)
-        for var in ("RUNPOD_API_KEY", "RUNPOD_ENDPOINT_ID"):  # the user's secrets never reach a worker
-            full_env.pop(var, None)
-        src = str(REPO_ROOT / "src")
-        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (src, full_env.get("PYTHONPATH", "")) if p)
-        full_env["PYTHONUNBUFFERED"] = "1"
-        full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        full_env.update(sim.worker_env(worker_id, ping_interval_ms=ping_interval_ms))
-        full_env.update(env or {})
-        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-u", str(self.handler)], cwd=str(self.handler.parent),
-                                     env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        self.pid = self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Kill the worker and its children (the SDK's ping process) at once, like a machine that disappears."""
-        if self.alive():
-            try:
-                os.killpg(self.proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the worker to shut down (SIGTERM, as a container stop would), then kill what is left."""
-        if self.alive():
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=max(0.01, timeout))
-            except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
-                pass
-        self.kill()
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the ping process, if the worker left it behind
-        except (ProcessLookupError, PermissionError):
-            pass
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
-
-    def log_text(self) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")
-
-
-def start_workers(sim: _Reader, n: int, *, log_dir: str | os.PathLike[str] | None = None,
-                  handler: str | os.PathLike[str] = HANDLER_PATH, env: dict[str, str] | None = None,
-                  prefix: str = "sim-worker", wait: bool = True, timeout: float = 180.0,
-                  first: int = 1, ping_interval_ms: int = 1000) -> list[WorkerProcess]:
-    """Start ``n`` worker processes named ``<prefix>-<i>`` and (by default) wait until each has asked for a job."""
-    procs = []
-    for i in range(first, first + n):
-        worker_id = f"{prefix}-{i}"
-        log_path = Path(log_dir) / f"{worker_id}.log" if log_dir else None
-        procs.append(WorkerProcess(sim, worker_id, handler=handler, log_path=log_path, env=env,
-                                   ping_interval_ms=ping_interval_ms))
-    if wait:
-        ids = {p.worker_id for p in procs}
-        try:
-            sim.wait_for(lambda s: ids <= {w for w, d in s.workers().items() if not d["lost"]} or
-                         any(not p.alive() for p in procs), timeout, interval=0.2, what=f"{n} ready workers")
-        except TimeoutError:
-            stop_workers(procs)
-            raise
-        dead = [p for p in procs if not p.alive()]
-        if dead:
-            tail = dead[0].log_text()[-2000:]
-            stop_workers(procs)
-            raise RuntimeError(f"worker {dead[0].worker_id} exited with code {dead[0].proc.returncode}: {tail}")
-    return procs
-
-
-def stop_workers(procs: Iterable[WorkerProcess], grace_s: float = 1.0) -> None:
-    """SIGTERM to every worker, then SIGKILL to whatever still runs after ``grace_s`` (the SDK loop can sit in a long
-    poll for several seconds before it notices a shutdown)."""
-    procs = list(procs)
-    for p in procs:
-        if p.alive():
-            try:
-                os.killpg(p.proc.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-    deadline = time.monotonic() + grace_s
-    for p in procs:
-        p.stop(timeout=max(0.0, deadline - time.monotonic()))
-
-
-class SimulatorProcess(_Reader):
-    """The simulator in a process of its own, as the real control plane is: it does not share the client's
-    interpreter (the dispatch benchmark uses this). Read-only view: jobs(), workers(), counts(), responses()."""
-
-    def __init__(self, *, endpoint_id: str = "sim", api_key: str | None = None, worker_timeout_s: float = 5.0,
-                 take_hold_s: float = 10.0, lost_jobs: str = "fail", rate_limits: bool = True,
-                 start_timeout_s: float = 60.0) -> None:
-        args = [sys.executable, "-m", "hpo.testing.runpod_sim", "--port", "0", "--json", "--endpoint-id", endpoint_id,
-                "--worker-timeout", str(worker_timeout_s), "--take-hold", str(take_hold_s), "--lost-jobs", lost_jobs]
-        if not rate_limits:
-            args.append("--no-rate-limits")
-        env = dict(os.environ)
-        if api_key:
-            env["HPO_SIM_API_KEY"] = api_key  # not on the command line, where `ps` would show it
-        src = str(REPO_ROOT / "src")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
-                                     start_new_session=True)
-        assert self.proc.stdout is not None
-        line = ""
-        deadline = time.monotonic() + start_timeout_s
-        while time.monotonic() < deadline and not line.startswith("{"):
-            line = self.proc.stdout.readline()
-            if not line and self.proc.poll() is not None:
-                raise RuntimeError(f"the simulator process exited with code {self.proc.returncode}")
-        info = json.loads(line)
-        self.url, self.endpoint_url, self.worker_key = info["url"], info["endpoint_url"], info["worker_key"]
-        self.endpoint_id = endpoint_id
-        import requests
-
-        self._session = requests.Session()
-
-    def _state(self) -> dict[str, Any]:
-        return self._session.get(f"{self.endpoint_url}/_sim/state", timeout=30).json()
-
-    def jobs(self) -> list[dict[str, Any]]:
-        return self._state()["jobs"]
-
-    def workers(self) -> dict[str, dict[str, Any]]:
-        return self._state()["workers"]
-
-    def responses(self) -> dict[tuple[str, int], int]:
-        return {(route, status): n for route, status, n in self._state()["responses"]}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._session.close()
-
-    def __enter__(self) -> SimulatorProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,121 @@
+"""Option values converted to their annotated types, and range checks: the one reading of an option's annotation.
+
+Used by :class:`hpo.config.OptimizationConfig` for every ``key=value`` option (the CLI, ``hpo.optimize`` keyword
+arguments and POST /runs bodies alike). A value is native (``8``) or a string (``"8"``); a bad one is a
+:class:`ConfigError` whose ``field`` is the option and whose message says what is allowed. Standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+from .exceptions import ConfigError
+
+__all__ = ["unwrap_optional", "type_name", "check_type", "range_text", "check_range", "closest"]
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def type_name(tp: Any) -> str:
+    base, optional = unwrap_optional(tp)
+    if get_origin(base) is Literal:
+        name = "one of " + ", ".join(str(a) for a in get_args(base))
+    else:
+        name = {bool: "bool", int: "int", float: "float", str: "str"}.get(base, str(base))
+    return f"{name} or none" if optional else name
+
+
+def check_type(name: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` (native or string) to the annotated type or raise a ConfigError that names what is allowed."""
+    base, optional = unwrap_optional(tp)
+    if isinstance(value, str):
+        text = value.strip()
+        if optional and text.lower() in ("none", "null", ""):
+            return None
+    else:
+        text = None
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must not be empty; allowed: {type_name(tp)}", field=name)
+    if get_origin(base) is Literal:
+        allowed = get_args(base)
+        candidate = text if text is not None else value
+        if candidate in allowed:
+            return candidate
+        hint = closest(str(candidate), [str(a) for a in allowed])
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}{hint}",
+                          field=name)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in _TRUE:
+            return True
+        if text is not None and text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{name}={value!r} is not a boolean; allowed: true, false, 1, 0, yes, no", field=name)
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and re.fullmatch(r"[+-]?\d+", text.replace("_", "")):
+            return int(text.replace("_", ""))
+        raise ConfigError(f"{name}={value!r} is not a whole number; allowed: {type_name(tp)}", field=name)
+    if base is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(text if text is not None else value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r} is not a number; allowed: {type_name(tp)}", field=name) from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{name}={value!r} is not a finite number", field=name)
+        return number
+    if base is str:
+        if text is not None:
+            return text
+        raise ConfigError(f"{name}={value!r} is not text; allowed: {type_name(tp)}", field=name)
+    raise TypeError(f"unsupported option type for {name}: {tp}")  # a programming error, not a user's
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
+def range_text(meta: dict[str, Any]) -> str:
+    low, high = meta["low"], meta["high"]
+    if low is not None and high is not None:
+        return f"{'(' if meta['low_open'] else '['}{_num(low)}, {_num(high)}]"
+    if low is not None:
+        return f"> {_num(low)}" if meta["low_open"] else f">= {_num(low)}"
+    return f"<= {_num(high)}"
+
+
+def check_range(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if value is None or isinstance(value, (bool, str)) or (meta["low"] is None and meta["high"] is None):
+        return
+    low, high = meta["low"], meta["high"]
+    too_low = low is not None and (value <= low if meta["low_open"] else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        raise ConfigError(f"{f.name}={value} is out of range; allowed: {range_text(meta)}", field=f.name)
+
+
+def closest(word: str, candidates: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
