@@ -36,6 +36,9 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+PACKAGE_DOWNLOAD = ds._download
+
+
 def _no_network(url, dest):  # replaces hpo.datasets._download (every download of the package goes through it)
     raise OSError(f"network disabled in tests (tried {url})")
 
@@ -664,10 +667,7 @@ def test_download_lands_in_keras_cache_and_is_hash_checked(offline, monkeypatch)
 def test_both_download_hooks_reach_every_download(offline, monkeypatch):
     """Downloads of hpo.datasets go through hpo.datasets._download, which calls hpo.datafiles._download: replacing
     either keeps a test offline; hpo.datafiles.ensure_available (the light core's) uses its own or the one given."""
-    _, keras_dir = offline
-    monkeypatch.undo()  # the fixture's hpo.datasets._download replacement
-    monkeypatch.setenv("HPO_DATA_DIR", str(offline[0]))
-    monkeypatch.setenv("KERAS_HOME", str(keras_dir.parent))
+    monkeypatch.setattr(ds, "_download", PACKAGE_DOWNLOAD)  # the package's own hook, not the fixture's
     calls = []
 
     def record(url, dest):

@@ -280,8 +280,8 @@ def test_no_completed_trial(tmp_path):
 
 # -- the model-plot process: its failures never fail the run -----------------------------------------------------------
 
-MODEL_PLOT_TITLES = {"confusion": "Confusion matrix (test set)", "gradients": "Gradient flow",
-                     "weights": "Weight and bias distributions", "activations": "Activation maps"}
+MODEL_PLOT_TITLES = {"confusion": "Confusion matrix (test set)", "weights": "Weight and bias distributions",
+                     "activations": "Activation maps"}
 
 
 def _fake_python(tmp_path, body):
@@ -301,8 +301,9 @@ def test_a_failing_model_plot_process_is_logged_and_the_report_lists_its_plots(t
         assert by[name].path is None and by[name].note == reason, by[name]
     assert {n for n, o in by.items() if o.path is not None} == {"history", "importance", "parallel", "timeline",
                                                                 "curves", "health"}
-    assert "model plots (confusion, gradients, weights, activations) skipped: the model-plot process exited with " \
-           "code 7; its output: no TensorFlow in here" in caplog.text
+    assert "model plots (confusion, weights, activations) skipped: the model-plot process exited with code 7; " \
+           "its output: no TensorFlow in here" in caplog.text
+    assert "gradient norms" in by["gradients"].note  # drawn here, from the study: skipped for its own reason
 
     report_path = report.generate_outputs(run_dir, plot_generation="all", study=study)
     text = report_path.read_text(encoding="utf-8")
@@ -310,6 +311,13 @@ def test_a_failing_model_plot_process_is_logged_and_the_report_lists_its_plots(t
     for title in MODEL_PLOT_TITLES.values():
         assert f"<li><b>{title}</b>: {reason}</li>" in skipped
     assert 'id="plot-history"' in text and 'id="plot-confusion"' not in text
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))  # cannot even start
+    by = {o.name: o for o in plots.generate_plots(run_dir, which="best", study=study)}
+    assert by["curves"].path is not None
+    for name in MODEL_PLOT_TITLES:
+        assert by[name].path is None
+        assert by[name].note.startswith("skipped: the model-plot process could not start (FileNotFoundError")
 
 
 def test_a_hanging_model_plot_process_is_stopped_and_its_plots_skipped(tmp_path, monkeypatch, caplog):

@@ -53,6 +53,20 @@ def test_pin_coercion():
         search_space.coerce_pin(p["conv_blocks"], "two")
 
 
+def test_the_spaces_are_data_in_the_light_core_and_search_space_re_exports_them():
+    from hpo import catalog
+
+    for name in ("Param", "CNN_SPACE", "LSTM_SPACE", "DEFAULTS", "space_for", "all_param_names", "max_conv_blocks",
+                 "coerce_pin", "validate_params"):
+        assert getattr(search_space, name) is getattr(catalog, name), name
+    assert search_space._bounds is catalog.param_bounds
+    p = {x.name: x for x in catalog.CNN_SPACE}
+    for name, value in (("dropout", "0.9"), ("filters", "48"), ("conv_blocks", "two"), ("batch_norm", "perhaps")):
+        with pytest.raises(ConfigError) as info:
+            catalog.coerce_pin(p[name], value)
+        assert info.value.field == name
+
+
 def _inside(params, modality, shape):
     for p in search_space.space_for(modality):
         if p.name not in params:

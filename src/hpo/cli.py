@@ -49,8 +49,11 @@ def _build_parser() -> _Parser:
     opt.add_argument("options", nargs="*", metavar="key=value")
     ds = sub.add_parser("datasets", help="list datasets and whether their files are available offline")
     ds.add_argument("--json", action="store_true", help="machine-readable output")
-    show = sub.add_parser("show", help="summarize a run folder")
-    show.add_argument("run_dir")
+    show = sub.add_parser("show", help="summarize a run (its folder, or a shared study: storage=URL run_name=NAME)",
+                          description="Summarize a run: hpo show RUN_DIR [storage=URL], or hpo show storage=URL "
+                                      "run_name=NAME for a study shared by several processes (every process's "
+                                      "trials are shown; storage= gives the password config.json does not keep)")
+    show.add_argument("target", nargs="+", metavar="RUN_DIR | storage=URL run_name=NAME")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.add_argument("--open", action="store_true", help="print the path of the run's report.html")
     serve = sub.add_parser("serve", help="serve the REST API (key=value options)",
@@ -128,13 +131,32 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
-    from .rundir import load_results
+def _show_target(items: list[str]) -> tuple[Path | None, dict[str, str]]:
+    from .config import parse_kv
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} does not exist")
-    result = load_results(run_dir)
+    folders = [i for i in items if "=" not in i]
+    options = parse_kv([i for i in items if "=" in i])
+    unknown = sorted(set(options) - {"storage", "run_name"})
+    if unknown:
+        raise ConfigError(f"hpo show takes storage= and run_name= options, not {', '.join(unknown)}")
+    if len(folders) > 1:
+        raise ConfigError(f"hpo show takes one run folder, got {len(folders)}: {', '.join(folders)}")
+    if not folders and not ("storage" in options and "run_name" in options):
+        raise ConfigError("hpo show needs a run folder, or storage=URL and run_name=NAME")
+    return (Path(folders[0]) if folders else None), options
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .rundir import load_results, load_study_results
+
+    run_dir, options = _show_target(args.target)
+    if run_dir is None:
+        result = load_study_results(options["storage"], options["run_name"])
+        run_dir = Path(".")
+    else:
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} does not exist")
+        result = load_results(run_dir, storage=options.get("storage"))
     if args.open:
         report = run_dir / "report.html"
         if not report.is_file():
@@ -147,6 +169,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
     _print(f"run: {result.run_dir}")
     _print(f"trials: {result.completed} completed, {result.pruned} pruned, {result.failed} failed, "
            f"{sum(t['state'] == 'running' for t in result.trials)} running")
+    processes: dict[str, int] = {}
+    for t in result.trials:
+        if t.get("process"):
+            processes[t["process"]] = processes.get(t["process"], 0) + 1
+    if len(processes) > 1:
+        _print("processes: " + ", ".join(f"{p} ran {n}" for p, n in sorted(processes.items())))
+    _print(f"epochs trained: {sum(t['epochs_trained'] or 0 for t in result.trials)}")
     if result.best_trial_number is not None:
         _print(f"best trial: #{result.best_trial_number} value={_fmt(result.best_value)} "
                f"val_accuracy={_fmt(result.best_val_accuracy)} test_accuracy={_fmt(result.best_test_accuracy)}")

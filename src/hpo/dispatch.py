@@ -85,7 +85,7 @@ class Dispatcher:
                 if allowance is None:
                     return
                 if allowance == 0:  # running trials hold the rest of the budget; they may give some back
-                    time.sleep(0.05)
+                    time.sleep(0.5 if self.search.shared else 0.05)  # shared: each look reads the database
                     continue
                 try:
                     self._one_trial(allowance)

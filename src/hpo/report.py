@@ -180,9 +180,9 @@ def _trials_section(run: RunData) -> str:
 
 
 def _param_key(name: str) -> tuple[int, str]:
-    from . import search_space  # TODO(catalog): the search spaces as data move to hpo.catalog
+    from .catalog import CNN_SPACE, LSTM_SPACE
 
-    order = [p.name for p in search_space.CNN_SPACE + search_space.LSTM_SPACE]
+    order = [p.name for p in CNN_SPACE + LSTM_SPACE]
     return (order.index(name), name) if name in order else (len(order), name)
 
 

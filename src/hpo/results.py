@@ -110,6 +110,8 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
             "health": result.get("health") or {},
             "history": result.get("history") or {},
             "retry_of": attrs.get("retry_of"),
+            "process": attrs.get("process"),
+            "epochs_trained": attrs.get("epochs_trained"),
         }
         records.append(record)
     return records

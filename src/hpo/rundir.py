@@ -27,7 +27,7 @@ from .results import CONFIG_FILE, MODEL_FILE, STUDY_FILE, OptimizationResult, bu
 from .runlock import HOLDER_FILE, LOCK_FILE
 
 __all__ = ["prepare_run_dir", "check_output_dir", "read_config_doc", "write_config", "storage_url",
-           "study_url_of", "open_run_study", "load_results", "ModelFiles", "LOCAL_STUDY"]
+           "study_url_of", "open_run_study", "load_results", "load_study_results", "ModelFiles", "LOCAL_STUDY"]
 
 #: config.json's record of the default storage: the study.db beside it, wherever the folder is now
 LOCAL_STUDY = "study.db (this run folder)"
@@ -118,6 +118,24 @@ def load_results(path: str | os.PathLike[str], *, storage: str | None = None) ->
     """Read a run folder back (finished or still running; copied or moved elsewhere too)."""
     study, doc = open_run_study(path, storage=storage)
     return build_result(Path(path), study, doc["config"]["mode"])
+
+
+def load_study_results(storage: str, run_name: str) -> OptimizationResult:
+    """The whole of a study shared by several processes, read from its storage alone (no run folder needed)."""
+    import optuna
+
+    from .config import _check_storage_url
+
+    _check_storage_url(storage)
+    from .study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=run_name, storage=open_storage(storage))
+    except KeyError:
+        raise ConfigError(f"there is no study {run_name!r} in {mask_url(storage)}", field="run_name") from None
+    mode = study.user_attrs.get("hpo_mode", "simple")
+    return build_result(Path(f"{run_name}"), study, mode)
 
 
 # -- choosing the folder -------------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -78,6 +80,10 @@ class Search:
         #: number of the warm-start trial while it trains; new trials meanwhile are neighbours of its configuration
         self._warm_start_number: int | None = None
         self._beating: dict[int, int] = {}  # trial number -> storage id of this process's running trials
+        self.shared = config.storage is not None  # other processes may run trials of this study
+        self._others_running = 0  # their running trials and the epochs those may still train
+        self._others_reserved = 0
+        self.process = f"{socket.gethostname()}:{os.getpid()}"
         self._next_stale_check = 0.0
 
     @property
@@ -85,10 +91,11 @@ class Search:
         return self.info.input_shape if self.info.modality == "image" else None
 
     # -- recovery ---------------------------------------------------------------------------------------------------
-    def recover(self, *, owns_storage: bool) -> None:
+    def recover(self, *, owns_storage: bool, created: bool = False) -> None:
         """Trials a killed run left RUNNING become interrupted and are retried; so are Ctrl-C'd trials not retried yet.
         Completed trials are never repeated. With the run folder's own study (the folder's lock proves no other
-        process uses it) every RUNNING trial is stale; with a shared storage only those whose heartbeat stopped."""
+        process uses it) every RUNNING trial is stale; with a shared storage only those whose heartbeat stopped.
+        The warm start is queued once per study: by the process that created it."""
         from optuna.trial import TrialState
 
         if owns_storage:
@@ -107,7 +114,7 @@ class Search:
         trials = self.study.get_trials(deepcopy=False)
         self.counted = sum(1 for t in trials if t.user_attrs.get("counted"))
         self.epochs_spent = sum(int(t.user_attrs.get("epochs_trained") or 0) for t in trials)
-        if not trials and self.config.warm_start:
+        if self.config.warm_start and not trials and (created or owns_storage):
             self.study.enqueue_trial(search_space.default_params(self.info.modality, self.config.pins, self.shape),
                                      user_attrs={"warm_start": True})
             self._warm_start_number = self.study.get_trials(deepcopy=False)[-1].number
@@ -158,16 +165,41 @@ class Search:
         c = self.config
         if c.epoch_budget is None:
             return c.max_epochs_per_trial
-        left = c.epoch_budget - self.epochs_spent - self.epochs_reserved
+        left = c.epoch_budget - self.epochs_spent - self.epochs_reserved - self._others_reserved
         if left >= self.shortest_trial:
             return min(c.max_epochs_per_trial, left)
-        return 0 if self.epochs_reserved > 0 else None
+        return 0 if self.epochs_reserved + self._others_reserved > 0 else None
+
+    def _refresh_shared(self) -> None:
+        """A shared study's totals, as every process has them: trials with a verdict, epochs trained, and what the
+        other processes' running trials hold (under the lock). Between this read and the ask another process may
+        start a trial too, so a limit may be overshot by at most one trial per process."""
+        from optuna.trial import TrialState
+
+        counted = spent = others = reserved = 0
+        for t in self.study.get_trials(deepcopy=False):
+            attrs = t.user_attrs
+            counted += bool(attrs.get("counted"))
+            spent += int(attrs.get("epochs_trained") or 0)
+            if t.state == TrialState.RUNNING and t.number not in self._beating:
+                others += 1
+                job = attrs.get("job") or {}
+                reserved += int(job.get("max_epochs") or self.config.max_epochs_per_trial)
+        self.counted, self.epochs_spent = counted, spent
+        self._others_running, self._others_reserved = others, reserved
 
     def reserve(self) -> int | None:
         """A slot for one more trial: its epochs (> 0), 0 to wait for running trials, None when the run is done."""
         with self.lock:
-            if self.stop_reason is not None or self.counted + self.running >= self.config.trial_limit:
+            if self.stop_reason is not None:
                 return None
+            if self.shared:
+                self.fail_stale_trials()  # a dead process's trials go back to the queue (retried once)
+                self._refresh_shared()
+            if self.counted + self.running >= self.config.trial_limit:
+                return None
+            if self.counted + self.running + self._others_running >= self.config.trial_limit:
+                return 0  # the rest is running in other processes: wait, one may die or be cut short
             if self.deadline is not None and time.monotonic() > self.deadline:
                 self.stop_reason = f"timeout_minutes={self.config.timeout_minutes:g} reached"
                 return None
@@ -211,6 +243,7 @@ class Search:
                     self.fail_stale_trials()
                 trial = self.study.ask()
                 self._beat(trial)
+                trial.set_user_attr("process", self.process)  # who ran it, for the aggregate view
                 params = search_space.suggest(trial, self.info.modality, self.config.pins, input_shape=self.shape)
                 n = search_space.count_params(params, self.info.modality, self.info.input_shape,
                                               self.info.num_classes, self.info.vocab_size)

@@ -117,12 +117,12 @@ class Session:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         storage = studies.open_storage(self.storage_url, heartbeat_grace_s=config.heartbeat_grace_s,
                                        stale_callback=lambda study, trial: retry_stale_trial(self.notes, study, trial))
-        self.study = studies.create_study(config, storage, self.notes)
+        self.study, created = studies.create_study(config, storage, self.notes)
         write_config(self.run_dir, config)
         pruner = self.study.pruner if isinstance(self.study.pruner, FarBehindPruner) else None
         models = ModelFiles(self.run_dir, pareto=config.mode == "pareto")
         self.search = Search(config, self.study, storage, pruner=pruner, models=models, notes=self.notes)
-        self.search.recover(owns_storage=config.storage is None)
+        self.search.recover(owns_storage=config.storage is None, created=created)
         self._files = RunFilesWriter(self.run_dir, self.study, config.mode)
         with self._stop_lock:
             self.dispatcher = Dispatcher(self.search, self.backend, progress=self.progress,

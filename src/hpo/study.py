@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,8 @@ from .config import OptimizationConfig
 from .exceptions import ConfigError
 from .redact import mask_text, mask_url
 
-__all__ = ["open_storage", "create_study", "make_pruner", "expected_trials", "startup_trials", "tune_sqlite"]
+__all__ = ["open_storage", "create_study", "make_pruner", "expected_trials", "startup_trials", "tune_sqlite",
+           "study_signature", "STUDY_DEFINING"]
 
 # hpo drives the study with ask/tell and beats each trial's heartbeat itself; Optuna warns about heartbeats outside
 # Study.optimize and about the experimental heartbeat API on every call.
@@ -61,7 +63,7 @@ def open_storage(url: str, *, heartbeat_grace_s: float | None = None,
                 else "failed_trial_callback"
             kwargs[key] = stale_callback
     try:
-        storage = optuna.storages.RDBStorage(url, **kwargs)
+        storage = _rdb_storage(url, kwargs)
     except ImportError as exc:  # the database driver is an extra
         raise ConfigError(f"storage={mask_url(url)!r} needs a database driver that is not installed ({exc.name}); "
                           'for PostgreSQL: pip install "hpo[postgres]"', field="storage") from None
@@ -71,6 +73,28 @@ def open_storage(url: str, *, heartbeat_grace_s: float | None = None,
     if url.startswith("sqlite"):
         tune_sqlite(storage)
     return storage
+
+
+def _rdb_storage(url: str, kwargs: dict[str, Any]) -> Any:
+    """RDBStorage, retried when processes starting together race to create the schema of an empty database
+    (PostgreSQL answers the loser with a unique violation on its catalog)."""
+    import random
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    rng = random.Random()
+    for attempt in range(8):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            if attempt == 7 or ("already exists" not in str(exc) and "duplicate key" not in str(exc)
+                                and "UniqueViolation" not in type(getattr(exc, "orig", exc)).__name__):
+                raise
+            import time
+
+            time.sleep(0.2 + rng.random() * 0.5)
+    raise AssertionError("unreachable")
 
 
 def expected_trials(config: OptimizationConfig) -> int:
@@ -114,19 +138,37 @@ def make_pruner(config: OptimizationConfig, notes: list[str]) -> Any:
                            min_step=c.min_epochs_per_trial)
 
 
-def create_study(config: OptimizationConfig, storage: Any, notes: list[str]) -> Any:
-    """Create or load the study ``config.run_name`` with the config's sampler (seeded) and pruner."""
+#: options that give a study its meaning: every process joining it must use the same
+STUDY_DEFINING = ("dataset", "dataset_options", "mode", "pins", "health_weight", "health_weights", "validation_split",
+                  "data_fraction", "lr_schedule")
+
+
+def study_signature(config: OptimizationConfig) -> dict[str, Any]:
+    """The options that must match for processes to share one study, as plain JSON data."""
+    import json
+
+    return json.loads(json.dumps({k: getattr(config, k) for k in STUDY_DEFINING}, default=str))
+
+
+def create_study(config: OptimizationConfig, storage: Any, notes: list[str]) -> tuple[Any, bool]:
+    """(study ``config.run_name``, created by this process?) with the config's sampler (seeded) and pruner.
+
+    Creating is atomic in the database (a study name is unique), so among processes starting together exactly one
+    creates the study: that one queues the warm start. A process joining an existing study must use the options
+    that define it (:data:`STUDY_DEFINING`), else a ConfigError names the ones that differ."""
     import optuna
 
     directions = ["maximize", "maximize"] if config.mode == "pareto" else ["maximize"]
     name = config.run_name
     try:
-        previous = len(optuna.load_study(study_name=name, storage=storage).trials)
+        existing: Any = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        previous = 0
+        existing = None
+    previous = len(existing.trials) if existing is not None else 0
     # A resumed study gets a sampler seeded past the trials it already has, so its random start-up trials do not
-    # repeat the parameters of the first run.
-    seed = (config.seed + previous) % 2**32
+    # repeat the parameters of the first run; processes sharing a study each get their own stream.
+    salt = 0 if config.storage is None else os.getpid() * 7919
+    seed = (config.seed + previous + salt) % 2**32
     if config.sampler == "random":
         sampler: Any = optuna.samplers.RandomSampler(seed=seed)
     else:
@@ -134,9 +176,43 @@ def create_study(config: OptimizationConfig, storage: Any, notes: list[str]) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(
-                seed=seed, constant_liar=config.concurrent_workers > 1, multivariate=True, group=True,
-                n_startup_trials=startup_trials(config))
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
-                                pruner=make_pruner(config, notes), load_if_exists=True)
-    study.set_user_attr("hpo_mode", config.mode)
-    return study
+                seed=seed, constant_liar=config.concurrent_workers > 1 or config.storage is not None,
+                multivariate=True, group=True, n_startup_trials=startup_trials(config))
+    pruner = make_pruner(config, notes)
+    created = False
+    if existing is None:
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler,
+                                        pruner=pruner)
+            study.set_user_attr("hpo_mode", config.mode)
+            study.set_user_attr("hpo_study", study_signature(config))
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:  # another process created it a moment ago: join it
+            pass
+    if not created:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE] * len(directions):
+            raise ConfigError(f"study {name!r} has {len(study.directions)} objective(s); mode={config.mode} needs "
+                              f"{len(directions)} -- pick another run_name", field="mode")
+        _check_signature(study, config)
+    return study, created
+
+
+def _check_signature(study: Any, config: OptimizationConfig) -> None:
+    import time
+
+    recorded = study.user_attrs.get("hpo_study")
+    for _ in range(50):  # the creator writes it right after creating the study
+        if recorded is not None:
+            break
+        time.sleep(0.1)
+        recorded = study.user_attrs.get("hpo_study")
+    if recorded is None:
+        return  # a study from before signatures were recorded: nothing to compare
+    mine = study_signature(config)
+    differ = [k for k in STUDY_DEFINING if k in recorded and recorded[k] != mine.get(k)]
+    if differ:
+        detail = "; ".join(f"{k}: study has {recorded[k]!r}, you gave {mine.get(k)!r}" for k in differ)
+        raise ConfigError(f"study {study.study_name!r} was started with other options ({detail}); processes "
+                          f"joining a study must use the same {', '.join(differ)} -- or pick another run_name",
+                          field=differ[0])

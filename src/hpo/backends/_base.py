@@ -1,4 +1,9 @@
-"""The one interface the orchestrator sees: submit a TrialJob, get epoch reports and a TrialResult back."""
+"""The one interface the dispatcher and the session see: submit a TrialJob, get epoch reports and a TrialResult back.
+
+Every capability they use is here, with its documented default: ``name``, ``queue_ahead``, ``notes``, ``probe``,
+``start``, ``run`` and ``close``. Nothing about a backend is found by probing (no ``getattr`` / ``hasattr``);
+tests/test_backend_contract.py runs one contract suite against the local, RunPod and fallback backends.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ EpochHandler = Callable[[EpochReport], None]
 
 
 class CancelToken:
-    """Handed to :meth:`Backend.run` with each job; the orchestrator cancels a trial through it (prune, Ctrl-C).
+    """Handed to :meth:`Backend.run` with each job; the dispatcher cancels a trial through it (prune, Ctrl-C).
 
     ``hard`` asks the backend not to wait for the current epoch to end (interrupts); otherwise the trainer stops
     after the epoch it is in.
@@ -40,38 +45,54 @@ class CancelToken:
 
 
 class Backend(abc.ABC):
-    """Executes trials. Implementations: :class:`~hpo.backends.local.LocalBackend` (worker subprocesses) and
-    :class:`~hpo.backends.runpod.RunPodBackend` (serverless HTTP API).
+    """Executes trials. Implementations: :class:`~hpo.backends.local.LocalBackend` (worker subprocesses),
+    :class:`~hpo.backends.runpod.RunPodBackend` (serverless HTTP API) and
+    :class:`~hpo.backends.fallback.FallbackBackend` (a remote backend with a local one behind it).
 
-    ``run`` is called from several orchestrator threads at once and blocks until the trial ends. It never raises for
-    a trial's own failure (that is a failed TrialResult); it raises :class:`~hpo.exceptions.BackendUnavailable` when
-    the backend itself cannot run the trial, so the orchestrator can retry or fall back.
+    The contract (tests/test_backend_contract.py checks it for all three):
+
+    - :meth:`run` is called from several dispatcher threads at once and blocks until the trial ends. It returns a
+      TrialResult with the job's ``trial_id``: ``completed``; ``failed`` for the trial's own failure (never an
+      exception), including a trial that runs past ``timeout_s`` (its error names the time limit); ``stopped`` when
+      ``cancel`` fires (soft: after the epoch in progress; hard: at once). ``on_epoch`` gets each epoch once, in
+      increasing order. It raises :class:`~hpo.exceptions.BackendUnavailable` only when the backend itself cannot
+      run the trial (not started and cannot start, closed, the service is down), so the caller can retry or fall
+      back.
+    - ``save_model_to``: where a trial that trains on this machine (``executed_on`` "local:...") saves its best
+      model as a ``.keras`` file; a remote trial's model is not brought back (nothing is written there).
+    - :meth:`start` and :meth:`close` may be called more than once; :meth:`close` stops the trials still running
+      (their ``run`` returns ``stopped``) and releases workers and connections.
     """
 
+    #: short name for progress lines and the run summary ("local", "runpod")
     name: str = "backend"
-    #: trials the dispatcher keeps submitted beyond concurrent_workers (a remote queue: a worker that finishes finds
-    #: its next job waiting); 0 for backends that run what they are given at once
-    queue_ahead: int = 0
+
+    @property
+    def queue_ahead(self) -> int:
+        """Trials the dispatcher keeps submitted beyond ``concurrent_workers`` (a remote queue: a worker that
+        finishes finds its next job waiting); 0 for backends that run what they are given at once."""
+        return 0
 
     @property
     def notes(self) -> list[str]:
-        """What the run's summary should say about this backend (e.g. why trials ran locally)."""
+        """What the run's summary should say about this backend (e.g. why trials ran locally); [] when nothing."""
         return []
 
     def probe(self) -> str | None:
-        """Why the backend cannot run trials right now (a short reason), or None when it can."""
+        """Why the backend cannot run trials right now (a short reason), or None when it can. Quick, never raises."""
         return None
 
     def start(self) -> None:
-        """Prepare (start workers, check the service). Raise BackendUnavailable if it cannot work."""
+        """Prepare (start workers, check the service); a second call does nothing. Raises BackendUnavailable if the
+        backend cannot work."""
 
     @abc.abstractmethod
     def run(self, job: TrialJob, *, on_epoch: EpochHandler | None = None, cancel: CancelToken | None = None,
             timeout_s: float | None = None, save_model_to: str | None = None) -> TrialResult:
-        """Run one trial to its end (completed, failed, or stopped through ``cancel``)."""
+        """Run one trial to its end (completed, failed, or stopped through ``cancel``); see the class doc."""
 
     def close(self) -> None:
-        """Release workers and connections; running trials are stopped."""
+        """Stop the trials still running, release workers and connections; a second call does nothing."""
 
     def __enter__(self) -> Backend:
         self.start()

@@ -10,9 +10,11 @@ Speaks JSON lines on stdin/stdout with :class:`hpo.backends.local.LocalBackend`:
                        {"type": "epoch", "report": {EpochReport}}
                        {"type": "result", "result": {TrialResult}, "rss_mb": float}
 
-After each epoch the worker waits (briefly) for the parent's decision, so a pruned or cancelled trial stops exactly
-at the epoch it was judged on. TensorFlow is imported once per process, not per trial. Anything else that writes to stdout (a library's print) is
-redirected to stderr so it cannot corrupt the protocol stream.
+Each job goes through the worker core the RunPod handler uses too (:func:`hpo.worker.handle`: parse -> run_trial ->
+answer), so both refuse a bad job in the same words; here the answer is sent as a TrialResult (a refused job is a
+failed trial). After each epoch the worker waits (briefly) for the parent's decision, so a pruned or cancelled trial
+stops exactly at the epoch it was judged on. TensorFlow is imported once per process, not per trial. Anything else
+that writes to stdout (a library's print) is redirected to stderr so it cannot corrupt the protocol stream.
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ def main() -> int:
 
     threading.Thread(target=read_stdin, name="hpo-worker-stdin", daemon=True).start()
 
-    from hpo.protocol import EpochReport, TrialJob, TrialResult
+    from hpo.protocol import EpochReport
     from hpo.training import configure_tensorflow, run_trial
+    from hpo.worker import TrialRun, handle, result_of
 
     configure_tensorflow()  # the expensive import, once
     send({"type": "ready", "pid": os.getpid()})
@@ -82,34 +85,27 @@ def main() -> int:
         if message.get("type") != "run":
             continue
         raw = message.get("job")
-        try:
-            job = TrialJob.from_dict(raw)  # the RunPod handler's validation too: params inside the search space
-        except Exception as exc:  # noqa: BLE001 - a bad job is a failed trial, not a dead worker
-            trial_id = raw.get("trial_id") if isinstance(raw, dict) else None
-            send({"type": "result", "rss_mb": _rss_mb(),
-                  "result": TrialResult(trial_id=trial_id if isinstance(trial_id, str) else "?", status="failed",
-                                        error=f"invalid TrialJob: {exc}").to_dict()})
-            continue
 
-        stop = threading.Event()
-
-        def on_epoch(epoch: int, metrics: dict[str, float], _job: TrialJob = job, _stop: threading.Event = stop) -> None:
-            send({"type": "epoch", "report": EpochReport(trial_id=_job.trial_id, epoch=epoch,
-                                                         metrics=metrics).to_dict()})
+        def on_report(run: TrialRun, report: EpochReport) -> None:  # wait for the parent's decision on this epoch
+            send({"type": "epoch", "report": report.to_dict()})
             deadline = time.monotonic() + DECISION_TIMEOUT_S
             while (left := deadline - time.monotonic()) > 0:
                 try:
                     decision = decisions.get(timeout=left)
                 except queue.Empty:
                     break
-                if decision.get("trial_id") is None or (decision.get("trial_id") == _job.trial_id
-                                                        and decision.get("epoch") == epoch):
+                if decision.get("trial_id") is None or (decision.get("trial_id") == run.job.trial_id
+                                                        and decision.get("epoch") == report.epoch):
                     if decision["type"] == "stop":
-                        _stop.set()
+                        run.cancel()
                     break
 
-        result = run_trial(job, on_epoch, stop.is_set, save_model_to=message.get("save_model_to"),
-                           executed_on=message.get("executed_on"))
+        # parse (the RunPod handler's validation too: params inside the search space) -> run_trial -> answer; a bad
+        # job is a failed trial, not a dead worker
+        answer = handle(raw, run_trial, on_report=on_report, executed_on=message.get("executed_on"),
+                        save_model_to=message.get("save_model_to"),
+                        label=str(raw.get("trial_id"))[:80] if isinstance(raw, dict) else "?")
+        result = result_of(answer, raw)
         send({"type": "result", "result": result.to_dict(), "rss_mb": _rss_mb()})
 
 

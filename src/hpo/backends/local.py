@@ -50,12 +50,16 @@ class _WorkerProcess:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.messages.put(json.loads(line))
-            except json.JSONDecodeError:
-                log.debug("worker %s wrote a non-protocol line: %r", self.index, line[:200])
-        self.messages.put({"type": "eof"})
+        try:
+            for line in self.proc.stdout:
+                try:
+                    self.messages.put(json.loads(line))
+                except json.JSONDecodeError:
+                    log.debug("worker %s wrote a non-protocol line: %r", self.index, line[:200])
+        except (OSError, ValueError):  # the pipe was closed under us (the worker was killed)
+            pass
+        finally:
+            self.messages.put({"type": "eof"})
 
     def send(self, message: dict[str, Any]) -> bool:
         try:
@@ -138,6 +142,7 @@ class LocalBackend(Backend):
         self._env = self._child_env(tf_threads, env)
         self._idle: queue.Queue[_WorkerProcess | None] = queue.Queue()
         self._all: set[_WorkerProcess] = set()
+        self._busy: set[_WorkerProcess] = set()  # running a trial now
         self._lock = threading.Lock()
         self._counter = 0
         self._started = False
@@ -199,6 +204,8 @@ class LocalBackend(Backend):
             raise errors[0]
 
     def _acquire(self) -> _WorkerProcess:
+        if self._closed:
+            raise BackendUnavailable("the local backend is closed")
         if not self._started:
             self.start()
         while True:
@@ -226,6 +233,16 @@ class LocalBackend(Backend):
     def run(self, job: TrialJob, *, on_epoch: EpochHandler | None = None, cancel: CancelToken | None = None,
             timeout_s: float | None = None, save_model_to: str | None = None) -> TrialResult:
         worker = self._acquire()
+        with self._lock:
+            self._busy.add(worker)
+        try:
+            return self._run_on(worker, job, on_epoch, cancel, timeout_s, save_model_to)
+        finally:
+            with self._lock:
+                self._busy.discard(worker)
+
+    def _run_on(self, worker: _WorkerProcess, job: TrialJob, on_epoch: EpochHandler | None,
+                cancel: CancelToken | None, timeout_s: float | None, save_model_to: str | None) -> TrialResult:
         started = time.monotonic()
         where = f"local:worker-{worker.index} (pid {worker.pid})"
         if not worker.send({"type": "run", "job": job.to_dict(), "save_model_to": save_model_to,
@@ -267,6 +284,8 @@ class LocalBackend(Backend):
                     self._release(None)
                     if cancel is not None and cancel.cancelled:
                         return self._stopped(job, where, started, cancel.reason or "cancelled")
+                    if self._closed:  # close() stopped it
+                        return self._stopped(job, where, started, "the local backend was closed")
                     return TrialResult(
                         trial_id=job.trial_id, status="failed", executed_on=where, train_seconds=now - started,
                         error=f"the worker process crashed during the trial (exit code {code}); "
@@ -299,9 +318,13 @@ class LocalBackend(Backend):
         with self._lock:
             return sorted(w.pid for w in self._all if w.alive())
 
+    def probe(self) -> str | None:
+        return "the local backend is closed" if self._closed else None
+
     def close(self) -> None:
+        """Trials still running are stopped at once (their ``run`` returns ``stopped``); idle workers exit."""
         with self._lock:
             self._closed = True
-            workers = list(self._all)
+            workers, busy = list(self._all), set(self._busy)
         for worker in workers:
-            self._retire(worker, kill=not worker.alive())
+            self._retire(worker, kill=worker in busy or not worker.alive())

@@ -2,7 +2,8 @@
 
     data.py      the numbers, from the run's study and folder (no matplotlib, no Keras)
     render.py    matplotlib renderers (bare Agg figures, fixed PNG sizes)
-    model.py     the plots that need the best Keras model, drawn in a process of their own (``python -m hpo.plots``)
+    model.py     the plots that need the best Keras model (confusion matrix, weights, activation maps), drawn in a
+                 process of their own (``python -m hpo.plots``)
     generate.py  the plots of a run in report order, and :func:`generate_plots`
 
 :func:`generate_plots` writes ``plots/<name>.png`` in the run folder and returns one :class:`PlotOutcome` per plot:
@@ -20,6 +21,7 @@ from .data import (
     PlotSkipped,
     RunData,
     curves_data,
+    gradient_data,
     health_data,
     history_data,
     importance_data,
@@ -31,7 +33,7 @@ from .data import (
     timeline_data,
 )
 from .generate import MODEL_PLOTS_TIMEOUT_S, PLOT_NAMES, PLOTS, generate_plots
-from .model import CLASS_NAMES, MODEL_PLOTS, ModelRun, activation_data, confusion_data, gradient_data, weights_data
+from .model import CLASS_NAMES, MODEL_PLOTS, ModelRun, activation_data, confusion_data, weights_data
 from .render import DPI
 
 __all__ = [

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .. import catalog
 from ..results import MODEL_FILE, best_records, trial_records
+from ..scoring import COMPONENTS
 
 __all__ = [
     "PLOTS_DIR",
@@ -35,14 +39,14 @@ __all__ = [
     "timeline_data",
     "curves_data",
     "health_data",
+    "gradient_data",
 ]
 
 log = logging.getLogger("hpo.plots")
 
 PLOTS_DIR = "plots"
 
-HEALTH_ORDER = ("neuron_utilization", "gradient_health", "generalization", "training_stability", "convergence",
-                "efficiency")
+HEALTH_ORDER = COMPONENTS  # the health breakdown's order: the components of overall_health
 
 
 class PlotSkipped(Exception):
@@ -204,9 +208,7 @@ def param_distributions(study: Any) -> dict[str, Any]:
 
 
 def _param_order(names: set[str]) -> list[str]:
-    from .. import search_space  # TODO(catalog): the search spaces as data move to hpo.catalog
-
-    order = [p.name for p in search_space.CNN_SPACE + search_space.LSTM_SPACE]
+    order = [p.name for p in catalog.CNN_SPACE + catalog.LSTM_SPACE]
     known = [n for n in dict.fromkeys(order) if n in names]
     return known + sorted(names - set(known))
 
@@ -355,3 +357,40 @@ def health_data(best: dict[str, Any] | None) -> dict[str, Any]:
     metrics = [(n, None if health[n] is None else float(health[n])) for n in names
                if health[n] is None or isinstance(health[n], (int, float))]
     return {"number": best["number"], "metrics": metrics, "overall": overall}
+
+
+def _norm_value(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, list):
+        nums = [v for v in (_norm_value(x) for x in value) if v is not None]
+        return float(np.mean(nums)) if nums else None
+    if isinstance(value, dict):
+        for key in ("norm", "value", "mean", "l2"):
+            if key in value:
+                return _norm_value(value[key])
+    return None
+
+
+def gradient_data(details: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer gradient norms from the health measurement (``details["gradient_norms"]``): a mapping layer ->
+    norm (or list of norms, averaged), or a list of ``{"layer"/"name": ..., "norm"/"value": ...}`` / pairs."""
+    raw = (details or {}).get("gradient_norms")
+    if not raw:
+        raise PlotSkipped("the best trial has no per-layer gradient norms (measured with mode=health or pareto)")
+    pairs: list[tuple[str, Any]] = []
+    if isinstance(raw, dict):
+        pairs = [(str(k), v) for k, v in raw.items()]
+    elif isinstance(raw, list):
+        for i, item in enumerate(raw):
+            if isinstance(item, dict):
+                label = item.get("layer") or item.get("name") or f"layer {i + 1}"
+                pairs.append((str(label), item))
+            elif isinstance(item, (list, tuple)) and len(item) == 2:
+                pairs.append((str(item[0]), item[1]))
+            else:
+                pairs.append((f"layer {i + 1}", item))
+    layers = [(name, _norm_value(v)) for name, v in pairs]
+    if not any(v is not None for _, v in layers):
+        raise PlotSkipped("the recorded gradient norms hold no numbers")
+    return {"layers": [n for n, _ in layers], "norms": [v for _, v in layers]}

@@ -5,7 +5,7 @@ coordinates, Pareto front (pareto mode), timeline of trials per worker. Best-tri
 training curves, confusion matrix on the test set, health breakdown, gradient flow, weight and bias distributions,
 activation maps of the first conv layers (image datasets).
 
-The plots of :mod:`hpo.plots.model` (confusion matrix, gradient flow, weights, activation maps) are drawn by a process
+The plots of :mod:`hpo.plots.model` (confusion matrix, weight distributions, activation maps) are drawn by a process
 of their own (``python -m hpo.plots``), which loads ``best_model.keras`` and the dataset's untouched test split, while
 this process draws the others; so the caller (the REST API server, a notebook) never imports TensorFlow. If that
 process fails or hangs, its plots are skipped with the reason, logged, and listed in the report; the run goes on.
@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import catalog
+from ..exceptions import HPOError
 from ..redact import mask_text
+from ..scoring import GRADIENT_HEALTHY_RANGE
 from . import data as D
 from . import render as R
 from .data import PLOTS_DIR, PlotOutcome, PlotSkipped, RunData, load_run
@@ -95,14 +98,31 @@ def _make_health(run: RunData, path: Path, which: str) -> tuple[Any, tuple[int, 
     return data, R.render_health(data, path), "Measured health metrics of the best trial (higher is healthier)."
 
 
+def _make_gradients(run: RunData, path: Path, which: str) -> tuple[Any, tuple[int, int], str]:
+    if run.best is None:
+        raise PlotSkipped("no trial completed")
+    data = D.gradient_data(run.details(run.best["number"]))
+    return data, R.render_gradients(data, path, GRADIENT_HEALTHY_RANGE), (
+        "Per-layer gradient norms of the best trial; very small norms mean vanishing gradients, very large "
+        "ones exploding gradients.")
+
+
 def _has_best(run: RunData) -> bool:
     return run.best is not None
 
 
-def _model_plot(name: str) -> _Spec:
-    """A plot of :mod:`hpo.plots.model`; whether it applies beyond having a best trial (activation maps: image
-    datasets only) is decided by the model process."""
-    return _Spec(name, MODEL_PLOTS[name], "best", _has_best, None)
+def _image_run(run: RunData) -> bool:
+    """Activation maps are for image models only."""
+    dataset = run.config.get("dataset")
+    try:
+        return run.best is not None and dataset is not None and catalog.info(dataset).modality == "image"
+    except HPOError:  # a dataset this version does not know: no activation maps
+        return False
+
+
+def _model_plot(name: str, applies: Callable[[RunData], bool] = _has_best) -> _Spec:
+    """A plot of :mod:`hpo.plots.model`, drawn by the model-plot process."""
+    return _Spec(name, MODEL_PLOTS[name], "best", applies, None)
 
 
 PLOTS: tuple[_Spec, ...] = (
@@ -115,9 +135,9 @@ PLOTS: tuple[_Spec, ...] = (
     _model_plot("confusion"),
     _Spec("health", "Health breakdown", "best", lambda run: run.best is not None and run.mode != "simple",
           _make_health),
-    _model_plot("gradients"),
+    _Spec("gradients", "Gradient flow", "best", _has_best, _make_gradients),
     _model_plot("weights"),
-    _model_plot("activations"),
+    _model_plot("activations", _image_run),
 )
 
 PLOT_NAMES = tuple(s.name for s in PLOTS)
@@ -126,63 +146,78 @@ PLOT_NAMES = tuple(s.name for s in PLOTS)
 class ModelPlotProcess:
     """The model plots ``names`` of ``run``, drawn by ``python -m hpo.plots`` in a process of its own (``process``),
     started at once; :meth:`outcomes` waits for it, at most ``timeout_s`` (default :data:`MODEL_PLOTS_TIMEOUT_S`).
-    Its errors never propagate: when it fails, every requested plot comes back skipped with the reason, which is
-    also logged."""
+    Its errors never propagate: when it cannot start or fails, every requested plot comes back skipped with the
+    reason, which is also logged."""
 
     def __init__(self, run: RunData, names: list[str], *, timeout_s: float | None = None) -> None:
         self.names = list(names)
         self.timeout_s = MODEL_PLOTS_TIMEOUT_S if timeout_s is None else timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self._start_error: str | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="hpo-model-plots-")
-        tmp = Path(self._tmp.name)
-        self._result, self._log_path = tmp / "result.pickle", tmp / "process.log"
-        request = {"run_dir": str(Path(run.run_dir).resolve()), "config": run.config, "best": run.best,
-                   "details": run.details(run.best["number"]) if run.best else {}, "plots": self.names}
-        (tmp / "request.json").write_text(json.dumps(request), encoding="utf-8")
-        env = dict(os.environ)
-        # the same hpo as this process, however it was found (installed, PYTHONPATH, a notebook's sys.path)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        env["MPLBACKEND"] = "Agg"
+        folder = Path(self._tmp.name)
+        self._request, self._result = folder / "request.json", folder / "result.pickle"
+        self._log_path = folder / "process.log"
         self._log = open(self._log_path, "wb")
         try:
-            # stdin stays open while we wait: the process exits when it closes (this process gone)
+            request = {"run_dir": str(Path(run.run_dir).resolve()), "config": run.config, "best": run.best,
+                       "plots": self.names}
+            self._request.write_text(json.dumps(request), encoding="utf-8")
+            env = dict(os.environ)
+            # the same hpo as this process, however it was found (installed, PYTHONPATH, a notebook's sys.path)
+            root = str(Path(__file__).resolve().parents[2])
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            env["MPLBACKEND"] = "Agg"
+            # stdin stays open while we wait: the process exits when it closes (when this process is gone)
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hpo.plots", "--request", str(tmp / "request.json"), "--result",
-                 str(self._result), "--exit-with-stdin"], stdin=subprocess.PIPE, stdout=self._log,
-                stderr=subprocess.STDOUT, env=env)
-        except BaseException:
-            self._log.close()
-            self._tmp.cleanup()
-            raise
+                [sys.executable, "-m", "hpo.plots", "--request", str(self._request), "--result", str(self._result),
+                 "--exit-with-stdin"], stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        except Exception as exc:  # noqa: BLE001 - no model plots, but the others and the report still come
+            self._start_error = f"could not start ({type(exc).__name__}: {exc})"
 
     def outcomes(self) -> list[PlotOutcome]:
+        """Wait for the process; its outcomes, or every requested plot skipped with the reason."""
         try:
+            if self.process is None:
+                return self._skipped(self._start_error or "did not start")
             try:
                 code = self.process.wait(timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
-                self._stop()
                 return self._skipped(f"did not finish within {self.timeout_s:g} s")
-            except BaseException:  # interrupted (Ctrl-C): the process goes too
-                self._stop()
-                raise
             if code != 0 or not self._result.is_file():
-                return self._skipped(f"exited with code {code}{self._tail()}")
+                output = self._output()
+                return self._skipped(f"exited with code {code}" + (f"; its output: {output}" if output else ""))
             try:
-                with open(self._result, "rb") as fh:  # written by our own child in our private temp folder
+                with open(self._result, "rb") as fh:  # written by our own child, in our private temp folder
                     raw = pickle.load(fh)
+                out = [PlotOutcome(r["name"], r["title"], r["scope"], None if r["path"] is None else Path(r["path"]),
+                                   None if r["size"] is None else tuple(r["size"]), r["caption"], r["note"],
+                                   r["data"]) for r in raw]
             except Exception as exc:  # noqa: BLE001
                 return self._skipped(f"left an unreadable result ({type(exc).__name__}: {exc})")
-            out = [PlotOutcome(r["name"], r["title"], r["scope"], None if r["path"] is None else Path(r["path"]),
-                               None if r["size"] is None else tuple(r["size"]), r["caption"], r["note"], r["data"])
-                   for r in raw]
-            for o in out:
-                if o.note and o.note.startswith("failed:"):
-                    log.warning("plot %s failed in the model-plot process: %s%s", o.name, o.note[len("failed: "):],
-                                self._tail())
+            failed = [o for o in out if o.note and o.note.startswith("failed: ")]
+            for o in failed:
+                log.warning("plot %s failed in the model-plot process: %s", o.name, o.note[len("failed: "):])
+            if failed:
+                log.warning("the model-plot process's output:\n%s", self._output() or "(none)")
             return out
-        finally:
-            self._close()
+        finally:  # interrupted (Ctrl-C) too: the process goes with us
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop the process (if it still runs) and remove its files; its plots are not collected."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+            if self.process.stdin is not None:
+                try:
+                    self.process.stdin.close()
+                except OSError:
+                    pass
+        self._log.close()
+        self._tmp.cleanup()
 
     def _skipped(self, reason: str) -> list[PlotOutcome]:
         reason = mask_text(reason)
@@ -190,31 +225,13 @@ class ModelPlotProcess:
         return [PlotOutcome(n, MODEL_PLOTS[n], "best", note=f"skipped: the model-plot process {reason}")
                 for n in self.names]
 
-    def _tail(self, limit: int = 3000) -> str:
+    def _output(self, limit: int = 3000) -> str:
+        """The end of what the process wrote (stdout and stderr), secrets masked."""
         try:
             text = self._log_path.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
             return ""
-        return f"; its output: {mask_text(text[-limit:])}" if text else ""
-
-    def abort(self) -> None:
-        """Stop the process and forget its plots."""
-        self._stop()
-        self._close()
-
-    def _stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-    def _close(self) -> None:
-        try:
-            if self.process.stdin is not None:
-                self.process.stdin.close()
-        except OSError:
-            pass
-        self._log.close()
-        self._tmp.cleanup()
+        return mask_text(text[-limit:])
 
 
 def generate_plots(run_dir: str | Path, *, which: str = "all", study: Any = None,
@@ -242,4 +259,4 @@ def generate_plots(run_dir: str | Path, *, which: str = "all", study: Any = None
         raise
     if process is not None:
         drawn.update({o.name: o for o in process.outcomes()})
-    return [drawn[s.name] for s in specs if s.name in drawn]  # the model process leaves out what does not apply
+    return [drawn[s.name] for s in specs]

@@ -1,12 +1,11 @@
-"""The plots that need the best trial's Keras model or the trainer side: confusion matrix on the untouched test split,
-gradient flow, weight and bias distributions, activation maps of the first conv layers.
+"""The plots that need the best trial's Keras model: confusion matrix on the untouched test split, weight and bias
+distributions, activation maps of the first conv layers.
 
 They are drawn where the model can be loaded: in a process of their own, started by :func:`hpo.plots.generate_plots`
 as ``python -m hpo.plots --request REQUEST.json --result RESULT.pickle``, so that the process that asked (the
 REST API server, a notebook, the CLI) never imports TensorFlow. The request carries what the plots need from the run
-(config, best trial, its health details); the result is one outcome per plot that applies (PNG path, size, caption,
-data, or why it was skipped). Importing this module is light: Keras, the datasets and the health thresholds are
-imported only inside the functions that draw.
+(config, best trial); the result is one outcome per plot (PNG path, size, caption, data, or why it was skipped).
+Importing this module is light: Keras and the dataset loaders are imported only inside the functions that draw.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import math
 import os
 import pickle
 import re
@@ -36,16 +34,13 @@ __all__ = [
     "MODEL_PLOTS",
     "ModelRun",
     "confusion_data",
-    "gradient_data",
     "weights_data",
     "activation_data",
     "make_model_plots",
     "main",
 ]
 
-log = logging.getLogger(__name__)
-
-# TODO(catalog): class names are dataset metadata; they move to hpo.catalog with the rest of it
+# TODO(catalog): class names are dataset metadata (hpo.catalog)
 CLASS_NAMES: dict[str, list[str]] = {
     "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                       "Ankle boot"],
@@ -57,7 +52,6 @@ CLASS_NAMES: dict[str, list[str]] = {
 #: name -> title of the plots drawn here, in the order the report shows them
 MODEL_PLOTS: dict[str, str] = {
     "confusion": "Confusion matrix (test set)",
-    "gradients": "Gradient flow",
     "weights": "Weight and bias distributions",
     "activations": "Activation maps",
 }
@@ -65,13 +59,12 @@ MODEL_PLOTS: dict[str, str] = {
 
 @dataclass
 class ModelRun:
-    """What the model plots read: the run's config (config.json's ``config``), its best trial record and that
-    trial's health details. The model and the test split are loaded once, on first use."""
+    """What the model plots read: the run's config (config.json's ``config``) and its best trial record. The model
+    and the test split are loaded once, on first use."""
 
     run_dir: Path
     config: dict[str, Any]
     best: dict[str, Any]
-    details: dict[str, Any] = field(default_factory=dict)
     _model: Any = field(default=None, repr=False)
     _test: Any = field(default=None, repr=False)
 
@@ -95,10 +88,10 @@ class ModelRun:
 
     def test_split(self) -> tuple[np.ndarray, np.ndarray, Any]:
         if self._test is None:
-            from .. import datasets
+            from .. import catalog, datasets
 
             name = self.config["dataset"]
-            options = datasets.default_options(name)
+            options = catalog.default_options(name)
             for key in options:
                 if self.config.get(key) is not None:
                     options[key] = self.config[key]
@@ -109,43 +102,6 @@ class ModelRun:
 
 
 # -- data extraction ---------------------------------------------------------------------------------------------------
-
-def _norm_value(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, list):
-        nums = [v for v in (_norm_value(x) for x in value) if v is not None]
-        return float(np.mean(nums)) if nums else None
-    if isinstance(value, dict):
-        for key in ("norm", "value", "mean", "l2"):
-            if key in value:
-                return _norm_value(value[key])
-    return None
-
-
-def gradient_data(details: dict[str, Any]) -> dict[str, Any]:
-    """Per-layer gradient norms from the health measurement (``details["gradient_norms"]``): a mapping layer ->
-    norm (or list of norms, averaged), or a list of ``{"layer"/"name": ..., "norm"/"value": ...}`` / pairs."""
-    raw = (details or {}).get("gradient_norms")
-    if not raw:
-        raise PlotSkipped("the best trial has no per-layer gradient norms (measured with mode=health or pareto)")
-    pairs: list[tuple[str, Any]] = []
-    if isinstance(raw, dict):
-        pairs = [(str(k), v) for k, v in raw.items()]
-    elif isinstance(raw, list):
-        for i, item in enumerate(raw):
-            if isinstance(item, dict):
-                label = item.get("layer") or item.get("name") or f"layer {i + 1}"
-                pairs.append((str(label), item))
-            elif isinstance(item, (list, tuple)) and len(item) == 2:
-                pairs.append((str(item[0]), item[1]))
-            else:
-                pairs.append((f"layer {i + 1}", item))
-    layers = [(name, _norm_value(v)) for name, v in pairs]
-    if not any(v is not None for _, v in layers):
-        raise PlotSkipped("the recorded gradient norms hold no numbers")
-    return {"layers": [n for n, _ in layers], "norms": [v for _, v in layers]}
-
 
 def confusion_data(model: Any, x: np.ndarray, y: np.ndarray, num_classes: int, *,
                    batch_size: int = 256) -> dict[str, Any]:
@@ -249,15 +205,6 @@ def _make_confusion(run: ModelRun, path: Path) -> tuple[Any, tuple[int, int], st
         f"The best model on the untouched test split ({data['n']} samples): accuracy {data['accuracy']:.4f}{also}.")
 
 
-def _make_gradients(run: ModelRun, path: Path) -> tuple[Any, tuple[int, int], str]:
-    from ..health import _GRAD_HIGH, _GRAD_LOW  # the range the health measurement scores as healthy
-
-    data = gradient_data(run.details)
-    return data, render.render_gradients(data, path, (_GRAD_LOW, _GRAD_HIGH)), (
-        "Per-layer gradient norms of the best trial; very small norms mean vanishing gradients, very large "
-        "ones exploding gradients.")
-
-
 def _make_weights(run: ModelRun, path: Path) -> tuple[Any, tuple[int, int], str]:
     data = weights_data(run.model())
     return data, render.render_weights(data, path), "Distributions of the best model's weights and biases, per layer."
@@ -274,32 +221,20 @@ def _make_activations(run: ModelRun, path: Path) -> tuple[Any, tuple[int, int], 
         "What the first convolution layers respond to on a few test images (first 8 filters each).")
 
 
-def _is_image_run(run: ModelRun) -> bool:
-    from .. import datasets  # TODO(catalog): the modality is dataset metadata (hpo.catalog)
-
-    try:
-        return datasets.info(run.config["dataset"]).modality == "image"
-    except Exception:  # noqa: BLE001 - no dataset, or one this version does not know: no activation maps
-        return False
-
-
 _MAKERS: dict[str, Callable[[ModelRun, Path], tuple[Any, tuple[int, int], str]]] = {
-    "confusion": _make_confusion, "gradients": _make_gradients, "weights": _make_weights,
-    "activations": _make_activations}
+    "confusion": _make_confusion, "weights": _make_weights, "activations": _make_activations}
 
 
 def make_model_plots(run: ModelRun, names: list[str] | None = None) -> list[PlotOutcome]:
-    """Draw the model plots ``names`` (default: all) that apply to this run into ``run_dir/plots/``, in this
-    process (which then imports TensorFlow when the model is there). A plot that cannot be drawn is an outcome with
-    a note; a plot that fails is logged and skipped."""
+    """Draw the model plots ``names`` (default: all) into ``run_dir/plots/``, in this process (which then imports
+    TensorFlow when the model is there). A plot that cannot be drawn is an outcome with a note; a plot that fails is
+    logged and skipped."""
     folder = run.run_dir / PLOTS_DIR
     folder.mkdir(exist_ok=True)
     outcomes = []
     for name in names if names is not None else list(MODEL_PLOTS):
         if name not in MODEL_PLOTS:
             raise ValueError(f"unknown model plot {name!r}; allowed: {', '.join(MODEL_PLOTS)}")
-        if name == "activations" and not _is_image_run(run):
-            continue  # activation maps are for image models only
         make = _MAKERS[name]
         outcomes.append(attempt(name, MODEL_PLOTS[name], "best", folder / f"{name}.png", lambda p, m=make: m(run, p)))
     return outcomes
@@ -325,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     and write their outcomes (a list of dicts) to RESULT."""
     parser = argparse.ArgumentParser(prog="python -m hpo.plots", description=main.__doc__)
     parser.add_argument("--request", required=True, type=Path,
-                        help="JSON: run_dir, config, best (the best trial's record), details, plots (names)")
+                        help="JSON: run_dir, config, best (the best trial's record), plots (names)")
     parser.add_argument("--result", required=True, type=Path, help="where to write the outcomes (pickle)")
     parser.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin closes (the parent is gone)")
     args = parser.parse_args(argv)
@@ -333,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         _exit_when_stdin_closes()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     request = json.loads(args.request.read_text(encoding="utf-8"))
-    run = ModelRun(Path(request["run_dir"]), request["config"], request["best"], request.get("details") or {})
+    run = ModelRun(Path(request["run_dir"]), request["config"], request["best"])
     outcomes = make_model_plots(run, request.get("plots"))
     result = [{"name": o.name, "title": o.title, "scope": o.scope, "path": None if o.path is None else str(o.path),
                "size": o.size, "caption": o.caption, "note": o.note, "data": o.data} for o in outcomes]
