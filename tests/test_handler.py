@@ -1,4 +1,5 @@
-"""runpod_worker/handler.py in-process: validation, progress, cancellation, the concurrency modifier and its prefetch.
+"""runpod_worker/handler.py in-process: validation, progress, cancellation, the concurrency modifier, the worker core
+it shares with the local worker loop (hpo.worker), and the SDK's public API as its only use of the SDK.
 
 No TensorFlow: the trainer is a stand-in with run_trial's contract. The real worker loop is covered in
 test_runpod_e2e.py (real TensorFlow workers) and test_runpod_dispatch.py (the SDK loop with a sleeping trainer).
@@ -6,6 +7,7 @@ test_runpod_e2e.py (real TensorFlow workers) and test_runpod_dispatch.py (the SD
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.util
 import json
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from hpo import worker as core
 from hpo.protocol import MAX_JOB_BYTES, TrialJob, TrialResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,9 +299,9 @@ def test_concurrency_from_the_environment_never_none(monkeypatch, value, expecte
         assert worker.concurrency_modifier(current) == expected
 
 
-def _running_state(worker, job_id, *, epochs_done, max_epochs, epoch_s):
-    state = handler_mod._Running({"id": job_id, "input": {}}, TrialJob(
-        trial_id=f"t-{job_id}", dataset="synthetic_images", params=PARAMS, max_epochs=max_epochs, seed=0))
+def _running_state(worker, job_id, *, epochs_done, max_epochs, epoch_s, patience=3):
+    state = core.TrialRun(TrialJob(trial_id=f"t-{job_id}", dataset="synthetic_images", params=PARAMS,
+                                   max_epochs=max_epochs, seed=0, patience=patience), key=job_id)
     now = time.monotonic()
     state.started = now - epochs_done * epoch_s
     state.epoch_ends = [state.started + (i + 1) * epoch_s for i in range(epochs_done)]
@@ -306,51 +309,119 @@ def _running_state(worker, job_id, *, epochs_done, max_epochs, epoch_s):
     return state
 
 
-def test_prefetch_releases_a_job_that_is_about_to_end():
+def test_the_concurrency_modifier_only_answers_the_concurrency_and_leaves_the_sdk_alone():
+    """No prefetch through SDK internals: a job about to end stays counted by the SDK until it is answered."""
     from runpod.serverless.modules.worker_state import JobsProgress
 
     progress = JobsProgress()
     progress.clear()
-    worker = make_worker(prefetch_s=1.25)
-    worker._tail_s = 0.0
-    near = _running_state(worker, "near", epochs_done=4, max_epochs=5, epoch_s=1.0)  # ~1 s left
-    far = _running_state(worker, "far", epochs_done=1, max_epochs=5, epoch_s=1.0)  # ~4 s left
+    worker = make_worker(concurrency=2)
+    _running_state(worker, "near", epochs_done=4, max_epochs=5, epoch_s=0.05)  # ends within 0.05 s
+    _running_state(worker, "far", epochs_done=1, max_epochs=5, epoch_s=1.0)
     progress.add({"id": "near", "input": {}})
     progress.add({"id": "far", "input": {}})
-    assert worker.concurrency_modifier(1) == 1
-    assert near.released and not far.released
-    assert progress.get_job_list() == "far"  # the SDK now sees a free slot and asks for the next job
-    progress.clear()
+    try:
+        assert [worker.concurrency_modifier(c) for c in (1, 2, 7)] == [2, 2, 2]
+        assert progress.get_job_count() == 2 and set(progress.get_job_list().split(",")) == {"near", "far"}
+    finally:
+        progress.clear()
 
 
-def test_prefetch_off_and_unknown_end_release_nothing():
-    from runpod.serverless.modules.worker_state import JobsProgress
+PUBLIC_SDK = {"runpod.serverless.start", "runpod.serverless.progress_update"}
 
-    progress = JobsProgress()
-    progress.clear()
-    worker = make_worker(prefetch_s=0)
-    _running_state(worker, "a", epochs_done=4, max_epochs=5, epoch_s=0.1)
-    progress.add({"id": "a", "input": {}})
-    worker.concurrency_modifier(1)
-    assert progress.get_job_count() == 1
-    worker = make_worker(prefetch_s=5)
-    _running_state(worker, "b", epochs_done=0, max_epochs=5, epoch_s=0.1)  # no epoch yet: no estimate
-    worker.concurrency_modifier(1)
-    assert not worker._running["b"].released
-    progress.clear()
+
+def test_the_handler_uses_only_the_sdks_public_api():
+    """Every use of the ``runpod`` package in handler.py: ``import runpod`` and attributes in the SDK's public
+    ``runpod.serverless.__all__`` -- never ``runpod.serverless.modules`` (worker_state, JobsProgress, ...)."""
+    import runpod.serverless
+
+    tree = ast.parse((ROOT / "runpod_worker" / "handler.py").read_text())
+    imported, used = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names if a.name.split(".")[0] == "runpod"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "runpod":
+            imported.add(f"{node.module}:{','.join(a.name for a in node.names)}")
+        elif isinstance(node, ast.Attribute):
+            parts, value = [node.attr], node.value
+            while isinstance(value, ast.Attribute):
+                parts.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name) and value.id == "runpod":
+                used.add(".".join(["runpod", *reversed(parts)]))
+    assert imported == {"runpod"}, imported
+    calls = {u for u in used if u.count(".") == 2}  # runpod.serverless.<name>
+    assert calls == PUBLIC_SDK and all(c.split(".")[-1] in runpod.serverless.__all__ for c in calls), used
+    assert used <= PUBLIC_SDK | {"runpod.serverless"}, used
 
 
 def test_expected_end_uses_early_stopping_and_the_learned_tail():
     worker = make_worker()
-    state = _running_state(worker, "x", epochs_done=0, max_epochs=10, epoch_s=1.0)
-    from hpo.protocol import EpochReport
-
-    state.trial = TrialJob(trial_id="t", dataset="synthetic_images", params=PARAMS, max_epochs=10, seed=0,
-                           patience=2)
+    state = _running_state(worker, "x", epochs_done=0, max_epochs=10, epoch_s=1.0, patience=2)
     for epoch, acc in [(1, 0.5), (2, 0.4), (3, 0.4)]:
-        state.record(EpochReport(trial_id="t", epoch=epoch, metrics={"val_accuracy": acc}))
+        state.record(epoch, {"val_accuracy": acc})
     assert state.training_done  # two epochs without improvement: Keras stops now, only evaluation is left
     assert state.expected_end(0.3) == pytest.approx(state.epoch_ends[-1] + 0.3)
+    assert core.stops_early(state.job, 3, 1) and not core.stops_early(state.job, 2, 1)
+    assert not core.stops_early(state.job, 3, None)
+
+
+# -- one worker core for the handler and the local worker loop ---------------------------------------------------
+
+SAME_ANSWERS = [None, [1], {"command": "health"}, {"command": "reboot"}, {1: "x"},
+                job_input(max_epochs="three"), job_input(params=dict(PARAMS, learning_rate=-1)),
+                {"blob": "x" * (2 * 2**20)}]
+
+
+@pytest.mark.parametrize("payload", SAME_ANSWERS, ids=lambda p: repr(p)[:30])
+def test_the_local_loops_core_refuses_what_the_handler_refuses_in_the_same_words(payload):
+    trainer = FakeTrainer()
+    local = core.handle(payload, trainer)
+    remote = run(make_worker(trainer), payload)
+    assert local["error_kind"] == "invalid_input" and trainer.calls == []
+    if payload == {"command": "health"}:  # the one command is the handler's (RunPod glue), not the core's
+        assert "this worker takes TrialJobs only" in local["error"] and "health" in remote
+    elif not isinstance(payload, dict) or "command" in payload:  # the same words, less the handler's command
+        assert remote["error"] == local["error"].replace("(a TrialJob)", '(a TrialJob or {"command": "health"})') \
+            .replace("this worker takes TrialJobs only", 'the only command is {"command": "health"}')
+    else:
+        assert local == remote
+    result = core.result_of(local, payload)  # what the local loop sends its parent: a failed trial with the words
+    assert result.status == "failed" and result.error == local["error"] and result.epochs_run == 0
+
+
+def test_the_core_trains_stops_and_answers_like_the_handler():
+    trainer = FakeTrainer()
+    reports = []
+
+    def on_report(trial_run, report):
+        reports.append(report.epoch)
+        if report.epoch == 2:
+            trial_run.cancel()  # the local loop does this when the parent answers "stop"
+
+    answer = core.handle(job_input(max_epochs=5), trainer, on_report=on_report, executed_on="local:x")
+    result = core.result_of(answer)
+    assert result.status == "stopped" and result.epochs_run == 2 and reports == [1, 2]
+    assert trainer.stopped_after == 2 and result.executed_on == "local:x"
+    full = run(make_worker(FakeTrainer()), job_input(max_epochs=5))["trial_result"]
+    assert full["status"] == "completed" and full["epochs_run"] == 5
+
+
+def test_the_core_answers_a_broken_trainer_as_a_worker_error_and_never_raises():
+    def raises(job, on_epoch=None, should_stop=None, **_):
+        raise MemoryError("CUDA out of memory")
+
+    answer = core.handle(job_input(), raises)
+    assert answer == {"error": "the trainer raised MemoryError: CUDA out of memory", "error_kind": "worker_error"}
+    assert run(make_worker(raises), job_input()) == answer
+    assert core.result_of(answer, job_input()).trial_id == "run#0"
+
+    class Exploding(dict):  # an input whose very inspection breaks: the last-resort answer
+        def __contains__(self, key):
+            raise RuntimeError("boom\nsecond line")
+
+    out = core.handle(Exploding(job_input()), FakeTrainer(), label="x")
+    assert out["error_kind"] == "internal" and "RuntimeError: boom" in out["error"] and "second" not in out["error"]
 
 
 def test_health_command_reports_tensorflow_gpus_and_datasets(monkeypatch):

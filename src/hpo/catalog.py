@@ -31,7 +31,7 @@ __all__ = [
     "max_conv_blocks", "param_bounds", "is_active", "coerce_pin", "validate_params",
 ]
 
-# -- datasets -----------------------------------------------------------------------------------------------------------
+# -- datasets ----------------------------------------------------------------------------------------------------------
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "gtsrb", "imdb", "reuters", "synthetic_images",
                       "synthetic_text"]
@@ -185,7 +185,7 @@ def info(name: str, options: dict | None = None) -> DatasetInfo:
     return DatasetInfo(entry.name, "image", shape, entry.num_classes, entry.description, None)
 
 
-# -- search spaces ------------------------------------------------------------------------------------------------------
+# -- search spaces -----------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Param:

@@ -4,6 +4,7 @@
     hpo datasets                   the datasets, their shapes, and whether their files are here
     hpo show RUN_DIR               summary of a finished or running run
     hpo serve key=value ...        the REST API (host, port, max_active_runs, allow_remote, output_dir, ...)
+    hpo dashboard RUN_DIR ...      the run's study in optuna-dashboard (host, port, allow_remote, storage)
 
 Exit codes: 0 done, 1 the run failed, 2 usage or configuration error (nothing written), 130 interrupted.
 One place (:func:`main`) maps exceptions to exit codes; user mistakes never print a traceback.
@@ -66,6 +67,14 @@ def _build_parser() -> _Parser:
                                   "others). With HPO_API_TOKEN set (environment or .env) every route but /health "
                                   "needs Authorization: Bearer <token>.")
     serve.add_argument("options", nargs="*", metavar="key=value")
+    dash = sub.add_parser("dashboard", help="serve a run's study in optuna-dashboard (extra: hpo[dashboard])",
+                          description="Open a run's Optuna study in optuna-dashboard. Example: hpo dashboard "
+                                      "optimization_results/RUN port=8080",
+                          epilog="keys: host (default 127.0.0.1), port (8080; 0: any free port), allow_remote "
+                                 "(false: a non-loopback host is refused; the dashboard has no login), storage (the "
+                                 "study's URL when config.json keeps it masked)")
+    dash.add_argument("run_dir", metavar="RUN_DIR")
+    dash.add_argument("options", nargs="*", metavar="key=value")
     return parser
 
 
@@ -226,6 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .config import parse_kv
 
             return serve(parse_kv(args.options))
+        if args.command == "dashboard":
+            from .config import parse_kv
+            from .dashboard import serve_dashboard
+
+            return serve_dashboard(args.run_dir, parse_kv(args.options))
         if args.command == "datasets":
             return _cmd_datasets(args)
         return _cmd_show(args)

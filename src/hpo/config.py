@@ -363,8 +363,8 @@ def config_from_options(options: dict[str, Any], *, env_file: str | os.PathLike[
             raise ConfigError(f"unknown option {key!r}{closest(key, candidates)}; `hpo optimize --help` lists "
                               "every option", field=key)
     if "dataset" not in kwargs:
-        raise ConfigError(f"dataset is required, e.g. dataset=fashion_mnist; allowed: {', '.join(catalog.DATASET_NAMES)}",
-                          field="dataset")
+        raise ConfigError("dataset is required, e.g. dataset=fashion_mnist; allowed: "
+                          f"{', '.join(catalog.DATASET_NAMES)}", field="dataset")
     if use_env:
         env = load_dotenv_values(env_file)
         for f in dataclasses.fields(OptimizationConfig):

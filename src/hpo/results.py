@@ -63,6 +63,37 @@ class OptimizationResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    # -- for notebooks: the study, a DataFrame, the model ------------------------------------------------------------
+    @property
+    def study(self) -> Any:
+        """The run's ``optuna.Study`` (every trial, with hpo's TrialResult in its user attributes)."""
+        study = self.__dict__.get("_study")
+        if study is None:
+            raise AttributeError("this result has no study attached (build it with hpo.load_results)")
+        return study
+
+    def trials_dataframe(self) -> Any:
+        """One row per trial (rejected configurations left out, as in trials.csv): number, state, value, the
+        validation and test accuracy and loss, health, epochs, where it ran, and one ``params_<name>`` column per
+        search parameter. Needs pandas."""
+        import pandas as pd
+
+        rows = []
+        for t in self.trials:
+            row = {k: t.get(k) for k in _CSV_FIXED}
+            row.update({f"params_{k}": v for k, v in sorted(t["params"].items())})
+            rows.append(row)
+        return pd.DataFrame(rows, columns=None if rows else _CSV_FIXED)
+
+    def load_best_model(self) -> Any:
+        """The best trial's Keras model (best_model.keras of the run folder; imports Keras)."""
+        path = Path(self.run_dir) / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: no trial completed, or the run kept no model")
+        import keras
+
+        return keras.models.load_model(path)
+
     def __repr__(self) -> str:  # short, notebook-friendly
         return (f"OptimizationResult(run_dir={self.run_dir!r}, best_value={self.best_value!r}, "
                 f"best_test_accuracy={self.best_test_accuracy!r}, completed={self.completed}, "
@@ -186,7 +217,7 @@ def build_result(run_dir: Path, study: Any, mode: str, *, interrupted: bool = Fa
                  notes: list[str] | None = None) -> OptimizationResult:
     records = trial_records(study)
     best, front = best_records(study, records, mode)
-    return OptimizationResult(
+    result = OptimizationResult(
         run_dir=str(run_dir), study_name=study.study_name,
         best_params=best["params"] if best else None, best_value=best["value"] if best else None,
         best_trial_number=best["number"] if best else None,
@@ -197,6 +228,8 @@ def build_result(run_dir: Path, study: Any, mode: str, *, interrupted: bool = Fa
         pruned=sum(r["state"] == "pruned" for r in records),
         failed=sum(r["state"] == "fail" for r in records),
         interrupted=interrupted, stop_reason=stop_reason, aborted=aborted, notes=list(notes or []))
+    result.__dict__["_study"] = study  # not a dataclass field: to_dict() and repr stay plain data
+    return result
 
 
 class RunFilesWriter:

@@ -316,7 +316,7 @@ class Search:
         """Record a finished trial: its epochs against the budget, its result, and its fate in the study."""
         from optuna.trial import TrialState
 
-        from . import health as scoring  # TODO(core): hpo.scoring once the light core lands
+        from . import scoring
 
         from .backends._checks import check_result
         from .exceptions import TrialFailed

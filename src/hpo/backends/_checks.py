@@ -58,8 +58,8 @@ def check_result(result: TrialResult, job: TrialJob) -> None:
     best = result.best_epoch
     if best is not None and (not isinstance(best, int) or isinstance(best, bool) or not 1 <= best <= epochs):
         raise TrialFailed(f"best_epoch = {best!r} is not in [1, {epochs}] (epochs_run)")
-    for group in ("val_metrics", "test_metrics"):
-        for name, value in (getattr(result, group) or {}).items():
+    for group, values in (("val_metrics", result.val_metrics), ("test_metrics", result.test_metrics)):
+        for name, value in (values or {}).items():
             _check_value(f"{group}.{name}", name, value)
     for name, series in (result.history or {}).items():
         if not isinstance(series, list):

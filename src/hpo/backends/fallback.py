@@ -64,14 +64,16 @@ class FallbackBackend(Backend):
         self._probing = False
         self._consecutive = 0
         self._events: list[str] = []
+        self._started = False
+        self._closed = False
         self.local_trials = 0
         self.remote_trials = 0
 
     # -- state ------------------------------------------------------------------------------------------------
     @property
     def queue_ahead(self) -> int:
-        """Extra trials the orchestrator keeps submitted (the remote backend's; see RunPodBackend.queue_ahead)."""
-        return int(getattr(self.remote, "queue_ahead", 0) or 0)
+        """Extra trials the dispatcher keeps submitted: the remote backend's (see RunPodBackend.queue_ahead)."""
+        return self.remote.queue_ahead
 
     @property
     def remote_down(self) -> str | None:
@@ -100,12 +102,12 @@ class FallbackBackend(Backend):
         with self._lock:
             if self._down_reason is None:
                 return None
-            if self._probing or self._clock() < self._next_probe or not hasattr(self.remote, "probe"):
+            if self._probing or self._clock() < self._next_probe:
                 return self._down_reason
             self._probing = True
         try:
-            why = self.remote.probe()  # type: ignore[attr-defined]
-        except Exception as exc:  # noqa: BLE001
+            why = self.remote.probe()
+        except Exception as exc:  # noqa: BLE001 - a probe that breaks its contract (never raises) says "down"
             why = f"{type(exc).__name__}: {exc}"
         with self._lock:
             self._probing = False
@@ -134,16 +136,31 @@ class FallbackBackend(Backend):
         return self.local
 
     # -- Backend ------------------------------------------------------------------------------------------------
+    def probe(self) -> str | None:
+        """None while trials can run somewhere: on the remote backend, or locally when it is down."""
+        if self._closed:
+            return "the backend is closed"
+        if self.local is not None:
+            return self.local.probe()
+        return self.remote.probe()
+
     def start(self) -> None:
+        if self._closed:
+            raise BackendUnavailable("the backend is closed")
+        if self._started:
+            return
         try:
             self.remote.start()
         except BackendUnavailable as exc:
             if self.local is None:
                 raise
             self._trip(f"the {self.remote.name} endpoint was unreachable at start ({exc})")
+        self._started = True
 
     def run(self, job: TrialJob, *, on_epoch: EpochHandler | None = None, cancel: CancelToken | None = None,
             timeout_s: float | None = None, save_model_to: str | None = None) -> TrialResult:
+        if self._closed:
+            raise BackendUnavailable("the backend is closed")
         forward = _Deduplicated(on_epoch)
         reason = self._route()
         if reason is None:
@@ -172,6 +189,8 @@ class FallbackBackend(Backend):
         return result.replace(details={**result.details, "fallback_reason": reason})
 
     def close(self) -> None:
+        """Closes both backends (a second call does nothing new); their running trials end ``stopped``."""
+        self._closed = True
         try:
             self.remote.close()
         finally:

@@ -30,10 +30,12 @@ failed (execution timeout), CANCELLED by someone else -> failed, both with the t
 is lost, the job expires in the endpoint's queue) are resubmitted ``resubmits`` times and then raised as
 :class:`BackendUnavailable` so :class:`~hpo.backends.fallback.FallbackBackend` can run the trial locally.
 
-Dispatch: ``queue_ahead`` asks the orchestrator to keep that many trials submitted beyond ``concurrent_workers``; they
-wait in the endpoint's queue, and a worker whose job is about to end takes the next one (the handler's concurrency
-modifier) so it starts the moment the current one ends. A trial's time limit (``timeout_s``) counts from when the job
-is seen running, not queued. A remote trial's model file is not brought back (``save_model_to`` is not honoured).
+Dispatch: ``queue_ahead`` asks the dispatcher to keep that many trials submitted beyond ``concurrent_workers``; they
+wait in the endpoint's queue, so a worker that finishes takes its next job from there instead of waiting for the
+dispatcher to notice and submit one. A trial's time limit (``timeout_s``) counts from when the job is seen running,
+not queued. A remote trial's model file is not brought back (``save_model_to`` is not honoured: nothing is written
+there). ``start`` and ``close`` may be called twice; ``close`` cancels the jobs still in flight (their ``run`` returns
+``stopped``), and ``run`` after ``close`` raises BackendUnavailable.
 """
 
 from __future__ import annotations
@@ -104,16 +106,21 @@ class RunPodBackend(Backend):
         self.resubmits = max(0, resubmits)
         self.lost_contact_s = lost_contact_s
         self.end_window_s = end_window_s
-        #: Trials the orchestrator keeps submitted beyond its concurrent_workers, so a worker that is about to
-        #: finish finds its next job already queued (the worker asks for it just before its current one ends).
-        self.queue_ahead = max(0, int(queue_ahead))
+        self._queue_ahead = max(0, int(queue_ahead))
         self._lock = threading.Lock()
         self._inflight: dict[str, str] = {}  # remote job id -> trial id
+        self._started = False
         self._closed = False
         self.record_timeline = record_timeline
         self.timeline: list[dict[str, Any]] = []  # per remote job: submitted_at / noticed_at (time.time()), ...
         host = urlsplit(self.base_url).hostname
         self._is_runpod_cloud = host is not None and host.endswith("runpod.ai")
+
+    @property
+    def queue_ahead(self) -> int:
+        """Trials the dispatcher keeps submitted beyond its concurrent_workers, so a worker that finishes finds its
+        next job already queued on the endpoint."""
+        return self._queue_ahead
 
     @property
     def _key(self) -> str | None:
@@ -146,7 +153,12 @@ class RunPodBackend(Backend):
         return answer
 
     def start(self) -> None:
+        if self._closed:
+            raise BackendUnavailable("the RunPod backend is closed")
+        if self._started:
+            return
         answer = self.health()
+        self._started = True
         workers = answer.get("workers") if isinstance(answer.get("workers"), dict) else {}
         log.info("RunPod endpoint %s is up (workers: %s)", self.where,
                  ", ".join(f"{k} {short(v, 20)}" for k, v in workers.items()) or "none reported")
@@ -161,6 +173,8 @@ class RunPodBackend(Backend):
 
     def probe(self) -> str | None:
         """None if the endpoint answers /health now, else why not (one quick try, no rate-limit wait)."""
+        if self._closed:
+            return "the RunPod backend is closed"
         try:
             self.health(attempts=1, rate_limit_budget_s=0.0)
         except BackendUnavailable as exc:
