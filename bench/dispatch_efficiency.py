@@ -23,6 +23,8 @@ It prints, per N:
     python bench/dispatch_efficiency.py                       # S = 10 s, N = 1, 2, 4, 6, 16, 32, both drivers
     python bench/dispatch_efficiency.py --sleep 3 --workers 2,6 --driver plain
     python bench/dispatch_efficiency.py --prefetch 0          # workers without prefetch (the SDK's plain loop)
+    python bench/dispatch_efficiency.py --driver orchestrator --workers 32,64 --storage postgres
+    python bench/dispatch_efficiency.py --driver orchestrator --workers 48 --storage postgres --shared 3   # 3 x 16
 
 Never a timed assert in a test: numbers depend on the machine. Reference points (unmodified SDK loop, one job per
 worker, a plain client, S = 10 s): polling every 2 s 0.83 at N = 6; every 0.1 s 0.934 at N = 6, 0.923 at N = 32.
@@ -32,6 +34,7 @@ Targets: >= 0.96 at N = 6 and >= 0.95 at N = 32.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import statistics
@@ -61,15 +64,58 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _drive_orchestrator(backend: RunPodBackend, n: int, trials: int, epochs: int, out: Path) -> None:
+def _drive_orchestrator(backend: RunPodBackend, n: int, trials: int, epochs: int, out: Path,
+                        storage: str | None = None, run_name: str | None = None) -> None:
     import hpo
 
     result = hpo.optimize(dataset="synthetic_images", trials=trials, concurrent_workers=n,
                           max_epochs_per_trial=epochs, pruner="none", sampler="random", quiet=True,
                           plot_generation="none", output_dir=str(out), use_runpod_service=True,
-                          runpod_endpoint_url=backend.base_url, runpod_fallback_local=False, backend=backend)
-    if result.completed != trials:
+                          runpod_endpoint_url=backend.base_url, runpod_fallback_local=False, backend=backend,
+                          storage=storage, run_name=run_name)
+    if storage is None and result.completed != trials:
         raise RuntimeError(f"only {result.completed} of {trials} trials completed: {result.stop_reason}")
+
+
+def _child(spec: dict[str, Any]) -> int:
+    """One of several orchestrator processes sharing a study (--shared): waits for the start signal, runs, dumps its
+    client timeline."""
+    go = Path(spec["go"])
+    backend = RunPodBackend(spec["endpoint"], record_timeline=True, queue_ahead=default_queue_ahead(spec["n"]))
+    while not go.exists():
+        time.sleep(0.005)
+    with tempfile.TemporaryDirectory(prefix="hpo-bench-", dir=BENCH_TMP) as tmp:
+        _drive_orchestrator(backend, spec["n"], spec["trials"], spec["epochs"], Path(tmp), storage=spec["storage"],
+                            run_name=spec["run_name"])
+    Path(spec["timeline"]).write_text(json.dumps(backend.timeline))
+    return 0
+
+
+def _drive_shared(endpoint: str, n: int, processes: int, trials: int, epochs: int, storage: str,
+                  run_name: str) -> list[dict[str, Any]]:
+    """``processes`` orchestrator processes with n / processes workers each, sharing one study; their merged
+    client timelines (thread ids made unique per process)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="hpo-bench-shared-") as tmp:
+        go = Path(tmp) / "go"
+        procs, files = [], []
+        for i in range(processes):
+            spec = {"go": str(go), "endpoint": endpoint, "n": n // processes, "trials": trials, "epochs": epochs,
+                    "storage": storage, "run_name": run_name, "timeline": str(Path(tmp) / f"t{i}.json")}
+            files.append(Path(spec["timeline"]))
+            procs.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)]))
+        time.sleep(3.0)  # every child imported and waiting
+        go.touch()
+        for proc in procs:
+            if proc.wait() != 0:
+                raise RuntimeError(f"an orchestrator process exited {proc.returncode}")
+        timeline = []
+        for i, f in enumerate(files):
+            for row in json.loads(f.read_text()):
+                row["thread"] = f"{i}-{row['thread']}"
+                timeline.append(row)
+        return timeline
 
 
 def _drive_plain(backend: RunPodBackend, n: int, trials: int, epochs: int, out: Path) -> None:
@@ -103,7 +149,7 @@ def _drive_plain(backend: RunPodBackend, n: int, trials: int, epochs: int, out: 
 
 def measure(n: int, *, sleep_s: float, trials_per_worker: int, epochs: int, driver: str,
             env: dict[str, str], log_dir: Path, dump: Path | None = None,
-            queue_ahead: int | None = None) -> dict[str, Any]:
+            queue_ahead: int | None = None, storage: str | None = None, shared: int = 1) -> dict[str, Any]:
     trials = trials_per_worker * n
     # The control plane runs in its own process, as RunPod's does: it must not share the client's interpreter.
     # Workers ping at the SDK's default interval (10 s).
@@ -114,9 +160,17 @@ def measure(n: int, *, sleep_s: float, trials_per_worker: int, epochs: int, driv
             time.sleep(1.0)  # let every worker settle into its long poll
             backend = RunPodBackend(sim.endpoint_url, record_timeline=True,
                                     queue_ahead=default_queue_ahead(n) if queue_ahead is None else queue_ahead)
-            with tempfile.TemporaryDirectory(prefix="hpo-bench-", dir=BENCH_TMP) as tmp:
-                (_drive_orchestrator if driver == "orchestrator" else _drive_plain)(backend, n, trials, epochs,
-                                                                                    Path(tmp))
+            run_name = f"bench-{n}-{time.time_ns()}"
+            if shared > 1:
+                backend.timeline = _drive_shared(sim.endpoint_url, n, shared, trials, epochs, storage or "",
+                                                 run_name)
+            else:
+                with tempfile.TemporaryDirectory(prefix="hpo-bench-", dir=BENCH_TMP) as tmp:
+                    if driver == "orchestrator":
+                        _drive_orchestrator(backend, n, trials, epochs, Path(tmp), storage=storage,
+                                            run_name=run_name if storage else None)
+                    else:
+                        _drive_plain(backend, n, trials, epochs, Path(tmp))
             jobs = {j["id"]: j for j in sim.jobs()}
             rate_limited = sum(v for (route, status), v in sim.responses().items() if status == 429)
         finally:
@@ -174,7 +228,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="trials kept queued beyond N (default: hpo's default_queue_ahead(N) = 1 + N // 5)")
     parser.add_argument("--log-dir", default=None, help="keep the workers' logs here")
     parser.add_argument("--dump", default=None, help="write each N's raw timeline to DUMP-<N>.json")
+    parser.add_argument("--storage", choices=("sqlite", "postgres"), default="sqlite",
+                        help="the orchestrator's study: the run folder's SQLite (default) or a throw-away PostgreSQL "
+                             "15 cluster on loopback (hpo.testing.postgres)")
+    parser.add_argument("--shared", type=int, default=1,
+                        help="K orchestrator processes with N/K workers each sharing one study (needs "
+                             "--storage postgres); efficiency is the aggregate")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return _child(json.loads(args.child))
+    if args.shared > 1 and (args.storage != "postgres" or args.driver == "plain"):
+        parser.error("--shared needs --storage postgres and the orchestrator driver")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ns = [int(x) for x in args.workers.split(",") if x.strip()]
     env = {} if args.prefetch is None else {"HPO_WORKER_PREFETCH_S": str(args.prefetch)}
@@ -185,6 +250,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{'done->noticed':>13} {'noticed->next':>13} {'run overhead':>12} {'worker idle':>11} {'polls':>6} "
               f"{'429/retry':>9}")
     drivers = ("plain", "orchestrator") if args.driver == "both" else (args.driver,)
+    print(f"study storage (orchestrator driver): {args.storage}"
+          + (f", {args.shared} orchestrator processes sharing it" if args.shared > 1 else ""))
+    with contextlib.ExitStack() as stack:
+        storage = None
+        if args.storage == "postgres":
+            from hpo.testing.postgres import postgres_cluster
+
+            storage = str(stack.enter_context(postgres_cluster())["url"])
+        return _run_all(args, ns, env, header, drivers, storage)
+
+
+def _run_all(args: argparse.Namespace, ns: list[int], env: dict[str, str], header: str, drivers: tuple[str, ...],
+             storage: str | None) -> int:
     with tempfile.TemporaryDirectory(prefix="hpo-bench-logs-") as tmp:
         log_dir = Path(args.log_dir) if args.log_dir else Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in ns:
                 r = measure(n, sleep_s=args.sleep, trials_per_worker=args.trials_per_worker, epochs=args.epochs,
                             driver=driver, env=env, log_dir=log_dir, queue_ahead=args.queue_ahead,
+                            storage=storage, shared=args.shared,
                             dump=Path(f"{args.dump}-{driver}-{n}.json") if args.dump else None)
                 print(f"{r['n']:>3} {r['trials']:>6} {r['ideal_s']:>6.1f}s {r['measured_s']:>8.2f}s "
                       f"{r['efficiency']:>10.3f}   {_ms(r['picked_s']):>14} {_ms(r['noticed_s']):>13} "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from .conftest import run_hpo
-from .pg import postgres_cluster
+from hpo.testing.postgres import postgres_cluster
 
 KEY = "rpa_PLANTED_key_5f3e9a1c"
 TOKEN = "tok_PLANTED_token_77d1"

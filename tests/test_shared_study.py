@@ -20,7 +20,7 @@ import optuna
 import pytest
 
 from .conftest import hpo_env, run_hpo
-from .pg import postgres_cluster
+from hpo.testing.postgres import postgres_cluster
 
 WORKER = r"""
 import json, sys, time

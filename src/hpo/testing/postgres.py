@@ -1,4 +1,4 @@
-"""A throw-away PostgreSQL 15 cluster for tests: initdb in a temporary folder, a free loopback port, password auth.
+"""A throw-away PostgreSQL 15 cluster for tests and bench/: initdb in a temp folder, a free loopback port, passwords.
 
 As root, initdb/pg_ctl run as the ``postgres`` user (PostgreSQL refuses to run as root). The cluster listens on
 127.0.0.1 only, uses scram-sha-256 passwords for TCP, and is stopped (fast) when the fixture ends.
