@@ -141,6 +141,7 @@ class Session:
             self.progress.epoch_budget = self.config.epoch_budget
             self.progress.epochs_before = search.epochs_spent
             self.progress.best = search.best_value
+            self.progress.deadline = search.deadline
         try:
             self.dispatcher.run()
         finally:
