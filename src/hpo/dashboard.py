@@ -134,7 +134,7 @@ def serve_dashboard(run_dir: str | Path, options: dict[str, str], *,
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} does not exist; give a run folder (e.g. optimization_results/<run_name>)")
     storages: dict[str, Any] = {}
-    study, doc = open_run_study(run_dir, storage=opts["storage"] or None, storage_cache=storages)
+    study, _doc = open_run_study(run_dir, storage=opts["storage"] or None, storage_cache=storages)
     (url, storage), = storages.items()
     study_id = storage.get_study_id_from_name(study.study_name)
     app = _default_accept_encoding(optuna_dashboard.wsgi(storage))
