@@ -368,6 +368,25 @@ def test_expected_end_uses_early_stopping_and_the_learned_tail():
 
 # -- one worker core for the handler and the local worker loop ---------------------------------------------------
 
+ORCHESTRATION = ("hpo.session", "hpo.rundir", "hpo.search", "hpo.study", "hpo.pruners", "hpo.dispatch",
+                 "hpo.backends", "hpo.cli", "hpo.api", "hpo.run_manager", "hpo.results", "hpo.progress")
+
+
+def test_the_worker_side_imports_no_orchestration_and_no_tensorflow_until_a_trial_runs():
+    import subprocess
+
+    code = ("import importlib.util, sys\n"
+            "import hpo.worker\n"
+            f"spec = importlib.util.spec_from_file_location('h', {str(ROOT / 'runpod_worker' / 'handler.py')!r})\n"
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('hpo', 'tensorflow', 'keras', 'optuna'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    loaded = set(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
+    assert "hpo.worker" in loaded
+    assert not {m for m in loaded if any(m == o or m.startswith(o + ".") for o in ORCHESTRATION)}, loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("tensorflow", "keras", "optuna")}, loaded
+
+
 SAME_ANSWERS = [None, [1], {"command": "health"}, {"command": "reboot"}, {1: "x"},
                 job_input(max_epochs="three"), job_input(params=dict(PARAMS, learning_rate=-1)),
                 {"blob": "x" * (2 * 2**20)}]

@@ -1,12 +1,14 @@
-"""LocalBackend: persistent worker processes; crashes and time limits fail one trial; workers are recycled."""
+"""LocalBackend: persistent worker processes; a crash fails one trial; workers are recycled.
+
+What every backend does (time limits, soft and hard cancels, close, a worker that cannot start) is checked for the
+local backend by the contract suite, tests/test_backend_contract.py.
+"""
 
 import os
 import signal
-import sys
 
 import pytest
 
-from hpo.backends import CancelToken
 from hpo.backends.local import LocalBackend
 from hpo.protocol import TrialJob
 
@@ -50,32 +52,6 @@ def test_a_crashing_worker_fails_only_its_trial(backend):
     assert after.executed_on != crashed.executed_on
 
 
-def test_a_trial_past_its_time_limit_fails_alone(backend):
-    slow = backend.run(job(0, epochs=500, patience=500), timeout_s=3)
-    assert slow.status == "failed" and "time limit of 3 s" in slow.error
-    assert backend.run(job(1)).status == "completed"
-
-
-def test_cancel_stops_after_the_current_epoch(backend):
-    token = CancelToken()
-    seen = []
-
-    def on_epoch(report):
-        seen.append(report.epoch)
-        token.cancel("pruned at epoch 1")
-
-    result = backend.run(job(0, epochs=20, patience=50), on_epoch=on_epoch, cancel=token)
-    assert result.status == "stopped" and result.epochs_run == 1 and seen == [1]
-
-
-def test_hard_cancel_kills_without_waiting_for_the_epoch(backend):
-    token = CancelToken()
-    token.cancel("interrupted", hard=True)
-    result = backend.run(job(0, epochs=50, patience=50), cancel=token)
-    assert result.status == "stopped" and result.error == "interrupted"
-    assert backend.run(job(1)).status == "completed"
-
-
 def test_workers_are_recycled_and_memory_does_not_grow(tmp_path):
     backend = LocalBackend(workers=1, log_dir=tmp_path, max_trials_per_worker=4)
     pids, rss = [], []
@@ -96,16 +72,3 @@ def test_workers_are_recycled_and_memory_does_not_grow(tmp_path):
     assert len(set(pids[:4])) == 1 and pids[4] != pids[3]  # recycled after 4 trials
     # after warm-up, a worker's memory stays flat from trial to trial (Keras sessions are freed)
     assert rss[3] - rss[1] < 150, rss
-
-
-def test_a_worker_that_cannot_start_is_backend_unavailable(tmp_path):
-    from hpo.exceptions import BackendUnavailable
-
-    backend = LocalBackend(workers=1, log_dir=tmp_path, start_timeout_s=60)
-    orig = sys.executable  # an "interpreter" that exits at once: the worker never says it is ready
-    try:
-        sys.executable = "/bin/false"
-        with pytest.raises(BackendUnavailable, match="failed to start"):
-            backend.start()
-    finally:
-        sys.executable = orig

@@ -1,7 +1,8 @@
-"""The real SDK worker loop with the benchmark's sleeping trainer (no TensorFlow): prefetch and cancellation.
+"""The real SDK worker loop with the benchmark's sleeping trainer (no TensorFlow): taking jobs and cancellation.
 
 bench/sleep_handler.py is runpod_worker/handler.py with run_trial replaced by sleeping, so these tests exercise the
-handler's concurrency modifier inside the unmodified ``runpod`` worker loop.
+handler's public-API hooks (handler, concurrency modifier, progress updates) inside the unmodified ``runpod`` worker
+loop.
 """
 
 from __future__ import annotations
@@ -28,13 +29,10 @@ def job(n: int, epochs: int = 4) -> TrialJob:
 
 
 @pytest.fixture
-def cluster(tmp_path, request):
-    prefetch = getattr(request, "param", None)
-    env = {"HPO_BENCH_SLEEP_S": "2"}
-    if prefetch is not None:
-        env["HPO_WORKER_PREFETCH_S"] = str(prefetch)
+def cluster(tmp_path):
     with RunPodSimulator(worker_timeout_s=10) as sim:
-        procs = start_workers(sim, 1, handler=SLEEP_HANDLER, log_dir=tmp_path, env=env, prefix="sleeper")
+        procs = start_workers(sim, 1, handler=SLEEP_HANDLER, log_dir=tmp_path, env={"HPO_BENCH_SLEEP_S": "2"},
+                              prefix="sleeper")
         try:
             yield sim, procs
         finally:
@@ -56,56 +54,41 @@ def run_all(backend: RunPodBackend, jobs: list[TrialJob], **kw) -> list:
     return results
 
 
-def test_prefetch_takes_the_next_job_before_the_current_one_ends(cluster):
-    sim, _ = cluster
+def test_a_worker_takes_its_next_job_once_the_current_one_is_answered(cluster):
+    """One job at a time (HPO_WORKER_CONCURRENCY=1): the SDK's loop asks for the next job only after the current one
+    is answered (the handler uses no SDK internals to ask earlier), and then it runs with no job lost."""
+    sim, procs = cluster
     backend = RunPodBackend(sim.endpoint_url)
     backend.start()
     results = run_all(backend, [job(0), job(1)])
     assert [r.status for r in results] == ["completed", "completed"]
-    first, second = sorted(sim.jobs(), key=lambda j: j["created_at"])
-    assert second["taken_at"] < first["finished_at"]  # asked for while the first was finishing
-    assert first["finished_at"] - second["taken_at"] < 2.0  # ... only near its end, not at its start
-    # the second started the moment the first ended: no SDK idle second in between
-    assert second["finished_at"] - first["finished_at"] < 2.0 + 0.5
-
-
-@pytest.mark.parametrize("cluster", [0], indirect=True)
-def test_without_prefetch_the_sdk_waits_until_the_current_job_is_done(cluster):
-    sim, _ = cluster
-    backend = RunPodBackend(sim.endpoint_url)
-    backend.start()
-    run_all(backend, [job(0), job(1)])
+    assert [[e for e in r.history["loss"]] for r in results] == [[1.0, 0.5, 1 / 3, 0.25]] * 2
     first, second = sorted(sim.jobs(), key=lambda j: j["created_at"])
     assert second["taken_at"] >= first["finished_at"]
+    assert first["worker_id"] == second["worker_id"] == "sleeper-1"
+    assert procs[0].log_text().count("completed after 4 epoch(s)") == 2  # the handler's line for each job
 
 
-def test_a_prefetched_job_that_is_cancelled_is_stopped_when_it_starts(cluster):
+def test_a_running_job_that_is_cancelled_stops_within_an_epoch_and_the_worker_serves_the_next(cluster):
     sim, procs = cluster
     backend = RunPodBackend(sim.endpoint_url)
     backend.start()
     token = CancelToken()
-    results: dict[str, object] = {}
-    t0 = threading.Thread(target=lambda: results.setdefault("a", backend.run(job(0, epochs=4))))
-    t0.start()
-    time.sleep(0.1)
-    t1 = threading.Thread(target=lambda: results.setdefault("b", backend.run(job(1, epochs=200), cancel=token)))
-    t1.start()
-    # wait until the worker has prefetched d#1 (taken while d#0 still runs), then cancel it
-    sim.wait_for(lambda s: sum(j["status"] == "IN_PROGRESS" for j in s.jobs()) == 2, 20, what="a prefetched job")
-    token.cancel("pruned")
-    t0.join(30)
-    t1.join(30)
-    assert results["a"].status == "completed" and results["b"].status == "stopped"
+    epochs: list[int] = []
+
+    def on_epoch(report) -> None:
+        epochs.append(report.epoch)
+        token.cancel("pruned")
+
+    result = backend.run(job(1, epochs=200), on_epoch=on_epoch, cancel=token)  # 0.01 s epochs, 2 s in all
+    assert result.status == "stopped" and result.error == "pruned" and epochs and epochs == sorted(set(epochs))
     cancelled = next(j for j in sim.jobs() if j["input"]["trial_id"] == "d#1")
     assert cancelled["status"] == "CANCELLED"
-    # the SDK only stops jobs whose task runs; the stop signal is re-delivered until the worker lets go of it
-    log = ""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and f"job {cancelled['id']} (d#1) cancelled; training stopped" not in log:
-        time.sleep(0.2)
-        log = procs[0].log_text()
-    line = next(x for x in log.splitlines() if f"job {cancelled['id']} (d#1) cancelled; training stopped" in x)
+    # the SDK stops the handler's task; the handler stops the trainer after the epoch in progress and says so
+    done = f"job {cancelled['id']} (d#1) cancelled; training stopped"
+    sim.wait_for(lambda s: done in procs[0].log_text(), 20, what="the worker's stop line")
+    line = next(x for x in procs[0].log_text().splitlines() if done in x)
     stopped_after = int(line.split("stopped after epoch ")[1].split()[0])
-    assert stopped_after < 150  # 0.01 s epochs: stopped within about half a second of starting, not after 2 s
+    assert stopped_after < 150  # stopped within about half a second of the cancel, not after the job's 2 s
     # and the worker serves the next job
     assert backend.run(job(2, epochs=2)).status == "completed"

@@ -33,7 +33,10 @@ class Remote(Backend):
         self.epochs_before_failing = epochs_before_failing
         self.runs: list[str] = []
         self.probes = 0
-        self.queue_ahead = 2
+
+    @property
+    def queue_ahead(self) -> int:
+        return 2
 
     def start(self) -> None:
         if self.start_error:
@@ -150,6 +153,38 @@ def test_consecutive_failures_open_the_circuit_until_a_health_probe_succeeds():
     back = backend.run(job(5), on_epoch=lambda r: None)
     assert remote.probes == 2 and back.executed_on == "runpod:w1" and backend.remote_down is None
     assert any("answered a health probe again" in n for n in backend.notes)
+
+
+class Minimal(Backend):
+    """A remote backend that overrides nothing but ``run``: the base contract's defaults (queue_ahead 0, probe None)."""
+
+    name = "minimal"
+
+    def __init__(self) -> None:
+        self.runs: list[str] = []
+        self.fail = True
+
+    def run(self, job, *, on_epoch=None, cancel=None, timeout_s=None, save_model_to=None):
+        self.runs.append(job.trial_id)
+        if self.fail:
+            raise BackendUnavailable("minimal is down")
+        return TrialResult(trial_id=job.trial_id, status="completed", executed_on="minimal")
+
+
+def test_the_remote_is_used_through_the_backend_contract_only():
+    """No probing for capabilities: queue_ahead and probe() come from the remote's Backend contract (defaults
+    included), so a remote that keeps the default probe is probed and trusted again."""
+    clock = Clock()
+    remote, local = Minimal(), Local()
+    backend = FallbackBackend(remote, local, failure_threshold=1, probe_interval_s=30, clock=clock)
+    backend.start()
+    assert backend.queue_ahead == 0 and backend.name == "minimal" and backend.probe() is None
+    assert backend.run(job(0), on_epoch=lambda r: None).executed_on.startswith("local:")
+    assert backend.remote_down and "minimal is down" in backend.remote_down
+    remote.fail = False
+    clock.now += 31
+    assert backend.run(job(1), on_epoch=lambda r: None).executed_on == "minimal"  # the default probe said "up"
+    assert remote.runs == ["r#0", "r#1"] and backend.remote_down is None
 
 
 def test_without_fallback_a_remote_failure_propagates():

@@ -50,6 +50,9 @@ def _build_parser() -> _Parser:
     opt.add_argument("options", nargs="*", metavar="key=value")
     ds = sub.add_parser("datasets", help="list datasets and whether their files are available offline")
     ds.add_argument("--json", action="store_true", help="machine-readable output")
+    runs = sub.add_parser("runs", help="list the runs of an output folder (name, dataset, state, best, trials)")
+    runs.add_argument("output_dir", nargs="?", default="optimization_results")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
     show = sub.add_parser("show", help="summarize a run (its folder, or a shared study: storage=URL run_name=NAME)",
                           description="Summarize a run: hpo show RUN_DIR [storage=URL], or hpo show storage=URL "
                                       "run_name=NAME for a study shared by several processes (every process's "
@@ -87,7 +90,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from .redact import mask_text
     from .session import optimize
 
-    config = config_from_options(parse_kv(args.options))
+    from .cli_options import merge_options_file
+
+    config = config_from_options(merge_options_file(parse_kv(args.options)))
     result = optimize(config)
     _print("")
     _print(f"run folder: {result.run_dir}")
@@ -155,6 +160,26 @@ def _show_target(items: list[str]) -> tuple[Path | None, dict[str, str]]:
     return (Path(folders[0]) if folders else None), options
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from .rundir import list_runs
+
+    folder = args.output_dir.split("=", 1)[1] if args.output_dir.startswith("output_dir=") else args.output_dir
+    if not Path(folder).is_dir():
+        raise ConfigError(f"{folder} does not exist; give the folder that holds the runs (hpo runs OUTPUT_DIR)")
+    rows = list_runs(folder)
+    if args.json:
+        _print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        _print(f"no runs in {folder}")
+        return EXIT_OK
+    _print(f"{'run':<40} {'dataset':<18} {'state':<12} {'best':>8} {'trials':>7}")
+    for r in rows:
+        best = _fmt(r["best"]) if r["best"] is not None else "-"
+        _print(f"{r['name']:<40} {r['dataset'] or '?':<18} {r['state']:<12} {best:>8} {r['trials']:>7}")
+    return EXIT_OK
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from .rundir import load_results, load_study_results
 
@@ -215,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_log_masking()
     try:
         parser = _build_parser()
+        if argv[:1] == ["optimize"]:  # --key value / --key=value are written as key=value
+            from .cli_options import normalize_key_values
+
+            argv = ["optimize", *normalize_key_values(argv[1:])]
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
@@ -230,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 if previous is not None:
                     signal.signal(signal.SIGTERM, previous)
+        if args.command == "runs":
+            return _cmd_runs(args)
         if args.command == "serve":
             from .api import serve
             from .config import parse_kv

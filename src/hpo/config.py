@@ -176,6 +176,15 @@ class OptimizationConfig:
     target_gpus_per_worker: int = _opt(0, "most GPUs one trial uses (0 = all visible)", low=0)
     plot_generation: PlotGeneration = _opt("all", "plots written to the run folder: all, best (best trial only) "
                                            "or none")
+    tracking: Literal["none", "mlflow"] = _opt("none", "experiment tracking: mlflow = one MLflow run per trial "
+                                               "(params, per-epoch metrics, health, the best model) in an experiment "
+                                               "named after run_name, at MLFLOW_TRACKING_URI when set, else in a "
+                                               "SQLite store in the run folder (sqlite:///RUN_DIR/mlflow.db, "
+                                               "artifacts in RUN_DIR/mlartifacts); needs pip install "
+                                               "\"hpo[mlflow]\"; tracking errors never fail the run")
+    tensorboard: bool = _opt(False, "per-trial TensorBoard logs of every epoch's metrics in "
+                             "RUN_DIR/tensorboard/trial-N/ (tensorboard --logdir RUN_DIR/tensorboard); needs pip "
+                             "install \"hpo[tensorboard]\"")
     quiet: bool = _opt(False, "no progress display")
     pins: dict[str, Any] = _opt({}, "search-space parameters fixed instead of searched (give them as key=value)")
 
@@ -184,7 +193,7 @@ class OptimizationConfig:
         for f in dataclasses.fields(self):
             if f.name == "pins":
                 continue
-            value = check_type(f.name, getattr(self, f.name), hints[f.name])
+            value = check_type(f.name, getattr(self, f.name), hints[f.name], dict(f.metadata))
             object.__setattr__(self, f.name, value)
             check_range(f, value)
         if self.max_epochs_per_trial is None:

@@ -40,9 +40,14 @@ def type_name(tp: Any) -> str:
     return f"{name} or none" if optional else name
 
 
-def check_type(name: str, value: Any, tp: Any) -> Any:
-    """Convert ``value`` (native or string) to the annotated type or raise a ConfigError that names what is allowed."""
+def check_type(name: str, value: Any, tp: Any, meta: dict[str, Any] | None = None) -> Any:
+    """Convert ``value`` (native or string) to the annotated type or raise a ConfigError that names what is allowed
+    (the type and, given the field's metadata, its range)."""
     base, optional = unwrap_optional(tp)
+    if meta and (meta.get("low") is not None or meta.get("high") is not None):
+        allowed = f"{type_name(tp)} {range_text(meta)}"
+    else:
+        allowed = type_name(tp)
     if isinstance(value, str):
         text = value.strip()
         if optional and text.lower() in ("none", "null", ""):
@@ -74,14 +79,14 @@ def check_type(name: str, value: Any, tp: Any) -> Any:
             return value
         if text is not None and re.fullmatch(r"[+-]?\d+", text.replace("_", "")):
             return int(text.replace("_", ""))
-        raise ConfigError(f"{name}={value!r} is not a whole number; allowed: {type_name(tp)}", field=name)
+        raise ConfigError(f"{name}={value!r} is not a whole number; allowed: {allowed}", field=name)
     if base is float:
         try:
             if isinstance(value, bool):
                 raise ValueError
             number = float(text if text is not None else value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name}={value!r} is not a number; allowed: {type_name(tp)}", field=name) from None
+            raise ConfigError(f"{name}={value!r} is not a number; allowed: {allowed}", field=name) from None
         if not math.isfinite(number):
             raise ConfigError(f"{name}={value!r} is not a finite number", field=name)
         return number

@@ -27,7 +27,7 @@ from .results import CONFIG_FILE, MODEL_FILE, STUDY_FILE, OptimizationResult, bu
 from .runlock import HOLDER_FILE, LOCK_FILE
 
 __all__ = ["prepare_run_dir", "check_output_dir", "read_config_doc", "write_config", "storage_url",
-           "study_url_of", "open_run_study", "load_results", "load_study_results", "ModelFiles", "LOCAL_STUDY"]
+           "study_url_of", "open_run_study", "load_results", "load_study_results", "list_runs", "ModelFiles", "LOCAL_STUDY"]
 
 #: config.json's record of the default storage: the study.db beside it, wherever the folder is now
 LOCAL_STUDY = "study.db (this run folder)"
@@ -136,6 +136,51 @@ def load_study_results(storage: str, run_name: str) -> OptimizationResult:
         raise ConfigError(f"there is no study {run_name!r} in {mask_url(storage)}", field="run_name") from None
     mode = study.user_attrs.get("hpo_mode", "simple")
     return build_result(Path(f"{run_name}"), study, mode)
+
+
+def list_runs(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every run folder in ``output_dir``, newest first: name, dataset, state (running: a live process holds its lock;
+    finished; or empty: it never started), best value, trials (from trials.csv), modified time."""
+    import csv
+
+    from .results import BEST_FILE, TRIALS_FILE
+
+    root = Path(output_dir)
+    rows = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        doc = read_config_doc(folder)
+        if doc is None:
+            continue
+        best = None
+        try:
+            best = json.loads((folder / BEST_FILE).read_text()).get("value")
+        except (OSError, ValueError, AttributeError):
+            pass
+        trials: dict[str, int] = {}
+        try:
+            with open(folder / TRIALS_FILE, newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    trials[row["state"]] = trials.get(row["state"], 0) + 1
+        except (OSError, KeyError, csv.Error):
+            pass
+        rows.append({"name": folder.name, "dataset": doc["config"].get("dataset"), "mode": doc["config"].get("mode"),
+                     "state": _run_state(folder, trials), "best": best, "trials": sum(trials.values()),
+                     "completed": trials.get("complete", 0), "modified": folder.stat().st_mtime})
+    rows.sort(key=lambda r: r["modified"], reverse=True)
+    return rows
+
+
+def _run_state(folder: Path, trials: dict[str, int]) -> str:
+    from .runlock import RunLock, RunLocked
+
+    if (folder / HOLDER_FILE).is_file():  # a holder was recorded: is it alive (still holding the lock)?
+        try:
+            RunLock(folder).acquire().release()
+        except RunLocked:
+            return "running"
+    if not trials:
+        return "empty"
+    return "interrupted" if trials.get("interrupted") or trials.get("running") else "finished"
 
 
 # -- choosing the folder -------------------------------------------------------------------------------------------------

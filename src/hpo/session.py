@@ -112,8 +112,10 @@ class Session:
         from .dispatch import Dispatcher
         from .pruners import FarBehindPruner
         from .search import Search, retry_stale_trial
+        from .tracking import check_tracking, open_tracker
 
         config = self.config
+        check_tracking(config)  # an extra tracking needs is missing: ConfigError before the study is made
         self.run_dir.mkdir(parents=True, exist_ok=True)
         storage = studies.open_storage(self.storage_url, heartbeat_grace_s=config.heartbeat_grace_s,
                                        stale_callback=lambda study, trial: retry_stale_trial(self.notes, study, trial))
@@ -124,9 +126,14 @@ class Session:
         self.search = Search(config, self.study, storage, pruner=pruner, models=models, notes=self.notes)
         self.search.recover(owns_storage=config.storage is None, created=created)
         self._files = RunFilesWriter(self.run_dir, self.study, config.mode)
+        self._tracker = open_tracker(config, self.run_dir, self.study, self.search)  # MLflow / TensorBoard
+
+        def after_trial() -> None:
+            self._files.request()
+            self._tracker.request()
+
         with self._stop_lock:
-            self.dispatcher = Dispatcher(self.search, self.backend, progress=self.progress,
-                                         after_trial=self._files.request)
+            self.dispatcher = Dispatcher(self.search, self.backend, progress=self.progress, after_trial=after_trial)
             if self._stop_requested is not None:
                 self.dispatcher.request_stop(self._stop_requested, hard=True)
 
@@ -153,6 +160,7 @@ class Session:
                               stop_reason=search.stop_reason if search.stop_reason != "interrupted" else None,
                               aborted=search.aborted, notes=self.notes)
         search.models.finalize(result.best_trial_number)
+        result.notes.extend(self._tracker.close(result.best_trial_number))  # tracking failures, as notes
         return result
 
     def write_outputs(self, result: OptimizationResult, *, announce: bool = False) -> Path | None:

@@ -1,4 +1,5 @@
-"""Execution backends: where trials run. The orchestrator sees only :class:`Backend`."""
+"""Execution backends: where trials run. The dispatcher and the session see only :class:`Backend` (its contract:
+hpo.backends._base; checked for every backend by tests/test_backend_contract.py)."""
 
 from ._base import Backend, CancelToken, EpochHandler
 

@@ -54,10 +54,10 @@ class Backend(abc.ABC):
     - :meth:`run` is called from several dispatcher threads at once and blocks until the trial ends. It returns a
       TrialResult with the job's ``trial_id``: ``completed``; ``failed`` for the trial's own failure (never an
       exception), including a trial that runs past ``timeout_s`` (its error names the time limit); ``stopped`` when
-      ``cancel`` fires (soft: after the epoch in progress; hard: at once). ``on_epoch`` gets each epoch once, in
-      increasing order. It raises :class:`~hpo.exceptions.BackendUnavailable` only when the backend itself cannot
-      run the trial (not started and cannot start, closed, the service is down), so the caller can retry or fall
-      back.
+      ``cancel`` fires (soft: after the epoch in progress; hard: at once; the reason is the token's, which the
+      result's ``error`` may repeat). ``on_epoch`` gets each epoch once, in increasing order. It raises
+      :class:`~hpo.exceptions.BackendUnavailable` only when the backend itself cannot run the trial (it cannot
+      start, it is closed, the service is down), so the caller can retry or fall back.
     - ``save_model_to``: where a trial that trains on this machine (``executed_on`` "local:...") saves its best
       model as a ``.keras`` file; a remote trial's model is not brought back (nothing is written there).
     - :meth:`start` and :meth:`close` may be called more than once; :meth:`close` stops the trials still running
