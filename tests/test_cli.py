@@ -80,12 +80,12 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, a
 
 
 def test_missing_dataset_files_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch):
-    from hpo import datasets
+    from hpo import datafiles
 
     def no_network(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(datasets, "_download", no_network)
+    monkeypatch.setattr(datafiles, "_download", no_network)
     monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     out = tmp_path / "results"

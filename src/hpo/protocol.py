@@ -8,9 +8,9 @@ carried as ``null`` so every document is standard JSON.
 A TrialJob read from JSON (:meth:`TrialJob.from_dict`, used by the local worker loop and the RunPod handler alike) is
 also checked for meaning (:meth:`TrialJob.validate`): a known dataset with valid options, seeds and epoch counts in
 range, and ``params`` inside the very search space the orchestrator samples from
-(:func:`hpo.search_space.validate_params`). Untrusted input is measured first, without recursion
+(:func:`hpo.catalog.validate_params`). Untrusted input is measured first, without recursion
 (:func:`check_json_bounds`): nesting depth, size and key types are bounded before anything walks it recursively.
-Nothing here imports TensorFlow (``hpo.datasets`` is numpy-only and imported only when a job is validated).
+Nothing here imports TensorFlow or numpy (dataset metadata and the search spaces come from ``hpo.catalog``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
-from . import search_space
+from . import catalog
+from .catalog import LrSchedule  # re-exported: the schedule names live with the spaces
 from .exceptions import ConfigError, DatasetError, ProtocolError
 
 __all__ = [
@@ -59,7 +60,6 @@ MAX_TARGET_GPUS = 1024
 
 TrialStatus = Literal["completed", "failed", "stopped"]
 #: learning rate within a trial: constant, or cosine decay from the trial's learning_rate to 0 over its max_epochs
-LrSchedule = Literal["constant", "cosine"]
 Scalar = int | float | str | bool
 
 
@@ -297,8 +297,7 @@ class TrialJob(_Message):
 
         Checks what the types cannot: a printable trial id, seeds in [0, MAX_SEED], epoch counts up to MAX_EPOCHS,
         a known dataset with valid options, and ``params`` inside the search space of the dataset's modality
-        (:func:`hpo.search_space.validate_params`, the definitions the orchestrator samples from)."""
-        from . import datasets  # numpy only; not needed to import this module
+        (:func:`hpo.catalog.validate_params`, the definitions the orchestrator samples from)."""
 
         if not self.trial_id or len(self.trial_id) > MAX_TRIAL_ID or not self.trial_id.isprintable():
             raise ProtocolError(f"TrialJob: trial_id={_preview(self.trial_id)} is not allowed; allowed: 1 to "
@@ -315,15 +314,15 @@ class TrialJob(_Message):
         if self.target_gpus > MAX_TARGET_GPUS:
             raise ProtocolError(f"TrialJob: target_gpus={_preview(self.target_gpus)} is out of range; allowed: "
                                 f"integer in [0, {MAX_TARGET_GPUS}] (0 = all visible)")
-        if self.dataset not in datasets.DATASET_NAMES:
+        if self.dataset not in catalog.DATASET_NAMES:
             shown = self.dataset if len(self.dataset) <= 60 else self.dataset[:60] + "..."
-            raise ProtocolError(f"TrialJob: unknown dataset {shown!r}; allowed: {', '.join(datasets.DATASET_NAMES)}")
+            raise ProtocolError(f"TrialJob: unknown dataset {shown!r}; allowed: {', '.join(catalog.DATASET_NAMES)}")
         try:
-            info = datasets.info(self.dataset, dict(self.dataset_options))
+            info = catalog.info(self.dataset, dict(self.dataset_options))
         except (ConfigError, DatasetError, ValueError) as exc:  # ValueError: e.g. an int too long to print
             raise ProtocolError(f"TrialJob: invalid dataset options for {self.dataset}: {str(exc)[:300]}") from None
         shape = info.input_shape if info.modality == "image" else None
-        params = search_space.validate_params(info.modality, self.params, shape)
+        params = catalog.validate_params(info.modality, self.params, shape)
         return dataclasses.replace(self, params=params)
 
 

@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "write_trials_csv",
     "write_best",
     "RunFilesWriter",
+    "ModelFiles",
     "CONFIG_FILE",
     "BEST_FILE",
     "TRIALS_FILE",
@@ -272,3 +274,40 @@ class RunFilesWriter:
         if thread is not None:
             thread.join()
         self.write_now()
+
+
+class ModelFiles:
+    """Each trial saves its model to models/trial-N.keras; the best one becomes best_model.keras.
+
+    Single objective: the best-so-far model replaces best_model.keras as results come in. Pareto: every completed
+    trial's model is kept until the end, when the selected one is moved."""
+
+    def __init__(self, run_dir: Path, *, pareto: bool, enabled: bool = True) -> None:
+        self.run_dir, self.pareto, self.enabled = Path(run_dir), pareto, enabled
+
+    def path(self, number: int) -> Path | None:
+        if not self.enabled:
+            return None
+        folder = self.run_dir / "models"
+        folder.mkdir(exist_ok=True)
+        return folder / f"trial-{number}.keras"
+
+    def promote(self, number: int) -> None:
+        """Trial ``number`` is the new best (single objective): its model becomes best_model.keras."""
+        path = self.path(number)
+        if path is not None and path.exists() and not self.pareto:
+            shutil.move(str(path), self.run_dir / MODEL_FILE)
+
+    def drop(self, number: int) -> None:
+        path = self.path(number)
+        if path is not None and path.exists() and not self.pareto:
+            path.unlink()
+
+    def finalize(self, best_number: int | None) -> None:
+        folder = self.run_dir / "models"
+        if self.pareto and best_number is not None:
+            chosen = folder / f"trial-{best_number}.keras"
+            if chosen.exists():
+                shutil.move(str(chosen), self.run_dir / MODEL_FILE)
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)

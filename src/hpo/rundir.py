@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from .results import CONFIG_FILE, MODEL_FILE, STUDY_FILE, OptimizationResult, bu
 from .runlock import HOLDER_FILE, LOCK_FILE
 
 __all__ = ["prepare_run_dir", "check_output_dir", "read_config_doc", "write_config", "storage_url",
-           "study_url_of", "open_run_study", "load_results", "load_study_results", "list_runs", "ModelFiles", "LOCAL_STUDY"]
+           "study_url_of", "open_run_study", "load_results", "load_study_results", "list_runs", "LOCAL_STUDY"]
 
 #: config.json's record of the default storage: the study.db beside it, wherever the folder is now
 LOCAL_STUDY = "study.db (this run folder)"
@@ -238,42 +237,3 @@ def prepare_run_dir(config: OptimizationConfig) -> tuple[Path, bool, Optimizatio
     while run_dir.exists():
         run_dir, n = root / f"{name}-{n}", n + 1
     return run_dir, False, config.replace(run_name=run_dir.name)
-
-
-# -- model files -------------------------------------------------------------------------------------------------------
-
-class ModelFiles:
-    """Each trial saves its model to models/trial-N.keras; the best one becomes best_model.keras.
-
-    Single objective: the best-so-far model replaces best_model.keras as results come in. Pareto: every completed
-    trial's model is kept until the end, when the selected one is moved."""
-
-    def __init__(self, run_dir: Path, *, pareto: bool, enabled: bool = True) -> None:
-        self.run_dir, self.pareto, self.enabled = Path(run_dir), pareto, enabled
-
-    def path(self, number: int) -> Path | None:
-        if not self.enabled:
-            return None
-        folder = self.run_dir / "models"
-        folder.mkdir(exist_ok=True)
-        return folder / f"trial-{number}.keras"
-
-    def promote(self, number: int) -> None:
-        """Trial ``number`` is the new best (single objective): its model becomes best_model.keras."""
-        path = self.path(number)
-        if path is not None and path.exists() and not self.pareto:
-            shutil.move(str(path), self.run_dir / MODEL_FILE)
-
-    def drop(self, number: int) -> None:
-        path = self.path(number)
-        if path is not None and path.exists() and not self.pareto:
-            path.unlink()
-
-    def finalize(self, best_number: int | None) -> None:
-        folder = self.run_dir / "models"
-        if self.pareto and best_number is not None:
-            chosen = folder / f"trial-{best_number}.keras"
-            if chosen.exists():
-                shutil.move(str(chosen), self.run_dir / MODEL_FILE)
-        if folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)

@@ -25,7 +25,7 @@ from . import search_space
 from .config import OptimizationConfig
 from .exceptions import HPOError
 from .protocol import EpochReport, TrialJob, TrialResult
-from .rundir import ModelFiles
+from .results import ModelFiles
 
 __all__ = ["Search", "Outcome", "retry_stale_trial", "MAX_CONSECUTIVE_REJECTIONS"]
 

@@ -18,8 +18,8 @@ from .backends import Backend
 from .config import OptimizationConfig
 from .exceptions import ConfigError
 from .progress import ProgressTracker
-from .results import OptimizationResult, RunFilesWriter, build_result
-from .rundir import ModelFiles, check_output_dir, prepare_run_dir, storage_url, write_config
+from .results import ModelFiles, OptimizationResult, RunFilesWriter, build_result
+from .rundir import check_output_dir, prepare_run_dir, storage_url, write_config
 from .runlock import RunLock
 
 __all__ = ["Session", "optimize", "make_backend"]
@@ -75,9 +75,9 @@ class Session:
             run_dir, resuming, config = prepare_run_dir(config)
         local_needed = not config.use_runpod_service or config.runpod_fallback_local
         if local_needed and backend is None:
-            from . import datasets
+            from . import datafiles
 
-            datasets.ensure_available(config.dataset)  # DatasetError before any folder is made
+            datafiles.ensure_available(config.dataset)  # DatasetError before any folder is made
         check_output_dir(config.output_dir)
         held = lock or RunLock(run_dir).acquire()  # RunLocked (exit 2, HTTP 409): another process writes here
         try:
