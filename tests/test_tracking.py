@@ -207,7 +207,7 @@ def test_tracking_loads_no_tensorflow(tmp_path):
                          pruner="none", plot_generation="none")
         import hpo.tracking.mlflow_logger, hpo.tracking.tensorboard_logger, mlflow, tensorboardX
         assert r.completed == 2 and not r.notes, r.notes
-        heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras", "torch") if m in sys.modules)
+        heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras") if m in sys.modules)
         print("HEAVY", heavy)
     """)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

@@ -262,7 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "runs":
             return _cmd_runs(args)
         if args.command == "serve":
-            from .api import serve
+            try:
+                from .api import serve
+            except ImportError as exc:  # the api extra (fastapi, uvicorn) is not installed
+                raise ConfigError(f'hpo serve needs the REST API extra ({exc.name} is missing): '
+                                  'pip install "hpo[api]"') from None
             from .config import parse_kv
 
             return serve(parse_kv(args.options))

@@ -38,7 +38,7 @@ __all__ = [
     "trial_limit",
 ]
 
-SamplerName = Literal["tpe", "random"]
+SamplerName = Literal["tpe", "random", "cmaes", "qmc", "nsga2"]
 PrunerName = Literal["hyperband", "median", "successive_halving", "none"]
 PlotGeneration = Literal["all", "best", "none"]
 
@@ -147,7 +147,10 @@ class OptimizationConfig:
     heartbeat_grace_s: float = _opt(60.0, "a running trial whose process sent no heartbeat for this long is taken "
                                     "as dead (killed process or machine): it is marked interrupted and retried "
                                     "once, by whichever process sharing the study notices first", low=1.0)
-    sampler: SamplerName = _opt("tpe", "Optuna sampler (seeded)")
+    sampler: SamplerName = _opt("tpe", "Optuna sampler, seeded: tpe (multivariate TPE), random, cmaes (CMA-ES for "
+                                "the numeric parameters, categorical ones drawn at random as Optuna does; not with "
+                                "mode=pareto), qmc (scrambled Sobol quasi-random), nsga2 (genetic; suits "
+                                "mode=pareto)")
     pruner: PrunerName = _opt("hyperband", "pruner fed by every epoch's validation accuracy "
                               "(off in pareto mode)")
     prune_below_best: float = _opt(0.1, "also prune a trial whose validation accuracy after an epoch is more than "
@@ -216,6 +219,10 @@ class OptimizationConfig:
                               field="run_name")
         if self.storage is not None:
             _check_storage_url(self.storage)
+        _check_extras(self)
+        if self.sampler == "cmaes" and self.mode == "pareto":
+            raise ConfigError("sampler=cmaes optimizes one objective and mode=pareto has two; allowed with pareto: "
+                              "tpe, random, qmc, nsga2", field="sampler")
         if self.runpod_endpoint_url is not None:
             _check_endpoint_url(self.runpod_endpoint_url)
         if self.use_runpod_service and not (self.runpod_endpoint_id or self.runpod_endpoint_url):
@@ -261,6 +268,27 @@ class OptimizationConfig:
 
     def replace(self, **changes: Any) -> OptimizationConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: set to None in sys.modules (how a missing package is played)
+        return False
+
+
+def _check_extras(config: OptimizationConfig) -> None:
+    """Options that need an extra package: a clear error naming the pip command, before anything is written."""
+    wanted = [(config.sampler == "cmaes", "cmaes", "samplers", "sampler", "sampler=cmaes"),
+              (config.sampler == "qmc", "scipy", "samplers", "sampler", "sampler=qmc"),
+              (config.tracking == "mlflow", "mlflow", "mlflow", "tracking", "tracking=mlflow"),
+              (config.tensorboard, "tensorboardX", "tensorboard", "tensorboard", "tensorboard=true")]
+    for on, module, extra, field_name, what in wanted:
+        if on and not _installed(module):
+            raise ConfigError(f'{what} needs {module}, which is not installed: pip install "hpo[{extra}]"',
+                              field=field_name)
 
 
 def _check_endpoint_url(url: str) -> None:

@@ -171,6 +171,19 @@ def create_study(config: OptimizationConfig, storage: Any, notes: list[str]) -> 
     seed = (config.seed + previous + salt) % 2**32
     if config.sampler == "random":
         sampler: Any = optuna.samplers.RandomSampler(seed=seed)
+    elif config.sampler == "qmc":
+        sampler = optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False,
+                                             warn_asynchronous_seeding=False)
+    elif config.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    elif config.sampler == "cmaes":
+        # CMA-ES models the numeric parameters; categorical ones (and conditional ones) are drawn by its independent
+        # sampler, seeded too
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup_trials(config),
+                                                   independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+                                                   warn_independent_sampling=False)
     else:
         # Multivariate TPE (grouped, for the conditional dense_units) models how the parameters interact.
         with warnings.catch_warnings():
