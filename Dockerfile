@@ -17,13 +17,14 @@ ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PYTHONUNBU
 RUN python3 -m venv "$VIRTUAL_ENV" && pip install --upgrade pip
 
 # GPU TensorFlow first (its CUDA libraries come as wheels), in a layer of its own: it rarely changes.
-ARG TENSORFLOW_SPEC="tensorflow[and-cuda]>=2.20"
+ARG TENSORFLOW_SPEC="tensorflow[and-cuda]>=2.20,<2.22"
 RUN pip install "${TENSORFLOW_SPEC}"
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY src/ src/
-RUN pip install .
+# the worker extra: the runpod SDK (its serverless loop); versions pinned as CI tests them
+RUN pip install -c constraints.txt ".[worker]"
 
 # Datasets into the image at build time (the Keras cache under /opt/hpo); --verify also extracts archives.
 ENV KERAS_HOME=/opt/hpo/keras

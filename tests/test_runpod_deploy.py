@@ -45,6 +45,8 @@ def test_dockerfile_bakes_datasets_and_starts_the_handler():
     assert "tensorflow[and-cuda]" in text
     assert "python -m hpo.prefetch --verify" in text
     assert 'CMD ["python", "-u", "runpod_worker/handler.py"]' in text
+    # the worker extra (the runpod SDK is not in the plain install), pinned as CI tests it
+    assert 'pip install -c constraints.txt ".[worker]"' in text and "constraints.txt" in text.split("COPY", 2)[1]
 
 
 def _deploy(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
