@@ -212,7 +212,7 @@ class Worker:
 
 def health_info(worker_id: str = "", concurrency: int = 1) -> dict[str, Any]:
     """What this worker can do: TensorFlow version, visible GPUs, datasets on disk (baked into the image)."""
-    from hpo import __version__
+    from hpo.version import __version__
     from hpo.training import configure_tensorflow
 
     configure_tensorflow()

@@ -51,9 +51,10 @@ GROUPS: dict[str, str] = {
     "hpo.prefetch": "trainer",
     # core: imported by every group, imports nothing heavy
     "hpo.exceptions": "core", "hpo.config": "core", "hpo.option_types": "core", "hpo.catalog": "core",
-    "hpo.datafiles": "core", "hpo.scoring": "core", "hpo.redact": "core", "hpo.runlock": "core",
+    "hpo.datafiles": "core", "hpo.scoring": "core", "hpo.redact": "core", "hpo.runlock": "core", "hpo.version": "core",
     # reporting: results files, progress, plots, report.html
-    "hpo.results": "reporting", "hpo.progress": "reporting", "hpo.tracking": "reporting", "hpo.plots": "reporting", "hpo.report": "reporting",
+    "hpo.results": "reporting", "hpo.progress": "reporting", "hpo.tracking": "reporting", "hpo.plots": "reporting",
+    "hpo.report": "reporting",
     "hpo.plots.model": "model_plots",  # plots that need the Keras model: run in a worker subprocess
     # the loopback RunPod simulator (tests and local trials of the RunPod path)
     "hpo.testing": "testing",

@@ -139,7 +139,7 @@ def create_app(output_dir: str | os.PathLike[str] = "optimization_results", max_
     ``backend_factory(config, run_dir)`` replaces the configured backends (tests). ``max_body_bytes``: the largest
     POST body; ``runpod_endpoints``: RunPod endpoint URLs / ids runs may use besides the server's own
     RUNPOD_ENDPOINT_URL / RUNPOD_ENDPOINT_ID; ``allowed_hosts``: the Host names answered (None: any)."""
-    from . import __version__
+    from .version import __version__
 
     install_log_masking()  # the server log (uvicorn's and ours) never shows a secret
     secret = _token_from_env() if token is None else (token or None)

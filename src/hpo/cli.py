@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .version import __version__
 from .exceptions import BackendUnavailable, ConfigError, DatasetError, HPOError
 
 __all__ = ["main"]

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from . import catalog, scoring
 from .catalog import LrSchedule
 from .exceptions import ConfigError
-from .option_types import check_range, check_type, closest, range_text, type_name
+from .option_types import (STORAGE_DIALECTS, check_endpoint_url, check_extras, check_range, check_storage_url,
+                           check_type, closest, range_text, type_name)
 from .scoring import Mode
 
 __all__ = [
@@ -73,8 +74,6 @@ def default_max_epochs(epoch_budget: int | None, workers: int, min_epochs: int =
 
 #: the largest seed numpy, TensorFlow and Optuna's samplers all accept
 MAX_SEED = 2**32 - 1
-#: storage URL schemes (SQLAlchemy dialects, optionally +driver) Optuna's RDBStorage can open
-STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql")
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -218,13 +217,13 @@ class OptimizationConfig:
                               "'.', '_' and '-', starting with a letter or digit, at most 100 characters",
                               field="run_name")
         if self.storage is not None:
-            _check_storage_url(self.storage)
-        _check_extras(self)
+            check_storage_url(self.storage)
+        check_extras(self)
         if self.sampler == "cmaes" and self.mode == "pareto":
             raise ConfigError("sampler=cmaes optimizes one objective and mode=pareto has two; allowed with pareto: "
                               "tpe, random, qmc, nsga2", field="sampler")
         if self.runpod_endpoint_url is not None:
-            _check_endpoint_url(self.runpod_endpoint_url)
+            check_endpoint_url(self.runpod_endpoint_url)
         if self.use_runpod_service and not (self.runpod_endpoint_id or self.runpod_endpoint_url):
             raise ConfigError("use_runpod_service=true needs runpod_endpoint_id (or RUNPOD_ENDPOINT_ID in the "
                               "environment / .env) or runpod_endpoint_url", field="use_runpod_service")
@@ -268,64 +267,6 @@ class OptimizationConfig:
 
     def replace(self, **changes: Any) -> OptimizationConfig:
         return dataclasses.replace(self, **changes)
-
-
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # ValueError: set to None in sys.modules (how a missing package is played)
-        return False
-
-
-def _check_extras(config: OptimizationConfig) -> None:
-    """Options that need an extra package: a clear error naming the pip command, before anything is written."""
-    wanted = [(config.sampler == "cmaes", "cmaes", "samplers", "sampler", "sampler=cmaes"),
-              (config.sampler == "qmc", "scipy", "samplers", "sampler", "sampler=qmc"),
-              (config.tracking == "mlflow", "mlflow", "mlflow", "tracking", "tracking=mlflow"),
-              (config.tensorboard, "tensorboardX", "tensorboard", "tensorboard", "tensorboard=true")]
-    for on, module, extra, field_name, what in wanted:
-        if on and not _installed(module):
-            raise ConfigError(f'{what} needs {module}, which is not installed: pip install "hpo[{extra}]"',
-                              field=field_name)
-
-
-def _check_endpoint_url(url: str) -> None:
-    """An http(s) URL with a host (the RunPod key is sent there, so nothing else will do)."""
-    from urllib.parse import urlsplit
-
-    from .redact import mask_url
-
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # ValueError for a port that is no number
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"runpod_endpoint_url={mask_url(url)!r} is not an http(s) URL with a host; allowed: e.g. "
-                          "https://api.runpod.ai/v2/ENDPOINT_ID", field="runpod_endpoint_url")
-
-
-def _check_storage_url(url: str) -> None:
-    """A storage URL Optuna can open: ``dialect[+driver]://...`` of a known dialect (checked without connecting)."""
-    from .redact import mask_url
-
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme.split("+", 1)[0] not in STORAGE_DIALECTS:
-        raise ConfigError(f"storage={mask_url(url)!r} is not a database URL; allowed: "
-                          f"{', '.join(d + '://...' for d in STORAGE_DIALECTS)} (e.g. "
-                          "postgresql://user@host/db or sqlite:///path/study.db)", field="storage")
-    try:
-        from sqlalchemy.engine import make_url
-    except ImportError:  # Optuna brings SQLAlchemy; without it the scheme check above is all we can do
-        return
-    try:
-        make_url(url)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is the user's URL
-        raise ConfigError(f"storage={mask_url(url)!r} is not a valid database URL "
-                          f"({type(exc).__name__}); e.g. postgresql://user@host/db", field="storage") from None
 
 
 def _check_pins(pins: dict[str, Any], info: catalog.DatasetInfo) -> dict[str, Any]:

@@ -17,6 +17,9 @@ from typing import Any, Literal, get_args, get_origin
 
 from .exceptions import ConfigError
 
+#: storage URL schemes (SQLAlchemy dialects, optionally +driver) Optuna's RDBStorage can open
+STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql")
+
 __all__ = ["unwrap_optional", "type_name", "check_type", "range_text", "check_range", "closest"]
 
 _TRUE = {"true", "1", "yes"}
@@ -124,3 +127,63 @@ def check_range(f: dataclasses.Field, value: Any) -> None:
 def closest(word: str, candidates: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+# -- values checked beyond their type: URLs, and options that need an extra package -----------------------------
+
+def installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: set to None in sys.modules (how a missing package is played)
+        return False
+
+
+def check_extras(config: Any) -> None:
+    """Options that need an extra package: a clear error naming the pip command, before anything is written."""
+    wanted = [(config.sampler == "cmaes", "cmaes", "samplers", "sampler", "sampler=cmaes"),
+              (config.sampler == "qmc", "scipy", "samplers", "sampler", "sampler=qmc"),
+              (config.tracking == "mlflow", "mlflow", "mlflow", "tracking", "tracking=mlflow"),
+              (config.tensorboard, "tensorboardX", "tensorboard", "tensorboard", "tensorboard=true")]
+    for on, module, extra, field_name, what in wanted:
+        if on and not installed(module):
+            raise ConfigError(f'{what} needs {module}, which is not installed: pip install "hpo[{extra}]"',
+                              field=field_name)
+
+
+def check_endpoint_url(url: str) -> None:
+    """An http(s) URL with a host (the RunPod key is sent there, so nothing else will do)."""
+    from urllib.parse import urlsplit
+
+    from .redact import mask_url
+
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError for a port that is no number
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"runpod_endpoint_url={mask_url(url)!r} is not an http(s) URL with a host; allowed: e.g. "
+                          "https://api.runpod.ai/v2/ENDPOINT_ID", field="runpod_endpoint_url")
+
+
+def check_storage_url(url: str) -> None:
+    """A storage URL Optuna can open: ``dialect[+driver]://...`` of a known dialect (checked without connecting)."""
+    from .redact import mask_url
+
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme.split("+", 1)[0] not in STORAGE_DIALECTS:
+        raise ConfigError(f"storage={mask_url(url)!r} is not a database URL; allowed: "
+                          f"{', '.join(d + '://...' for d in STORAGE_DIALECTS)} (e.g. "
+                          "postgresql://user@host/db or sqlite:///path/study.db)", field="storage")
+    try:
+        from sqlalchemy.engine import make_url
+    except ImportError:  # Optuna brings SQLAlchemy; without it the scheme check above is all we can do
+        return
+    try:
+        make_url(url)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the user's URL
+        raise ConfigError(f"storage={mask_url(url)!r} is not a valid database URL "
+                          f"({type(exc).__name__}); e.g. postgresql://user@host/db", field="storage") from None

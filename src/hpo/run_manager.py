@@ -95,7 +95,7 @@ class Run:
     def state_doc(self) -> dict[str, Any]:
         """run_state.json (masked when written)."""
         options = self.config.to_dict()
-        from . import __version__
+        from .version import __version__
 
         return {"id": self.id, "state": self.state, "created_at": self.created_at, "started_at": self.started_at,
                 "finished_at": self.finished_at, "error": self.error, "stop_reason": self.stop_reason,

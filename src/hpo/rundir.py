@@ -53,7 +53,7 @@ def write_config(run_dir: Path, config: OptimizationConfig) -> Path:
     data = config.to_dict()
     data["storage"] = mask_url(data.get("storage"))
     data.pop("output_dir", None)  # where the folder is now decides that; a recorded path would go stale
-    from . import __version__
+    from .version import __version__
 
     doc = {"hpo_version": __version__, "study_name": config.run_name or "",
            "storage_url": mask_url(config.storage) if config.storage else LOCAL_STUDY, "config": data}
@@ -123,9 +123,9 @@ def load_study_results(storage: str, run_name: str) -> OptimizationResult:
     """The whole of a study shared by several processes, read from its storage alone (no run folder needed)."""
     import optuna
 
-    from .config import _check_storage_url
+    from .option_types import check_storage_url
 
-    _check_storage_url(storage)
+    check_storage_url(storage)
     from .study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -164,7 +164,7 @@ class EndpointClient:
         if session is None:
             import requests
 
-            from .. import __version__
+            from ..version import __version__
 
             session = requests.Session()
             # Proxies from the environment only where TLS hides the header from them.
