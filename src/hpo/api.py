@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
-import ipaddress
 import json
 import mimetypes
 import os
@@ -61,6 +60,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .api_limits import DEFAULT_MAX_BODY_BYTES, RequestRejected, check_content_type, check_origin, read_body
 from .exceptions import ConfigError
+from .option_types import is_loopback
 from .redact import install_log_masking, mask_obj
 from .run_manager import (FINAL_STATES, BackendFactory, OptionsInvalid, RunConflict, RunManager, RunNotFound,
                           StudyUnavailable, jsonable)
@@ -306,15 +306,6 @@ def create_app(output_dir: str | os.PathLike[str] = "optimization_results", max_
 
 
 # -- hpo serve ---------------------------------------------------------------------------------------------------------
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
-
 
 def check_bind(host: str, token: str | None, allow_remote: bool) -> None:
     """Refuse to serve beyond this machine without a token, unless explicitly allowed."""

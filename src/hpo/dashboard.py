@@ -11,7 +11,6 @@ deletions): like ``hpo serve``, a host other than loopback is refused unless ``a
 
 from __future__ import annotations
 
-import ipaddress
 import signal
 import socket
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from .exceptions import ConfigError
+from .option_types import is_loopback
 from .redact import mask_url
 
 __all__ = ["DASHBOARD_DEFAULTS", "dashboard_options", "check_dashboard_bind", "serve_dashboard"]
@@ -61,18 +61,9 @@ def dashboard_options(options: dict[str, str]) -> dict[str, Any]:
     return values
 
 
-def _is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_dashboard_bind(host: str, allow_remote: bool) -> None:
     """optuna-dashboard has no login and can change the study: beyond loopback only when explicitly allowed."""
-    if not _is_loopback(host) and not allow_remote:
+    if not is_loopback(host) and not allow_remote:
         raise ConfigError(f"host={host} is reachable from other machines, and optuna-dashboard has no login: anyone "
                           "could read and edit the study. Serve on 127.0.0.1 (the default), or pass "
                           "allow_remote=true", field="host")

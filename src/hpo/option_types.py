@@ -187,3 +187,15 @@ def check_storage_url(url: str) -> None:
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's URL
         raise ConfigError(f"storage={mask_url(url)!r} is not a valid database URL "
                           f"({type(exc).__name__}); e.g. postgresql://user@host/db", field="storage") from None
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1): a server there is reachable from here only."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
