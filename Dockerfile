@@ -34,10 +34,8 @@ RUN python -m hpo.prefetch --verify ${HPO_DATASETS}
 
 COPY runpod_worker/ runpod_worker/
 
-# One trial at a time per worker (bit-reproducible numbers); ask for the next job 1.25 s before the current one
-# is expected to end (see runpod_worker/handler.py). TensorFlow is imported before the first job is taken.
+# One trial at a time per worker (bit-reproducible numbers); TensorFlow is imported before the first job is taken.
 ENV HPO_WORKER_CONCURRENCY=1 \
-    HPO_WORKER_PREFETCH_S=1.25 \
     HPO_WORKER_WARMUP=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     RUNPOD_LOG_LEVEL=INFO

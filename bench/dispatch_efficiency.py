@@ -18,11 +18,11 @@ It prints, per N:
     done->noticed     median time from the worker posting its result to the client seeing it
     noticed->next     median time from noticing a result to submitting that thread's next job
     run overhead      median (picked up -> result posted) - S: SDK queue, handler start, result post
-    worker idle       median time a worker has nothing to run between two jobs (0 when it prefetched the next)
+    worker idle       median time a worker has nothing to run between two jobs (the SDK loop takes the next job
+                      after the current one is answered)
 
     python bench/dispatch_efficiency.py                       # S = 10 s, N = 1, 2, 4, 6, 16, 32, both drivers
     python bench/dispatch_efficiency.py --sleep 3 --workers 2,6 --driver plain
-    python bench/dispatch_efficiency.py --prefetch 0          # workers without prefetch (the SDK's plain loop)
     python bench/dispatch_efficiency.py --driver orchestrator --workers 32,64 --storage postgres
     python bench/dispatch_efficiency.py --driver orchestrator --workers 48 --storage postgres --shared 3   # 3 x 16
 
@@ -189,7 +189,7 @@ def measure(n: int, *, sleep_s: float, trials_per_worker: int, epochs: int, driv
             noticed.append(r["noticed_at"] - job["finished_at"])
             if job["taken_at"] is not None:
                 running.append(job["finished_at"] - job["taken_at"] - sleep_s)
-    idle = []  # per worker, between consecutive jobs: result posted -> next job taken (0 when prefetched)
+    idle = []  # per worker, between consecutive jobs: result posted -> next job taken 
     by_worker: dict[str, list[dict[str, Any]]] = {}
     for job in jobs.values():
         if job["worker_id"] and job["taken_at"] is not None and job["finished_at"] is not None:
@@ -222,8 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver", choices=("both", "plain", "orchestrator"), default="both",
                         help="plain (a bare loop of N client threads), orchestrator (hpo.optimize: Optuna ask/tell "
                              "between trials), or both (default)")
-    parser.add_argument("--prefetch", type=float, default=None,
-                        help="HPO_WORKER_PREFETCH_S for the workers (default: the handler's, 1.25 s; 0 = off)")
     parser.add_argument("--queue-ahead", type=int, default=None,
                         help="trials kept queued beyond N (default: hpo's default_queue_ahead(N) = 1 + N // 5)")
     parser.add_argument("--log-dir", default=None, help="keep the workers' logs here")
@@ -242,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--shared needs --storage postgres and the orchestrator driver")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ns = [int(x) for x in args.workers.split(",") if x.strip()]
-    env = {} if args.prefetch is None else {"HPO_WORKER_PREFETCH_S": str(args.prefetch)}
+    env: dict[str, str] = {}
     print(f"S = {args.sleep:g} s, trials = {args.trials_per_worker}N, {args.epochs} progress updates per job, "
-          f"worker prefetch = {env.get('HPO_WORKER_PREFETCH_S', 'default (1.25 s)')}, queue_ahead = "
+          f"queue_ahead = "
           f"{'default (1 + N // 5)' if args.queue_ahead is None else args.queue_ahead} (orchestrator driver)")
     header = (f"{'N':>3} {'trials':>6} {'ideal':>7} {'measured':>9} {'efficiency':>10}   {'queued->picked':>14} "
               f"{'done->noticed':>13} {'noticed->next':>13} {'run overhead':>12} {'worker idle':>11} {'polls':>6} "

@@ -1,7 +1,7 @@
 """Benchmark-only RunPod worker: the real handler, the real protocol and the real SDK worker loop, without training.
 
 It is ``runpod_worker/handler.py`` (input validation, a progress update every epoch, cancellation, the concurrency
-modifier with its prefetch) with :func:`hpo.training.run_trial` replaced by a trainer that sleeps
+modifier) with :func:`hpo.training.run_trial` replaced by a trainer that sleeps
 ``HPO_BENCH_SLEEP_S`` seconds per job, split evenly over the job's ``max_epochs`` "epochs", and answers a
 completed TrialResult. It imports no TensorFlow, so dozens of these fit on a small machine.
 
@@ -61,6 +61,6 @@ def sleeping_trainer(job: TrialJob, on_epoch: Callable[[int, dict[str, Any]], No
 
 if __name__ == "__main__":
     worker = worker_handler.Worker(trainer=sleeping_trainer)
-    print(f"bench worker {worker.executed_on}: sleeping {SLEEP_S:g} s per job (prefetch {worker.prefetch_s:g} s)",
+    print(f"bench worker {worker.executed_on}: sleeping {SLEEP_S:g} s per job",
           flush=True)
     worker_handler.serve(worker)

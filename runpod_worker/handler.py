@@ -102,10 +102,6 @@ class Worker:
     ``trainer`` has run_trial's signature; the dispatch benchmark swaps in one that sleeps.
     """
 
-    #: The SDK takes the next job only once the current one is answered (its public API has no earlier way);
-    #: bench/sleep_handler.py prints this.
-    prefetch_s = 0.0
-
     def __init__(self, trainer: Trainer | None = None, *, concurrency: int | None = None,
                  max_input_bytes: int = MAX_INPUT_BYTES) -> None:
         if trainer is None:

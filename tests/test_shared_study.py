@@ -126,6 +126,7 @@ def test_a_killed_process_trial_is_retried_once_by_another_and_the_process_rejoi
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     slow.unlink()
+    time.sleep(common["heartbeat_grace_s"] + 1)  # its last heartbeat is now older than the grace period: stale
     others = [start(tmp_path, f"o{i}", go, **common) for i in range(2)]
     for p in others:
         finish(p)

@@ -196,10 +196,8 @@ class Search:
             if self.shared:
                 self.fail_stale_trials()  # a dead process's trials go back to the queue (retried once)
                 self._refresh_shared()
-            if self.counted + self.running >= self.config.trial_limit:
-                return None
             if self.counted + self.running + self._others_running >= self.config.trial_limit:
-                return 0  # the rest is running in other processes: wait, one may die or be cut short
+                return None  # the rest runs here or in other processes (a dead one's trial: retried by whoever looks)
             if self.deadline is not None and time.monotonic() > self.deadline:
                 self.stop_reason = f"timeout_minutes={self.config.timeout_minutes:g} reached"
                 return None

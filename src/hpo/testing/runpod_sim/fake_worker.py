@@ -17,7 +17,7 @@ __all__ = ["FakeWorker", "completed_output"]
 def completed_output(job_input: dict[str, Any], *, worker: str = "fake", **changes: Any) -> dict[str, Any]:
     """The /job-done body of a completed trial for ``job_input`` (a TrialJob dict): in-range numbers for every epoch
     of its ``max_epochs``; ``changes`` replace TrialResult fields (e.g. ``val_metrics={"accuracy": 7.5}``)."""
-    from ..protocol import TrialResult
+    from ...protocol import TrialResult
 
     epochs = int(job_input.get("max_epochs", 1)) if isinstance(job_input, dict) else 1
     base = 0.5 + (int(job_input.get("seed", 0)) % 17) / 100.0 if isinstance(job_input, dict) else 0.5
