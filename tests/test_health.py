@@ -17,7 +17,7 @@ from hpo.exceptions import ConfigError, TrialFailed
 from hpo.protocol import TrialJob, TrialResult
 from hpo.results import best_records, trial_records
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402 - a dependency: a missing Keras fails, never skips
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -6,8 +6,8 @@ import numpy as np
 import optuna
 import pytest
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
+import keras  # a dependency: a missing Keras or TensorFlow fails, never skips
+import tensorflow as tf
 
 from hpo import search_space  # noqa: E402
 from hpo.models import build_cnn, build_lstm, build_model, make_optimizer  # noqa: E402

@@ -341,7 +341,6 @@ MODEL_PARAMS = {"conv_blocks": 2, "filters": 16, "kernel_size": 3, "activation":
 
 @pytest.fixture(scope="module")
 def model_run(tmp_path_factory):
-    pytest.importorskip("tensorflow")
     from hpo import datasets
     from hpo.models import build_model
     from hpo.training import configure_tensorflow
