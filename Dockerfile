@@ -5,6 +5,11 @@
 #   docker buildx build --platform linux/amd64 -t REGISTRY/hpo-worker:TAG .
 #   docker run --rm --gpus all REGISTRY/hpo-worker:TAG        # no RunPod environment: trains test_input.json once
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+# The user's own model code (model=package.module:function): deploy.sh passes the folder HPO_USER_CODE as the named
+# build context "usercode" (docker buildx build --build-context usercode=PATH); without it this empty stage is used.
+FROM scratch AS usercode
+
 FROM ${CUDA_IMAGE}
 
 ARG DEBIAN_FRONTEND=noninteractive
@@ -33,6 +38,9 @@ ARG HPO_DATASETS="mnist fashion_mnist cifar10 cifar100 gtsrb imdb reuters"
 RUN python -m hpo.prefetch --verify ${HPO_DATASETS}
 
 COPY runpod_worker/ runpod_worker/
+# own model code, importable by name on the worker (empty unless deploy.sh got HPO_USER_CODE)
+COPY --from=usercode / /app/user_code/
+ENV PYTHONPATH=/app/user_code
 
 # One trial at a time per worker (bit-reproducible numbers); TensorFlow is imported before the first job is taken.
 ENV HPO_WORKER_CONCURRENCY=1 \

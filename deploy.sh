@@ -10,10 +10,12 @@
 #   RUNPOD_API_KEY      with RUNPOD_ENDPOINT_ID: update the endpoint's template to the new image (RunPod REST API);
 #   RUNPOD_ENDPOINT_ID  the key is sent in a header read from stdin, never on a command line, never printed
 #   RUNPOD_REST_URL     default https://rest.runpod.io/v1
+#   HPO_USER_CODE       a folder of your own model code (model=package.module:function), put on the workers'
+#                       PYTHONPATH: e.g. HPO_USER_CODE=./src for src/mypkg/nets.py and model=mypkg.nets:build
 set -euo pipefail
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 DRY_RUN=0
@@ -65,8 +67,17 @@ run() {
     fi
 }
 
+build_args=(--platform linux/amd64 --tag "$image" --push)
+if [[ -n "${HPO_USER_CODE:-}" ]]; then
+    if [[ ! -d "$HPO_USER_CODE" ]]; then
+        echo "error: HPO_USER_CODE=$HPO_USER_CODE is not a folder; give the folder that holds your model's package" >&2
+        exit 2
+    fi
+    build_args+=(--build-context "usercode=$(cd "$HPO_USER_CODE" && pwd)")
+fi
+
 echo "image: $image"
-run docker buildx build --platform linux/amd64 --tag "$image" --push .
+run docker buildx build "${build_args[@]}" .
 
 if [[ -z "${RUNPOD_API_KEY:-}" || -z "${RUNPOD_ENDPOINT_ID:-}" ]]; then
     echo "RUNPOD_API_KEY and RUNPOD_ENDPOINT_ID not both set: the endpoint was not updated; point its template at $image"

@@ -12,6 +12,12 @@ numbers, and a bad job the same refusal, wherever it runs. The SDK is used throu
     (an unexpected exception)             {"error": "internal worker error (<type>: <first line>) ...",
                                            "error_kind": "internal"}; the traceback, secrets masked, goes to the log
 
+Own data (``data_uri``, ``data_sha256``) is fetched before training (:func:`hpo.objectstore.fetch`: downloaded once
+into the cache, on the network volume when one is mounted, and hash-checked); data that cannot be reached or does not
+match its hash is answered ``{"error": ..., "error_kind": "invalid_input"}`` before any training. A job with
+``return_model`` trains with a temporary ``.keras`` file that :func:`hpo.artifacts.attach_model` uploads to the bucket
+(``model_uri``) or, without one and when small, returns inline (``model_inline``).
+
 The handler never raises (cancellation excepted). Size, depth and key checks come before anything walks the input
 recursively, then ``TrialJob.from_dict`` checks the params against the search space (:func:`hpo.worker.parse_input`).
 
@@ -30,6 +36,10 @@ Environment:
     HPO_WORKER_CONCURRENCY   jobs one worker runs at a time (default 1). Keras seeds and sessions are per process,
                              so only 1 gives bit-reproducible trials.
     HPO_WORKER_WARMUP        1 (default): import and configure TensorFlow before taking the first job.
+    BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY, BUCKET_NAME
+                             object storage for own data and returned models (RunPod's names; hpo.objectstore)
+    HPO_CACHE_DIR            where fetched data is cached (default /runpod-volume/hpo-cache when a network volume
+                             is mounted, else ~/.cache/hpo)
 
 Run ``python runpod_worker/handler.py`` (no RunPod environment) to train ``test_input.json`` once and exit.
 """
@@ -43,7 +53,9 @@ import logging
 import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,8 +64,10 @@ _SRC = Path(__file__).resolve().parents[1] / "src"
 if (_SRC / "hpo").is_dir() and str(_SRC) not in sys.path:  # a checkout that is not installed
     sys.path.insert(0, str(_SRC))
 
-from hpo import catalog, datafiles  # noqa: E402 - standard library only
-from hpo.protocol import EpochReport, TrialJob  # noqa: E402
+from hpo import artifacts, catalog, datafiles, objectstore  # noqa: E402 - no TensorFlow, no boto3 until used
+from hpo.exceptions import ConfigError, DatasetError  # noqa: E402
+from hpo.protocol import EpochReport, TrialJob, TrialResult  # noqa: E402
+from hpo.redact import mask_text  # noqa: E402
 from hpo.worker import (MAX_INPUT_BYTES, InvalidInput, Trainer, TrialRun, internal_error, invalid_input,  # noqa: E402
                         parse_input)
 
@@ -162,9 +176,46 @@ class Worker:
                                  "eta_s": None if end is None else round(max(0.0, end - time.monotonic()), 3),
                                  "training_done": run.training_done}}
 
+    async def _fetch_data(self, sdk_job: dict[str, Any], trial: TrialJob) -> dict[str, Any] | None:
+        """Fetch and hash-check the job's own data before training; the error answer when it cannot be used."""
+        if trial.data_uri is None:
+            return None
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, objectstore.fetch, trial.data_uri,
+                                                             trial.data_sha256)
+        except (DatasetError, ConfigError) as exc:
+            answer = {"error": mask_text(f"the job's data cannot be used: {exc}"), "error_kind": "invalid_input"}
+            print(f"hpo-worker: job {_job_id(sdk_job)} ({trial.trial_id}) rejected: {answer['error']}", flush=True)
+            return answer
+        return None
+
+    def _run_job(self, run: TrialRun, on_report: Any) -> dict[str, Any]:
+        """Train ``run`` (in a worker thread); with ``return_model``, into a temporary .keras file that is attached
+        to the result (bucket or inline) and then removed."""
+        if not run.job.return_model:
+            return run.train(self.trainer, on_report=on_report, executed_on=self.executed_on)
+        folder = tempfile.mkdtemp(prefix="hpo-model-")
+        try:
+            path = os.path.join(folder, "model.keras")
+            answer = run.train(self.trainer, on_report=on_report, executed_on=self.executed_on, save_model_to=path)
+            if not isinstance(answer.get("trial_result"), dict) or run.stop.is_set():
+                return answer  # no result, or a cancelled job: its answer goes nowhere, so no upload either
+            result = TrialResult.from_dict(answer["trial_result"])
+            try:
+                store = objectstore.default_store()
+            except ConfigError as exc:  # a misconfigured bucket: the model may still come back inline
+                store = None
+                result = result.replace(details={**result.details, "model_storage_error": mask_text(str(exc))})
+            return {"trial_result": artifacts.attach_model(result, path, run.job.trial_id, store).to_dict()}
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     async def _train(self, sdk_job: dict[str, Any], trial: TrialJob) -> dict[str, Any]:
         import runpod
 
+        refused = await self._fetch_data(sdk_job, trial)
+        if refused is not None:
+            return refused
         run = TrialRun(trial, key=_job_id(sdk_job))
         self._running[run.key] = run
         loop = asyncio.get_running_loop()
@@ -177,8 +228,7 @@ class Worker:
             except Exception:  # noqa: BLE001 - progress is best effort
                 log.exception("progress update failed")
 
-        future = loop.run_in_executor(self._executor, functools.partial(
-            run.train, self.trainer, on_report=on_report, executed_on=self.executed_on))
+        future = loop.run_in_executor(self._executor, functools.partial(self._run_job, run, on_report))
         try:
             answer = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -217,10 +267,15 @@ def health_info(worker_id: str = "", concurrency: int = 1) -> dict[str, Any]:
     baked = {name: ("generated" if catalog.is_generated(name) else
                     ("baked" if datafiles.locate(name) is not None else "missing (downloaded on first use)"))
              for name in catalog.DATASET_NAMES}
+    try:
+        store = objectstore.default_store()
+        storage = f"{store.where} (bucket {store.bucket})" if store is not None else None
+    except ConfigError as exc:
+        storage = f"misconfigured: {exc}"
     return {"hpo_version": __version__, "tensorflow": tf.__version__, "python": platform.python_version(),
             "gpus": [gpu.name for gpu in tf.config.list_physical_devices("GPU")],
             "cuda_build": bool(tf.test.is_built_with_cuda()), "datasets": baked, "worker_id": worker_id,
-            "concurrency": concurrency}
+            "concurrency": concurrency, "object_storage": mask_text(storage)}
 
 
 def serve(worker: Worker) -> None:

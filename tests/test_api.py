@@ -287,6 +287,15 @@ def test_a_bad_body_gets_422_naming_each_field(tmp_path):
         r = client.post("/runs", json=dict(FAST, storage="sqlite:////tmp/anywhere.db"))  # a file on the server
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "storage"]
         assert client.post("/runs", json=dict(FAST, resume=True)).status_code == 422  # nothing to resume
+        # own data is a path on the server and an own model runs code: command line and notebooks only
+        (tmp_path.parent / "data.npz").write_bytes(b"x")
+        r = client.post("/runs", json=dict(FAST, dataset=str(tmp_path.parent / "data.npz"), trials=0))
+        assert r.status_code == 422
+        errors = {e["loc"][-1]: e["msg"] for e in r.json()["detail"]}
+        assert set(errors) == {"dataset", "trials"} and "not allowed over the API" in errors["dataset"]
+        r = client.post("/runs", json=dict(FAST, model="os:system", space={"a": [1, 2]}, data_sha256="0" * 64))
+        assert r.status_code == 422
+        assert {e["loc"][-1] for e in r.json()["detail"]} == {"model", "space", "data_sha256"}
         assert not any(tmp_path.iterdir())  # nothing was written
 
 

@@ -67,7 +67,7 @@ def test_optimize_end_to_end_writes_a_consistent_run_folder(tmp_path):
     (["dataset=synthetic_images", "trials=-2"], "out of range"),
     (["dataset=synthetic_images", "mode=best"], "allowed: simple, health, pareto"),
     (["dataset=synthetic_images", "trials"], "expected key=value"),
-    (["dataset=nope"], "is not allowed; allowed: mnist"),
+    (["dataset=nope"], "is not allowed (no built-in dataset and no file or folder of that name); allowed: mnist"),
     (["trials=3"], "dataset is required"),
 ])
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, args, fragment):
@@ -123,8 +123,9 @@ def test_help_and_import_do_not_import_tensorflow():
 def test_datasets_command_lists_every_dataset(capsys):
     assert main(["datasets", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(rows) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "gtsrb", "imdb", "reuters",
-                         "synthetic_images", "synthetic_text"}
+    assert set(rows) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "gtsrb", "imdb", "reuters", "mnist1d",
+                         "synthetic_images", "synthetic_text", "synthetic_sequence"}
+    assert rows["mnist1d"]["modality"] == "sequence" and rows["mnist1d"]["input_shape"] == [40, 1]
     assert rows["gtsrb"]["classes"] == 43 and rows["cifar100"]["input_shape"] == [32, 32, 3]
     assert rows["fashion_mnist"]["available_offline"] is True  # Debian's dataset-fashion-mnist package
     assert rows["imdb"]["modality"] == "text"

@@ -155,14 +155,14 @@ def test_registry_names_and_info_need_no_tensorflow():
     code = (
         "import hpo.datasets, sys\n"
         "infos = [hpo.datasets.info(n) for n in hpo.datasets.DATASET_NAMES]\n"
-        "assert len(infos) == 9, infos\n"
+        "assert len(infos) == 11, infos\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF/Keras imported'\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert ds.DATASET_NAMES == ("mnist", "fashion_mnist", "cifar10", "cifar100", "gtsrb", "imdb", "reuters",
-                                "synthetic_images", "synthetic_text")
+                                "mnist1d", "synthetic_images", "synthetic_text", "synthetic_sequence")
 
 
 def test_metadata_and_file_locations_come_from_the_light_core():
@@ -172,7 +172,8 @@ def test_metadata_and_file_locations_come_from_the_light_core():
         assert getattr(ds, name) is getattr(catalog, name), name
     for name in ("locate", "keras_cache_dir"):
         assert getattr(ds, name) is getattr(datafiles, name), name
-    assert [n for n in catalog.DATASET_NAMES if catalog.is_generated(n)] == ["synthetic_images", "synthetic_text"]
+    assert [n for n in catalog.DATASET_NAMES if catalog.is_generated(n)] == ["mnist1d", "synthetic_images",
+                                                                             "synthetic_text", "synthetic_sequence"]
     assert catalog.is_generated("Synthetic-Images") and not catalog.is_generated("nope")
     assert not catalog.is_generated(None)  # type: ignore[arg-type]
     code = (
@@ -209,6 +210,8 @@ def test_numpy_integer_options_are_accepted_and_bad_ones_name_their_field():
         ("reuters", "text", (200,), 46),
         ("synthetic_images", "image", (16, 16, 3), 4),
         ("synthetic_text", "text", (32,), 4),
+        ("mnist1d", "sequence", (40, 1), 10),
+        ("synthetic_sequence", "sequence", (32, 2), 4),
     ],
 )
 def test_info_defaults(name, modality, shape, classes):

@@ -19,7 +19,7 @@ from .conftest import ROOT, hpo_env
 EXTRAS_ONLY = {  # import name -> the extra that brings it (blocked to play a plain install)
     "fastapi": "api", "starlette": "api", "uvicorn": "api", "runpod": "worker", "aiohttp": "worker",
     "psycopg": "postgres", "optuna_dashboard": "dashboard", "cmaes": "samplers", "scipy": "samplers",
-    "mlflow": "mlflow", "tensorboardX": "tensorboard",
+    "mlflow": "mlflow", "tensorboardX": "tensorboard", "boto3": "s3", "botocore": "s3",
 }
 
 

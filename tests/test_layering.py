@@ -35,7 +35,7 @@ GROUPS: dict[str, str] = {
     "hpo.run_manager": "face", "hpo.run_options": "face", "hpo.run_views": "face", "hpo.cli_options": "face",
     "hpo.dashboard": "face",
     # session: sets a run up and tears it down; owns run folders
-    "hpo.session": "session", "hpo.rundir": "session",
+    "hpo.session": "session", "hpo.rundir": "session", "hpo.own_run": "session",
     # search: what to try and what a result means
     "hpo.search": "search", "hpo.study": "search", "hpo.search_space": "search", "hpo.pruners": "search",
     # dispatch: runs jobs
@@ -48,10 +48,13 @@ GROUPS: dict[str, str] = {
     "hpo.worker": "worker", "hpo.backends._worker": "worker", "runpod_worker.handler": "worker",
     # trainer: the only users of TensorFlow / Keras
     "hpo.training": "trainer", "hpo.models": "trainer", "hpo.health": "trainer", "hpo.datasets": "trainer",
-    "hpo.prefetch": "trainer",
+    "hpo.prefetch": "trainer", "hpo.user_model": "trainer",
+    # data: own data prepared into one file (numpy, PIL), object storage (boto3) and trained models coming back
+    "hpo.userdata": "data", "hpo.objectstore": "data", "hpo.artifacts": "data",
     # core: imported by every group, imports nothing heavy
     "hpo.exceptions": "core", "hpo.config": "core", "hpo.option_types": "core", "hpo.catalog": "core",
     "hpo.datafiles": "core", "hpo.scoring": "core", "hpo.redact": "core", "hpo.runlock": "core", "hpo.version": "core",
+    "hpo.own": "core", "hpo.user_space": "core", "hpo.config_docs": "core", "hpo.spaces": "core",
     # reporting: results files, progress, plots, report.html
     "hpo.results": "reporting", "hpo.progress": "reporting", "hpo.tracking": "reporting", "hpo.plots": "reporting",
     "hpo.report": "reporting",
@@ -60,21 +63,22 @@ GROUPS: dict[str, str] = {
     "hpo.testing": "testing",
 }
 
-_BELOW_SESSION = {"search", "dispatch", "backends", "protocol", "core", "reporting"}
+_BELOW_SESSION = {"search", "dispatch", "backends", "protocol", "core", "reporting", "data"}
 #: group -> the groups it may import (its own included)
 ALLOWED: dict[str, set[str]] = {
     "face": {"face", "session"} | _BELOW_SESSION,
     "session": {"session"} | _BELOW_SESSION,
     "dispatch": {"dispatch", "search", "backends", "protocol", "core", "reporting"},
     "search": {"search", "backends", "protocol", "core", "reporting"},
-    "backends": {"backends", "protocol", "core"},
+    "backends": {"backends", "data", "protocol", "core"},
     "protocol": {"protocol", "core"},
-    "worker": {"worker", "trainer", "protocol", "core"},
-    "trainer": {"trainer", "protocol", "core"},
+    "worker": {"worker", "trainer", "data", "protocol", "core"},
+    "trainer": {"trainer", "data", "protocol", "core"},
+    "data": {"data", "protocol", "core"},
     "core": {"core"},
     "reporting": {"reporting", "model_plots", "protocol", "core"},
     "model_plots": {"model_plots", "reporting", "trainer", "protocol", "core"},
-    "testing": {"testing", "backends", "worker", "protocol", "core"},
+    "testing": {"testing", "backends", "worker", "data", "protocol", "core"},
 }
 #: single modules a group may import although their group is not allowed to it, and why
 ALLOWED_MODULES: dict[str, set[str]] = {

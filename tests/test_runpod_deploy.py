@@ -71,6 +71,20 @@ def test_deploy_dry_run_builds_for_amd64_tagged_with_the_revision_and_hides_the_
     assert key not in out + proc.stderr and "Bearer ***" in out
 
 
+def test_deploy_bakes_the_users_model_code_into_the_image(tmp_path):
+    code = tmp_path / "src"
+    (code / "mypkg").mkdir(parents=True)
+    (code / "mypkg" / "nets.py").write_text("def build(params, input_shape, num_classes): ...\n")
+    proc = _deploy(tmp_path, "--dry-run", HPO_REGISTRY="registry.example/team", HPO_USER_CODE=str(code))
+    assert proc.returncode == 0, proc.stderr
+    assert f"--build-context usercode={code}" in proc.stdout
+    text = (ROOT / "Dockerfile").read_text()
+    assert "FROM scratch AS usercode" in text  # the empty default when no code is given
+    assert "COPY --from=usercode / /app/user_code/" in text and "PYTHONPATH=/app/user_code" in text
+    missing = _deploy(tmp_path, "--dry-run", HPO_REGISTRY="registry.example/team", HPO_USER_CODE=str(tmp_path / "no"))
+    assert missing.returncode == 2 and "HPO_USER_CODE" in missing.stderr
+
+
 def test_deploy_without_a_registry_says_what_to_set(tmp_path):
     proc = _deploy(tmp_path, "--dry-run")
     assert proc.returncode == 2 and "HPO_REGISTRY" in proc.stderr

@@ -105,6 +105,8 @@ def options_schema() -> dict[str, Any]:
         if f.name == "pins":
             properties["pins"] = {"type": "object", "description": f.metadata["help"], "additionalProperties": True}
             continue
+        if f.metadata.get("internal") or f.name in ("model", "space"):  # not over HTTP (run_options refuses them)
+            continue
         schema = _field_schema(hints[f.name], f.metadata)
         schema["description"] = f.metadata["help"]
         if f.default is not dataclasses.MISSING:

@@ -137,10 +137,10 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     if args.json:
         _print(json.dumps(rows, indent=2))
         return EXIT_OK
-    _print(f"{'dataset':<18}{'modality':<10}{'shape':<14}{'classes':>8}  offline")
+    _print(f"{'dataset':<20}{'modality':<10}{'shape':<14}{'classes':>8}  offline")
     for r in rows:
         shape = "x".join(map(str, r["input_shape"]))
-        _print(f"{r['name']:<18}{r['modality']:<10}{shape:<14}{r['classes']:>8}  "
+        _print(f"{r['name']:<20}{r['modality']:<10}{shape:<14}{r['classes']:>8}  "
                f"{'yes' if r['available_offline'] else 'no (downloaded on first use)'}")
     return EXIT_OK
 

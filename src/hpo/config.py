@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import catalog, scoring
+from . import catalog, own, scoring
 from .catalog import LrSchedule
 from .exceptions import ConfigError
-from .option_types import (STORAGE_DIALECTS, check_endpoint_url, check_extras, check_range, check_storage_url,
-                           check_type, closest, range_text, type_name)
+from .option_types import (STORAGE_DIALECTS, check_endpoint_url, check_extras, check_range,  # noqa: F401
+                           check_storage_url, check_type, closest)
 from .scoring import Mode
 
 __all__ = [
@@ -79,8 +79,8 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def _opt(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-         low_open: bool = False, env: str | None = None) -> Any:
-    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "env": env}
+         low_open: bool = False, env: str | None = None, internal: bool = False) -> Any:
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "env": env, "internal": internal}
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
@@ -90,9 +90,11 @@ def _opt(default: Any, help: str, *, low: float | None = None, high: float | Non
 class OptimizationConfig:
     """All options of one optimization run. Build it with keyword arguments or :func:`config_from_options`."""
 
-    dataset: catalog.DatasetName = field(metadata={"help": "dataset to optimize on (`hpo datasets` lists them); "
-                                                    "required", "low": None, "high": None, "low_open": False,
-                                                    "env": None})
+    dataset: str = field(metadata={"help": "dataset to optimize on: a built-in one (`hpo datasets` lists them) or "
+                                    "your own: an image folder (one sub-folder per class), a .csv/.tsv file (with "
+                                    "text_column and label_column) or an .npz (x, y, optional x_test, y_test); "
+                                    "in Python also data=(x, y); required", "low": None, "high": None,
+                                    "low_open": False, "env": None})
     trials: int | None = _opt(None, f"number of trials to train (default {DEFAULT_TRIALS}; with epoch_budget, as many "
                               "as the budget allows); a resumed run continues up to this total", low=1)
     mode: Mode = _opt("simple", "objective: simple = validation accuracy; health = accuracy blended with model "
@@ -188,12 +190,23 @@ class OptimizationConfig:
                              "RUN_DIR/tensorboard/trial-N/ (tensorboard --logdir RUN_DIR/tensorboard); needs pip "
                              "install \"hpo[tensorboard]\"")
     quiet: bool = _opt(False, "no progress display")
+    modality: catalog.Modality | None = _opt(None, "own data: image, text or sequence (default: inferred from the "
+                                             "data: integer sequences are text, real-valued ones sequences)")
+    text_column: str | None = _opt(None, "own .csv/.tsv data: the column holding the text")
+    label_column: str | None = _opt(None, "own .csv/.tsv data: the column holding the class label")
+    model: str | None = _opt(None, "own model: 'package.module:function', a function build(params, input_shape, "
+                             "num_classes) returning a keras.Model (compiled or not), importable by every worker")
+    space: dict[str, Any] | None = _opt(None, "own model's search space: a dict of parameters (Python) or a "
+                                        "JSON/TOML/YAML file (README: Your own model)")
     pins: dict[str, Any] = _opt({}, "search-space parameters fixed instead of searched (give them as key=value)")
+    #: set by the session once own data is prepared: the data file's SHA-256 and its description
+    data_sha256: str | None = _opt(None, "own data: SHA-256 of the prepared data (set by hpo)", internal=True)
+    data_info: dict[str, Any] | None = _opt(None, "own data: its description (set by hpo)", internal=True)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            if f.name == "pins":
+            if f.name in _DICT_OPTIONS:
                 continue
             value = check_type(f.name, getattr(self, f.name), hints[f.name], dict(f.metadata))
             object.__setattr__(self, f.name, value)
@@ -227,8 +240,18 @@ class OptimizationConfig:
         if self.use_runpod_service and not (self.runpod_endpoint_id or self.runpod_endpoint_url):
             raise ConfigError("use_runpod_service=true needs runpod_endpoint_id (or RUNPOD_ENDPOINT_ID in the "
                               "environment / .env) or runpod_endpoint_url", field="use_runpod_service")
+        own.check_dataset(self)
+        object.__setattr__(self, "space", own.load_space(self.space))
+        if self.model is not None:
+            object.__setattr__(self, "model", own.check_model_ref(self.model))
+        if (self.model is None) != (self.space is None):
+            missing = "space" if self.space is None else "model"
+            raise ConfigError(f"{missing} is missing: your own model needs both model='package.module:function' "
+                              "and space (its search space)", field=missing)
+        if self.data_info is None and not own.is_builtin(self.dataset):
+            return  # pins are checked once the data is prepared (its modality decides the space)
         info = self.dataset_info  # validates dataset options
-        object.__setattr__(self, "pins", _check_pins(dict(self.pins), info))
+        object.__setattr__(self, "pins", _check_pins(dict(self.pins), info, self.search_space))
 
     # -- derived -------------------------------------------------------------------------------------------------
     @property
@@ -238,7 +261,10 @@ class OptimizationConfig:
 
     @property
     def dataset_options(self) -> dict[str, Any]:
-        """The options of the dataset (only those it takes), defaults filled in."""
+        """The options of the dataset (only those it takes), defaults filled in; none for own data (its options
+        shaped the prepared file)."""
+        if self.own_data:
+            return {}
         opts = catalog.default_options(self.dataset)
         for key in opts:
             value = getattr(self, key)
@@ -247,7 +273,29 @@ class OptimizationConfig:
         return opts
 
     @property
+    def own_data(self) -> bool:
+        """The run trains on the user's data (a path or arrays), not a built-in dataset."""
+        return not own.is_builtin(self.dataset)
+
+    @property
+    def search_space(self) -> Any:
+        """What the search samples: the user's space (a catalog.SearchSpace) or the modality's built-in one."""
+        if self.space is not None:
+            from .user_space import parse_space
+
+            return parse_space(self.space)
+        return self.modality_of_data
+
+    @property
+    def modality_of_data(self) -> str:
+        return self.dataset_info.modality
+
+    @property
     def dataset_info(self) -> catalog.DatasetInfo:
+        if self.data_info is not None:
+            return own.info_from_dict(self.data_info)
+        if self.own_data:
+            raise ConfigError(f"dataset {self.dataset!r} is your own data and is not prepared yet", field="dataset")
         given = [k for k in ("vocab_size", "sequence_length", "image_size") if getattr(self, k) is not None]
         takes = catalog.default_options(self.dataset)
         for key in given:
@@ -257,10 +305,6 @@ class OptimizationConfig:
                                   field=key)
         return catalog.info(self.dataset, self.dataset_options)
 
-    @property
-    def modality(self) -> str:
-        return self.dataset_info.modality
-
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every option (no secrets live in the config)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -269,15 +313,21 @@ class OptimizationConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _check_pins(pins: dict[str, Any], info: catalog.DatasetInfo) -> dict[str, Any]:
-    space = {p.name: p for p in catalog.space_for(info.modality)}
+def _check_pins(pins: dict[str, Any], info: catalog.DatasetInfo, search_space: Any) -> dict[str, Any]:
+    if not isinstance(search_space, str):  # the user's space
+        from .user_space import check_pins
+
+        return check_pins(search_space, pins)
+    space = {p.name: p for p in catalog.space_for(search_space)}
     checked = {}
     for key, value in pins.items():
         if key not in space:
             if key in catalog.all_param_names():
-                raise ConfigError(f"{key} is a parameter of the {'LSTM' if info.modality == 'image' else 'CNN'} "
-                                  f"space and does not apply to {info.modality} dataset {info.name}; its "
-                                  f"parameters: {', '.join(space)}", field=key)
+                owner = next(label for m, label in catalog.SPACE_LABELS.items()
+                             if key in {p.name for p in catalog.space_for(m)})
+                raise ConfigError(f"{key} is a parameter of the {owner} space and does not apply to "
+                                  f"{info.modality} dataset {info.name}; its parameters: {', '.join(space)}",
+                                  field=key)
             raise ConfigError(f"unknown option {key!r}{closest(key, space)}", field=key)
         shape = info.input_shape if info.modality == "image" else None
         checked[key] = catalog.coerce_pin(space[key], value, shape)
@@ -286,8 +336,13 @@ def _check_pins(pins: dict[str, Any], info: catalog.DatasetInfo) -> dict[str, An
 
 # -- construction from key=value / keyword options ------------------------------------------------------------------
 
+#: options that are dicts (not converted from text by their annotation)
+_DICT_OPTIONS = ("pins", "space", "data_info")
+
+
 def _option_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(OptimizationConfig) if f.name != "pins"]
+    return [f.name for f in dataclasses.fields(OptimizationConfig)
+            if f.name != "pins" and not f.metadata.get("internal")]
 
 
 def parse_kv(args: typing.Sequence[str]) -> dict[str, str]:
@@ -329,12 +384,14 @@ def config_from_options(options: dict[str, Any], *, env_file: str | os.PathLike[
     names = _option_names()
     kwargs: dict[str, Any] = {}
     pins: dict[str, Any] = dict(options.get("pins") or {})
+    space = own.load_space(options.get("space"))  # its parameters can be pinned like the built-in ones
+    space_names = set(space) if space is not None else set()
     for key, value in options.items():
         if key == "pins":
             continue
         if key in names:
-            kwargs[key] = value
-        elif key in catalog.all_param_names():
+            kwargs[key] = space if key == "space" else value
+        elif key in catalog.all_param_names() or key in space_names:
             pins[key] = value
         else:
             candidates = names + sorted(catalog.all_param_names())
@@ -342,7 +399,8 @@ def config_from_options(options: dict[str, Any], *, env_file: str | os.PathLike[
                               "every option", field=key)
     if "dataset" not in kwargs:
         raise ConfigError("dataset is required, e.g. dataset=fashion_mnist; allowed: "
-                          f"{', '.join(catalog.DATASET_NAMES)}", field="dataset")
+                          f"{', '.join(catalog.DATASET_NAMES)}, or your own data (a folder, .csv/.tsv or .npz "
+                          "path; data=(x, y) in Python)", field="dataset")
     if use_env:
         env = load_dotenv_values(env_file)
         for f in dataclasses.fields(OptimizationConfig):
@@ -352,49 +410,6 @@ def config_from_options(options: dict[str, Any], *, env_file: str | os.PathLike[
     return OptimizationConfig(**kwargs, pins=pins)
 
 
-# -- documentation generated from the dataclass --------------------------------------------------------------------
+# -- documentation generated from the dataclass: hpo.config_docs ----------------------------------------------------
 
-def _default_text(f: dataclasses.Field) -> str:
-    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-        return "required"
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    if isinstance(default, bool):
-        return "true" if default else "false"
-    if default is None:
-        return "none"
-    return str(default)
-
-
-def _rows() -> list[tuple[str, str, str, str]]:
-    hints = typing.get_type_hints(OptimizationConfig)
-    rows = []
-    for f in dataclasses.fields(OptimizationConfig):
-        if f.name == "pins":
-            continue
-        kind = type_name(hints[f.name])
-        if f.metadata["low"] is not None or f.metadata["high"] is not None:
-            kind += f" {range_text(f.metadata)}"
-        rows.append((f.name, kind, _default_text(f), f.metadata["help"]))
-    return rows
-
-
-def options_help() -> str:
-    """Text for ``hpo optimize --help``: every key with type, default and meaning, plus the search parameters."""
-    lines = ["keys (give each as key=value):"]
-    for name, kind, default, help_text in _rows():
-        lines.append(f"  {name:<26} {help_text}")
-        lines.append(f"  {'':<26}   type: {kind}; default: {default}")
-    for modality, label in (("image", "CNN (image datasets)"), ("text", "LSTM (text datasets)")):
-        lines.append("")
-        lines.append(f"search parameters of the {label}; give one as key=value to pin it:")
-        for p in catalog.space_for(modality):
-            lines.append(f"  {p.name:<26} {p.help}; {p.describe()}")
-    return "\n".join(lines)
-
-
-def options_markdown_table() -> str:
-    """The README's table of options (a test keeps README.md in sync with this)."""
-    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for name, kind, default, help_text in _rows():
-        lines.append(f"| `{name}` | {kind} | `{default}` | {help_text} |")
-    return "\n".join(lines)
+from .config_docs import options_help, options_markdown_table  # noqa: E402 - it reads OptimizationConfig

@@ -1,4 +1,5 @@
-"""Keras models built from a trial's params: a CNN for images and an (optionally bidirectional) LSTM for text.
+"""Keras models built from a trial's params: a CNN for images, an (optionally bidirectional) LSTM for text, and a
+GRU/LSTM stack or 1-D convolution blocks for real-valued sequences.
 
 The architectures here must agree exactly with :func:`hpo.search_space.count_params` (a test checks it for sampled
 configurations), so that oversized configurations are rejected before any job is dispatched.
@@ -12,8 +13,8 @@ Weight decay (CNN only; the LSTM space has no ``weight_decay``):
 - with every other optimizer it is an L2 ``kernel_regularizer`` of strength ``params["weight_decay"]`` on the conv and
   hidden dense kernels (not on the output layer).
 
-For text models ``adamw`` uses AdamW's default decay of 1e-4. Gradients are never clipped: the health module measures
-exploding gradients, and clipping would hide them.
+For text and sequence models ``adamw`` uses AdamW's default decay of 1e-4. Gradients are never clipped: the health
+module measures exploding gradients, and clipping would hide them.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from typing import Any
 
 import keras
 
+from .catalog import conv1d_pools
+
 __all__ = [
     "OPTIMIZERS",
     "ACTIVATIONS",
     "build_model",
     "build_cnn",
     "build_lstm",
+    "build_sequence",
     "make_optimizer",
 ]
 
@@ -122,6 +126,50 @@ def build_lstm(params: dict[str, Any], input_shape: tuple[int, ...], num_classes
     return keras.Model(inputs, outputs)
 
 
+def build_sequence(params: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Uncompiled model for real-valued sequences ``(T, F)``.
+
+    ``cell`` gru / lstm: a stack of ``layers`` recurrent layers of ``units`` (``bidirectional`` when true; dropout
+    between layers), read out as the last layer's final state (``readout=final``) or its outputs averaged / maxed over
+    the steps. ``cell`` conv1d: ``layers`` blocks of Conv1D(``units``, ``kernel_size``, same padding, relu), each
+    followed by max-pooling by 2 while at least 4 steps remain (:func:`hpo.catalog.conv1d_pools`), read out flattened
+    (``final``) or pooled over the steps. Then dropout -> softmax. Keras' default recurrent settings are kept, so
+    GPUs use the cuDNN kernels.
+    """
+    cell = params["cell"]
+    if cell not in ("gru", "lstm", "conv1d"):
+        raise ValueError(f"unknown cell {cell!r}; allowed: gru, lstm, conv1d")
+    readout = params["readout"]
+    if readout not in ("final", "average", "max"):
+        raise ValueError(f"unknown readout {readout!r}; allowed: final, average, max")
+    layers, units, dropout = int(params["layers"]), int(params["units"]), float(params["dropout"])
+
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = inputs
+    if cell == "conv1d":
+        for pool in conv1d_pools(int(input_shape[0]), layers):
+            x = keras.layers.Conv1D(units, int(params["kernel_size"]), padding="same", activation="relu")(x)
+            if pool:
+                x = keras.layers.MaxPooling1D(2)(x)
+    else:
+        rnn = keras.layers.GRU if cell == "gru" else keras.layers.LSTM
+        for i in range(layers):
+            last = i == layers - 1
+            layer = rnn(units, return_sequences=not last or readout != "final")
+            x = keras.layers.Bidirectional(layer)(x) if params.get("bidirectional") else layer(x)
+            if not last:
+                x = keras.layers.Dropout(dropout)(x)
+    if readout == "average":
+        x = keras.layers.GlobalAveragePooling1D()(x)
+    elif readout == "max":
+        x = keras.layers.GlobalMaxPooling1D()(x)
+    elif cell == "conv1d":
+        x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
 def build_model(params: dict[str, Any], *, modality: str, input_shape: tuple[int, ...], num_classes: int,
                 vocab_size: int | None = None, strategy: Any = None, decay_steps: int | None = None) -> keras.Model:
     """Build and compile the modality's model (inside ``strategy.scope()`` when a tf.distribute strategy is given).
@@ -130,8 +178,8 @@ def build_model(params: dict[str, Any], *, modality: str, input_shape: tuple[int
     categorical cross-entropy and accuracy, so the history keys are ``loss``, ``accuracy``, ``val_loss``,
     ``val_accuracy``.
     """
-    if modality not in ("image", "text"):
-        raise ValueError(f"unknown modality {modality!r}; allowed: image, text")
+    if modality not in ("image", "text", "sequence"):
+        raise ValueError(f"unknown modality {modality!r}; allowed: image, text, sequence")
     # Validate names before creating any variables.
     if params["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {params['optimizer']!r}; allowed: {', '.join(OPTIMIZERS)}")
@@ -140,8 +188,11 @@ def build_model(params: dict[str, Any], *, modality: str, input_shape: tuple[int
         if modality == "image":
             model = build_cnn(params, input_shape, num_classes)
             weight_decay = params.get("weight_decay")
-        else:
+        elif modality == "text":
             model = build_lstm(params, input_shape, num_classes, vocab_size)
+            weight_decay = None
+        else:
+            model = build_sequence(params, input_shape, num_classes)
             weight_decay = None
         optimizer = make_optimizer(params["optimizer"], params["learning_rate"], weight_decay,
                                    decay_steps=decay_steps)

@@ -26,6 +26,7 @@ from typing import Any, Literal, get_args, get_origin
 from . import catalog
 from .catalog import LrSchedule  # re-exported: the schedule names live with the spaces
 from .exceptions import ConfigError, DatasetError, ProtocolError
+from .own import MAX_MODEL_REF, MODEL_REF
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -40,6 +41,8 @@ __all__ = [
     "MAX_SEED",
     "MAX_EPOCHS",
     "check_json_bounds",
+    "CUSTOM_DATASET",
+    "MODEL_REF",
 ]
 
 SCHEMA_VERSION = 1
@@ -57,6 +60,11 @@ MAX_EPOCHS = 100_000
 MAX_TRIAL_ID = 200
 #: Most GPUs a job may ask for (0 = all the worker sees).
 MAX_TARGET_GPUS = 1024
+#: The dataset name of a job on the user's own data (described by data_uri, data_sha256, modality, ...).
+CUSTOM_DATASET = "custom"
+DATA_URI_SCHEMES = ("file://", "s3://")
+MAX_DATA_URI = 400
+MAX_OWN_PARAMS = 64
 
 TrialStatus = Literal["completed", "failed", "stopped"]
 #: learning rate within a trial: constant, or cosine decay from the trial's learning_rate to 0 over its max_epochs
@@ -272,6 +280,19 @@ class TrialJob(_Message):
     target_gpus: int = 0
     compute_health: bool = True
     lr_schedule: LrSchedule = "constant"
+    #: own data (dataset "custom"): where the prepared arrays are ("file:///abs/x.npz" or "s3://bucket/key.npz") and
+    #: the SHA-256 of that file, which the worker checks before training; never the data itself
+    data_uri: str | None = None
+    data_sha256: str | None = None
+    #: own data's description (what catalog.info gives for a built-in dataset)
+    modality: catalog.Modality | None = None
+    input_shape: list[int] = field(default_factory=list)
+    num_classes: int | None = None
+    vocab_size: int | None = None
+    #: own model: "package.module:function", imported by the worker; params then come from the user's space
+    model: str | None = None
+    #: a remote worker brings the trained model back (uploaded to the bucket, or inline when small)
+    return_model: bool = False
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -314,16 +335,60 @@ class TrialJob(_Message):
         if self.target_gpus > MAX_TARGET_GPUS:
             raise ProtocolError(f"TrialJob: target_gpus={_preview(self.target_gpus)} is out of range; allowed: "
                                 f"integer in [0, {MAX_TARGET_GPUS}] (0 = all visible)")
-        if self.dataset not in catalog.DATASET_NAMES:
-            shown = self.dataset if len(self.dataset) <= 60 else self.dataset[:60] + "..."
-            raise ProtocolError(f"TrialJob: unknown dataset {shown!r}; allowed: {', '.join(catalog.DATASET_NAMES)}")
-        try:
-            info = catalog.info(self.dataset, dict(self.dataset_options))
-        except (ConfigError, DatasetError, ValueError) as exc:  # ValueError: e.g. an int too long to print
-            raise ProtocolError(f"TrialJob: invalid dataset options for {self.dataset}: {str(exc)[:300]}") from None
+        info = self.dataset_info()
+        if self.model is not None:
+            if not isinstance(self.model, str) or len(self.model) > MAX_MODEL_REF or not MODEL_REF.match(self.model):
+                raise ProtocolError(f"TrialJob: model={_preview(self.model)} is not allowed; allowed: "
+                                    "'package.module:function' (Python names), at most "
+                                    f"{MAX_MODEL_REF} characters")
+            bad = [k for k in self.params if not k.isidentifier() or len(k) > 64]
+            if bad or len(self.params) > MAX_OWN_PARAMS:
+                raise ProtocolError(f"TrialJob: params of an own model must be at most {MAX_OWN_PARAMS} entries "
+                                    f"named like Python identifiers; got {_preview(bad[0] if bad else self.params)}")
+            return self  # the user's space was checked by the orchestrator; the user's build function uses them
         shape = info.input_shape if info.modality == "image" else None
         params = catalog.validate_params(info.modality, self.params, shape)
         return dataclasses.replace(self, params=params)
+
+    def dataset_info(self) -> catalog.DatasetInfo:
+        """What the trainer needs to know of the job's data: the catalog's entry of a built-in dataset, or the
+        description carried by the job for own data (``dataset="custom"``). ProtocolError when it is not valid."""
+        if self.dataset != CUSTOM_DATASET:
+            if self.data_uri is not None or self.data_sha256 is not None:
+                raise ProtocolError(f"TrialJob: data_uri/data_sha256 apply only to dataset={CUSTOM_DATASET!r}")
+            if self.dataset not in catalog.DATASET_NAMES:
+                shown = self.dataset if len(self.dataset) <= 60 else self.dataset[:60] + "..."
+                raise ProtocolError(f"TrialJob: unknown dataset {shown!r}; allowed: "
+                                    f"{', '.join(catalog.DATASET_NAMES)} or {CUSTOM_DATASET!r} with data_uri")
+            try:
+                return catalog.info(self.dataset, dict(self.dataset_options))
+            except (ConfigError, DatasetError, ValueError) as exc:  # ValueError: e.g. an int too long to print
+                raise ProtocolError(f"TrialJob: invalid dataset options for {self.dataset}: "
+                                    f"{str(exc)[:300]}") from None
+        uri = self.data_uri
+        if not isinstance(uri, str) or len(uri) > MAX_DATA_URI or not uri.startswith(DATA_URI_SCHEMES):
+            raise ProtocolError(f"TrialJob: data_uri={_preview(uri)} is not allowed; allowed: a URI starting with "
+                                f"{' or '.join(DATA_URI_SCHEMES)}, at most {MAX_DATA_URI} characters")
+        sha = self.data_sha256
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ProtocolError(f"TrialJob: data_sha256={_preview(sha)} is not allowed; allowed: 64 lowercase "
+                                "hexadecimal digits (the SHA-256 of the data file)")
+        if self.modality not in get_args(catalog.Modality):
+            raise ProtocolError(f"TrialJob: modality={_preview(self.modality)} is not allowed; allowed: "
+                                f"{', '.join(get_args(catalog.Modality))}")
+        shape = self.input_shape
+        if not 1 <= len(shape) <= 3 or any(not 1 <= d <= 100_000 for d in shape):
+            raise ProtocolError(f"TrialJob: input_shape={_preview(shape)} is not allowed; allowed: 1 to 3 "
+                                "dimensions, each in [1, 100000]")
+        if self.num_classes is None or not 2 <= self.num_classes <= 100_000:
+            raise ProtocolError(f"TrialJob: num_classes={_preview(self.num_classes)} is not allowed; allowed: "
+                                "integer in [2, 100000]")
+        vocab = self.vocab_size
+        if (self.modality == "text") != (vocab is not None) or (vocab is not None and not 3 <= vocab <= 1_000_000):
+            raise ProtocolError(f"TrialJob: vocab_size={_preview(vocab)} is not allowed; allowed: an integer in "
+                                "[3, 1000000] for modality 'text', null otherwise")
+        return catalog.DatasetInfo(CUSTOM_DATASET, self.modality, tuple(shape), self.num_classes,  # type: ignore[arg-type]
+                                   "your data", vocab)
 
 
 @dataclass(frozen=True)
@@ -354,6 +419,10 @@ class TrialResult(_Message):
     device: str = ""  # e.g. "CPU", "2x GPU (MirroredStrategy)"
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)  # extras (gradient norms for plots, ...)
+    #: the trained model, when the job asked for it (return_model): where the worker uploaded it
+    #: ("s3://bucket/key.keras"), or the .keras file itself in base64 when no bucket is configured and it is small
+    model_uri: str | None = None
+    model_inline: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -237,10 +237,13 @@ def build_result(run_dir: Path, study: Any, mode: str, *, interrupted: bool = Fa
 class RunFilesWriter:
     """Rewrites trials.csv and best.json when asked. A background thread coalesces the requests, so trial threads
     never wait for file I/O (with many concurrent trials, rewriting per trial under the study lock delayed the next
-    dispatch by up to seconds). :meth:`close` writes a last time."""
+    dispatch by up to seconds), and writes at most every ``min_interval_s``: each rewrite reads the whole study, so
+    rewriting per trial would cost the run time growing with the square of its trials. :meth:`close` writes a last
+    time."""
 
-    def __init__(self, run_dir: Path, study: Any, mode: str) -> None:
+    def __init__(self, run_dir: Path, study: Any, mode: str, *, min_interval_s: float = 2.0) -> None:
         self.run_dir, self.study, self.mode = Path(run_dir), study, mode
+        self.min_interval_s = max(0.0, min_interval_s)
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -258,6 +261,7 @@ class RunFilesWriter:
             if self._dirty.wait(timeout=0.5):
                 self._dirty.clear()
                 self.write_now()
+                self._stop.wait(self.min_interval_s)  # requests meanwhile make one write; close() writes at once
 
     def write_now(self) -> None:
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from . import catalog, own
 from .exceptions import ConfigError
 from .redact import SECRET_QUERY_KEYS, mask_text, register_secret
 
@@ -155,6 +156,18 @@ def server_owned_options(options: dict[str, Any], output_dir: Path, endpoints: E
                                           "server); leave it out for the run folder's study.db, or give a database "
                                           "server URL (e.g. postgresql://...)"))
     register_url_secrets(storage)
+    for key in ("model", "space", "data_sha256", "data_info"):
+        if key in options:  # a module to import and run on this server, or hpo's own bookkeeping: not over HTTP
+            options.pop(key)
+            errors.append(_error([key], f"{key}: not allowed over the API; an own model (model=, space=) runs the "
+                                        "caller's code, so it is for the command line and notebooks"))
+    dataset = options.get("dataset")
+    if isinstance(dataset, str) and not own.is_builtin(dataset):
+        # own data is a file or folder on this server: over HTTP that would let a caller read any file as data
+        options["dataset"] = "synthetic_images"  # the other options are still checked against a stand-in
+        errors.append(_error(["dataset"], f"dataset={dataset!r} is not allowed over the API; allowed: "
+                                          f"{', '.join(catalog.DATASET_NAMES)} (your own data, a path on the "
+                                          "server, is for the command line and notebooks)"))
     return errors + endpoints.apply(options)
 
 

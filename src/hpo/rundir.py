@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import own
 from .config import OptimizationConfig
 from .exceptions import ConfigError
 from .redact import mask_url
@@ -232,7 +233,7 @@ def prepare_run_dir(config: OptimizationConfig) -> tuple[Path, bool, Optimizatio
         run_dir = max(candidates)[1]
         return run_dir, True, config.replace(run_name=run_dir.name)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")  # no colons: safe on every OS
-    name = f"{config.dataset}-{stamp}"
+    name = f"{own.run_label(config.dataset)}-{stamp}"
     run_dir, n = root / name, 2
     while run_dir.exists():
         run_dir, n = root / f"{name}-{n}", n + 1

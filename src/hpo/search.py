@@ -18,13 +18,15 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import search_space
+from . import catalog, search_space
+from . import study as studies
 from .config import OptimizationConfig
 from .exceptions import HPOError
-from .protocol import EpochReport, TrialJob, TrialResult
+from .protocol import CUSTOM_DATASET, EpochReport, TrialJob, TrialResult
 from .results import ModelFiles
 
 __all__ = ["Search", "Outcome", "retry_stale_trial", "MAX_CONSECUTIVE_REJECTIONS"]
@@ -85,6 +87,7 @@ class Search:
         self._others_reserved = 0
         self.process = f"{socket.gethostname()}:{os.getpid()}"
         self._next_stale_check = 0.0
+        self._last_number: int | None = None  # the trial this process asked last
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -114,8 +117,9 @@ class Search:
         trials = self.study.get_trials(deepcopy=False)
         self.counted = sum(1 for t in trials if t.user_attrs.get("counted"))
         self.epochs_spent = sum(int(t.user_attrs.get("epochs_trained") or 0) for t in trials)
-        if self.config.warm_start and not trials and (created or owns_storage):
-            self.study.enqueue_trial(search_space.default_params(self.info.modality, self.config.pins, self.shape),
+        if (self.config.warm_start and not trials and (created or owns_storage)
+                and catalog.defaults_for(self.space)):  # a user's space without defaults has no warm start
+            self.study.enqueue_trial(search_space.default_params(self.space, self.config.pins, self.shape),
                                      user_attrs={"warm_start": True})
             self._warm_start_number = self.study.get_trials(deepcopy=False)[-1].number
         done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -143,10 +147,6 @@ class Search:
             except Exception:  # noqa: BLE001 - a missed beat is retried next interval; grace covers several
                 log.warning("could not record a heartbeat for a running trial", exc_info=True)
 
-    def _beat(self, trial: Any) -> None:
-        self._beating[trial.number] = trial._trial_id
-        self.storage.record_heartbeat(trial._trial_id)
-
     # -- may another trial start? ----------------------------------------------------------------------------------
     @property
     def shortest_trial(self) -> int:
@@ -172,21 +172,12 @@ class Search:
 
     def _refresh_shared(self) -> None:
         """A shared study's totals, as every process has them: trials with a verdict, epochs trained, and what the
-        other processes' running trials hold (under the lock). Between this read and the ask another process may
-        start a trial too, so a limit may be overshot by at most one trial per process."""
-        from optuna.trial import TrialState
-
-        counted = spent = others = reserved = 0
-        for t in self.study.get_trials(deepcopy=False):
-            attrs = t.user_attrs
-            counted += bool(attrs.get("counted"))
-            spent += int(attrs.get("epochs_trained") or 0)
-            if t.state == TrialState.RUNNING and t.number not in self._beating:
-                others += 1
-                job = attrs.get("job") or {}
-                reserved += int(job.get("max_epochs") or self.config.max_epochs_per_trial)
-        self.counted, self.epochs_spent = counted, spent
-        self._others_running, self._others_reserved = others, reserved
+        other processes' running trials hold (under the lock), read with a few column queries
+        (:func:`hpo.study.shared_totals`). Between this read and the ask another process may start a trial too, so a
+        limit may be overshot by at most one trial per process."""
+        self.counted, self.epochs_spent, self._others_running, self._others_reserved = studies.shared_totals(
+            self.study, self.storage, set(self._beating), epochs_of_running=self.config.epoch_budget is not None,
+            default_epochs=self.config.max_epochs_per_trial)
 
     def reserve(self) -> int | None:
         """A slot for one more trial: its epochs (> 0), 0 to wait for running trials, None when the run is done."""
@@ -198,8 +189,7 @@ class Search:
                 self._refresh_shared()
             if self.counted + self.running + self._others_running >= self.config.trial_limit:
                 return None  # the rest runs here or in other processes (a dead one's trial: retried by whoever looks)
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                self.stop_reason = f"timeout_minutes={self.config.timeout_minutes:g} reached"
+            if self.past_deadline():
                 return None
             allowance = self._epoch_allowance()
             if allowance is None:
@@ -219,6 +209,15 @@ class Search:
             self.running -= 1
             self.epochs_reserved -= allowance
 
+    def past_deadline(self) -> bool:
+        """Whether timeout_minutes has passed (the run then stops: no trial starts after it)."""
+        if self.deadline is None or time.monotonic() <= self.deadline:
+            return False
+        with self.lock:
+            if self.stop_reason is None:
+                self.stop_reason = f"timeout_minutes={self.config.timeout_minutes:g} reached"
+        return True
+
     def stop(self, reason: str, *, aborted: bool = False) -> None:
         with self.lock:
             if self.stop_reason is None:
@@ -235,17 +234,21 @@ class Search:
             with self.lock:
                 if self.stop_reason is not None:
                     return None
-                if self._warm_start_number is not None:
-                    self._enqueue_neighbour()
                 if self.config.storage is not None:  # shared study: find trials of dead processes
                     self.fail_stale_trials()
-                trial = self.study.ask()
-                self._beat(trial)
-                trial.set_user_attr("process", self.process)  # who ran it, for the aggregate view
-                params = search_space.suggest(trial, self.info.modality, self.config.pins, input_shape=self.shape)
-                n = search_space.count_params(params, self.info.modality, self.info.input_shape,
-                                              self.info.num_classes, self.info.vocab_size)
-                trial.set_user_attr("param_count", n)
+                # Study.ask without its read of every trial; while the warm start trains, a new trial is a neighbour
+                trial = studies.ask_trial(self.study, self.storage,
+                                          new=self._neighbour if self._warm_start_number is not None else None)
+                self._last_number = trial.number
+                self._beating[trial.number] = trial._trial_id
+                with studies.gathered_writes(trial, beat=True):  # one commit: params, attributes, first heartbeat
+                    trial.set_user_attr("process", self.process)  # who ran it, for the aggregate view
+                    params = search_space.suggest(trial, self.space, self.config.pins, input_shape=self.shape)
+                    if self.config.model is not None:  # an own model: its size is known once it is built
+                        return trial, params
+                    n = search_space.count_params(params, self.info.modality, self.info.input_shape,
+                                                  self.info.num_classes, self.info.vocab_size)
+                    trial.set_user_attr("param_count", n)
                 if n <= self.config.max_params:
                     self._consecutive_rejections = 0
                     return trial, params
@@ -262,27 +265,46 @@ class Search:
                                         "layers")
                     return None
 
-    def _enqueue_neighbour(self) -> None:
-        """Queue the default configuration with two parameters redrawn at random (under the lock).
+    def _neighbour(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The default configuration with two parameters redrawn at random, and its attributes (under the lock).
 
         While the warm-start trial trains, the sampler knows nothing good yet: TPE's random start-up trials land
         anywhere in the space (in a short run, a 3-block 64-filter 5x5 network at 20x the default's epoch time, or
         a 15 %-accuracy configuration), and with several workers TPE counts the running warm-start trial as a bad
         result (constant liar) and models the first pruned random trial as the good region. Neighbours of the
-        default explore where sound configurations are; once its result is in, TPE takes over."""
-        from optuna.trial import TrialState
+        default explore where sound configurations are; once its result is in, TPE takes over. (A queued trial, the
+        warm start itself or a retry, goes first.)"""
+        # the study's size (trials are numbered from 0, and the newest is the one this process asked last): a read
+        # of every trial would cost one of every running trial
+        size = self._last_number + 1 if self._last_number is not None else len(self.study.get_trials(deepcopy=False))
+        rng = random.Random(f"{self.config.seed}-neighbour-{size}")
+        return search_space.neighbour_params(self.space, rng, self.config.pins, self.shape), {"near_default": True}
 
-        trials = self.study.get_trials(deepcopy=False)
-        if any(t.state == TrialState.WAITING for t in trials):  # the warm start itself, or a retry, goes first
-            return
-        rng = random.Random(f"{self.config.seed}-neighbour-{len(trials)}")
-        params = search_space.neighbour_params(self.info.modality, rng, self.config.pins, self.shape)
-        self.study.enqueue_trial(params, user_attrs={"near_default": True}, skip_if_exists=False)
+    #: own data: where trials read the prepared data file (file:// here, s3:// for remote workers); the session sets it
+    data_uri: str | None = None
+
+    @property
+    def space(self) -> Any:
+        """What to sample: the modality's built-in space (its name) or the user's SearchSpace."""
+        if self._space is None:
+            self._space = self.config.search_space
+        return self._space
+
+    _space: Any = None
+
+    def _data_fields(self) -> dict[str, Any]:
+        c = self.config
+        if not c.own_data:
+            return {"dataset": c.dataset, "dataset_options": c.dataset_options}
+        info = self.info
+        return {"dataset": CUSTOM_DATASET, "data_uri": self.data_uri, "data_sha256": c.data_sha256,
+                "modality": info.modality, "input_shape": list(info.input_shape), "num_classes": info.num_classes,
+                "vocab_size": info.vocab_size}
 
     def job(self, trial: Any, params: dict[str, Any], max_epochs: int) -> TrialJob:
         c = self.config
-        job = TrialJob(trial_id=f"{c.run_name}#{trial.number}", dataset=c.dataset,
-                       dataset_options=c.dataset_options, params=params, max_epochs=max_epochs,
+        job = TrialJob(trial_id=f"{c.run_name}#{trial.number}", **self._data_fields(), model=c.model,
+                       params=params, max_epochs=max_epochs,
                        min_epochs=c.min_epochs_per_trial, patience=c.early_stopping_patience,
                        seed=(c.seed + trial.number) % 2**32, split_seed=c.seed, validation_split=c.validation_split,
                        data_fraction=c.data_fraction, use_multi_gpu=c.use_multi_gpu,
@@ -310,8 +332,9 @@ class Search:
 
     # -- the verdict ---------------------------------------------------------------------------------------------------
     def finish(self, trial: Any, job: TrialJob, result: TrialResult, *, pruned: bool, cancel_reason: str | None,
-               last_epoch: int) -> Outcome:
-        """Record a finished trial: its epochs against the budget, its result, and its fate in the study."""
+               last_epoch: int, epochs: Sequence[EpochReport] = ()) -> Outcome:
+        """Record a finished trial: its epochs against the budget, its result, and its fate in the study.
+        ``epochs``: reports not recorded yet (:meth:`record_epochs`), written with the verdict."""
         from optuna.trial import TrialState
 
         from . import scoring
@@ -331,54 +354,68 @@ class Search:
                 self._warm_start_number = None
             # epochs this trial trained count against epoch_budget whatever its fate (an interrupted trial's too)
             trained = min(job.max_epochs, max(int(result.epochs_run or 0), last_epoch))
-            trial.set_user_attr("epochs_trained", trained)
             self.epochs_spent += trained
-            trial.set_user_attr("result", result.to_dict())
-            if result.details.get("fallback_reason"):
-                trial.set_user_attr("fallback_reason", result.details["fallback_reason"])
-            outcome = Outcome("failed", None, result.error)
-            if result.status == "completed":
-                try:
-                    values: list[float] | None = scoring.objective(result, mode=self.config.mode,
-                                                                   health_weight=self.config.health_weight)
-                except HPOError as exc:
-                    values, outcome.reason = None, str(exc)
-                if values is not None and all(math.isfinite(v) for v in values):
+            with studies.gathered_writes(trial):  # the verdict's attributes in one commit, the tell after it
+                self._record_epochs(trial, epochs)
+                trial.set_user_attr("epochs_trained", trained)
+                trial.set_user_attr("result", result.to_dict())
+                if result.details.get("fallback_reason"):
+                    trial.set_user_attr("fallback_reason", result.details["fallback_reason"])
+                outcome = Outcome("failed", None, result.error)
+                if result.status == "completed":
+                    try:
+                        values: list[float] | None = scoring.objective(result, mode=self.config.mode,
+                                                                       health_weight=self.config.health_weight)
+                    except HPOError as exc:
+                        values, outcome.reason = None, str(exc)
+                    if values is not None and all(math.isfinite(v) for v in values):
+                        trial.set_user_attr("counted", True)
+                        tell: dict[str, Any] = {"values": values if len(values) > 1 else values[0]}
+                        self.counted += 1
+                        self._consecutive_failures = 0
+                        outcome = Outcome("completed", values[0], None)
+                        if self.config.mode != "pareto" and (self.best_value is None or values[0] > self.best_value):
+                            self.best_value, self.best_number = values[0], trial.number
+                            self.models.promote(trial.number)
+                    else:
+                        tell = self._fail(trial, outcome.reason or "the objective could not be computed")
+                elif result.status == "stopped" and pruned:
                     trial.set_user_attr("counted", True)
-                    self.study.tell(trial, values if len(values) > 1 else values[0])
+                    trial.set_user_attr("reason", cancel_reason)
+                    tell = {"state": TrialState.PRUNED}
                     self.counted += 1
                     self._consecutive_failures = 0
-                    outcome = Outcome("completed", values[0], None)
-                    if self.config.mode != "pareto" and (self.best_value is None or values[0] > self.best_value):
-                        self.best_value, self.best_number = values[0], trial.number
-                        self.models.promote(trial.number)
+                    outcome = Outcome("pruned", result.val_accuracy, cancel_reason)
+                elif cancel_reason is not None and (self.interrupted or cancel_reason == "interrupted"):
+                    trial.set_user_attr("interrupted", True)
+                    trial.set_user_attr("reason", "interrupted; retried when the run resumes")
+                    tell = {"state": TrialState.FAIL}
+                    outcome = Outcome(None, None, None)
                 else:
-                    self._fail(trial, outcome.reason or "the objective could not be computed")
-            elif result.status == "stopped" and pruned:
-                trial.set_user_attr("counted", True)
-                trial.set_user_attr("reason", cancel_reason)
-                self.study.tell(trial, state=TrialState.PRUNED)
-                self.counted += 1
-                self._consecutive_failures = 0
-                outcome = Outcome("pruned", result.val_accuracy, cancel_reason)
-            elif cancel_reason is not None and (self.interrupted or cancel_reason == "interrupted"):
-                trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("reason", "interrupted; retried when the run resumes")
-                self.study.tell(trial, state=TrialState.FAIL)
-                outcome = Outcome(None, None, None)
-            else:
-                self._fail(trial, result.error or cancel_reason or "failed")
+                    tell = self._fail(trial, result.error or cancel_reason or "failed")
+            studies.tell(self.study, trial, **tell)
             self.models.drop(trial.number)
             self._beating.pop(trial.number, None)
         return outcome
 
-    def _fail(self, trial: Any, reason: str) -> None:
+    def record_epochs(self, trial: Any, epochs: Sequence[EpochReport]) -> None:
+        """Epoch reports no pruner acts on (see :attr:`prunes`), written in one commit."""
+        with self.lock, studies.gathered_writes(trial):
+            self._record_epochs(trial, epochs)
+
+    def _record_epochs(self, trial: Any, epochs: Sequence[EpochReport]) -> None:
+        for report in epochs:
+            acc = report.metrics.get("val_accuracy")
+            if self.config.mode != "pareto" and acc is not None:  # as report(), without asking the pruner
+                trial.report(float(acc), report.epoch)
+
+    def _fail(self, trial: Any, reason: str) -> dict[str, Any]:
+        """A failed trial's attributes and counts; what to tell the study."""
         from optuna.trial import TrialState
 
         log.warning("trial %s failed with params %s: %s", trial.number, trial.params, reason)
         trial.set_user_attr("counted", True)
         trial.set_user_attr("reason", reason[:2000])
-        self.study.tell(trial, state=TrialState.FAIL)
         self.counted += 1
         self._consecutive_failures += 1
         if self._consecutive_failures >= self.config.max_consecutive_failures and self.stop_reason is None:
@@ -386,3 +423,4 @@ class Search:
             self.stop_reason = (f"{self._consecutive_failures} trials failed in a row "
                                 f"(max_consecutive_failures={self.config.max_consecutive_failures}); last error: "
                                 f"{reason.splitlines()[0] if reason else '?'}")
+        return {"state": TrialState.FAIL}

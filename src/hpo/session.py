@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from . import own_run
 from .backends import Backend
 from .config import OptimizationConfig
 from .exceptions import ConfigError
@@ -62,29 +63,37 @@ class Session:
         self.dispatcher: Any = None
         self._stop_lock = threading.Lock()
         self._stop_requested: str | None = None
+        self.data_uri: str | None = None  # own data: where trials read it
 
     @classmethod
     def create(cls, config: OptimizationConfig, *, backend: Backend | None = None,
                progress: ProgressTracker | None = None, lock: RunLock | None = None,
-               run_dir: Path | None = None, resuming: bool | None = None) -> Session:
+               run_dir: Path | None = None, resuming: bool | None = None, data: Any = None) -> Session:
         """Check the options against the disk (dataset files, output folder), choose the run folder and lock it.
 
         ``lock``/``run_dir``/``resuming``: a caller that already chose and locked the folder (the REST run manager
-        locks it when a run is submitted) passes them."""
+        locks it when a run is submitted) passes them. ``data``: the user's arrays (``dataset="custom"``), prepared
+        into the run folder (own data given as a path is read from ``config.dataset``)."""
         if run_dir is None:
             run_dir, resuming, config = prepare_run_dir(config)
         local_needed = not config.use_runpod_service or config.runpod_fallback_local
-        if local_needed and backend is None:
+        if local_needed and backend is None and not config.own_data:
             from . import datafiles
 
             datafiles.ensure_available(config.dataset)  # DatasetError before any folder is made
         check_output_dir(config.output_dir)
+        own_run.check_model(config.model)  # the user's build function imports (in a child interpreter)
+        existed = Path(run_dir).exists()
         held = lock or RunLock(run_dir).acquire()  # RunLocked (exit 2, HTTP 409): another process writes here
         try:
-            return cls(config, run_dir, resuming=bool(resuming), lock=held, backend=backend, progress=progress)
+            config = own_run.prepare_data(config, Path(run_dir), data)  # bad data: an error, nothing written
+            session = cls(config, run_dir, resuming=bool(resuming), lock=held, backend=backend, progress=progress)
+            session.data_uri = own_run.data_uri(config, Path(run_dir))  # RunPod: uploaded to the bucket once
+            return session
         except BaseException:
             if lock is None:
                 held.release()
+                own_run.remove_new_run_dir(Path(run_dir), existed)
             raise
 
     # -- running ---------------------------------------------------------------------------------------------------
@@ -124,6 +133,8 @@ class Session:
         pruner = self.study.pruner if isinstance(self.study.pruner, FarBehindPruner) else None
         models = ModelFiles(self.run_dir, pareto=config.mode == "pareto")
         self.search = Search(config, self.study, storage, pruner=pruner, models=models, notes=self.notes)
+        self.search.data_uri = self.data_uri
+        self.notes.extend(n for n in own_run.data_notes(config) if n not in self.notes)
         self.search.recover(owns_storage=config.storage is None, created=created)
         self._files = RunFilesWriter(self.run_dir, self.study, config.mode)
         self._tracker = open_tracker(config, self.run_dir, self.study, self.search)  # MLflow / TensorBoard
@@ -199,11 +210,14 @@ def optimize(config: OptimizationConfig | None = None, *, progress: Any = None, 
     from .redact import install_log_masking
 
     install_log_masking()
+    data = options.pop("data", None)  # own arrays: dataset "custom" unless a dataset is named
     if config is None:
+        if data is not None:
+            options.setdefault("dataset", "custom")
         config = config_from_options(options, env_file=env_file)
     elif options:
         raise ConfigError("give either a config or keyword options, not both")
-    session = Session.create(config, backend=backend)
+    session = Session.create(config, backend=backend, data=data)
     try:
         display = make_display(quiet=config.quiet)
         listeners = [display] if display is not None else []

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import datasets
-from .protocol import TrialJob, TrialResult
+from .exceptions import DatasetError
+from .protocol import CUSTOM_DATASET, TrialJob, TrialResult
 
 __all__ = ["run_trial", "configure_tensorflow"]
 
@@ -137,6 +138,27 @@ def _evaluate(model: Any, x: Any, y: Any, batch_size: int) -> dict[str, float | 
     return {k: _finite(v) for k, v in values.items()}
 
 
+def _load_data(job: TrialJob) -> Any:
+    """The job's splits: a built-in dataset by name, or own data by URI, checked against its SHA-256 and against
+    the description the job carries."""
+    split_seed = job.seed if job.split_seed is None else job.split_seed
+    if job.dataset != CUSTOM_DATASET:
+        return datasets.load(job.dataset, options=job.dataset_options, validation_split=job.validation_split,
+                             seed=split_seed, data_fraction=job.data_fraction)
+    from .datasets.custom import load_custom
+
+    data = load_custom(job.data_uri, job.data_sha256, validation_split=job.validation_split, seed=split_seed,
+                       data_fraction=job.data_fraction)
+    expected = job.dataset_info()
+    got = data.info
+    if (got.modality, tuple(got.input_shape), got.num_classes) != (expected.modality, expected.input_shape,
+                                                                  expected.num_classes):
+        raise DatasetError(f"the data at {job.data_uri} is {got.modality} {tuple(got.input_shape)} with "
+                           f"{got.num_classes} classes, but the job describes {expected.modality} "
+                           f"{expected.input_shape} with {expected.num_classes} classes")
+    return data
+
+
 def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop: StopCheck | None = None, *,
               save_model_to: str | None = None, devices: list[str] | None = None,
               executed_on: str | None = None) -> TrialResult:
@@ -158,9 +180,7 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         from . import models
 
         keras.utils.set_random_seed(job.seed)
-        data = datasets.load(job.dataset, options=job.dataset_options, validation_split=job.validation_split,
-                             seed=job.seed if job.split_seed is None else job.split_seed,
-                             data_fraction=job.data_fraction)
+        data = _load_data(job)
         info = data.info
         strategy, device = _strategy(job, devices)
         replicas = strategy.num_replicas_in_sync
@@ -168,9 +188,15 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         decay_steps = None
         if job.lr_schedule == "cosine":
             decay_steps = job.max_epochs * math.ceil(len(data.x_train) / batch_size)
-        model = models.build_model(dict(job.params), modality=info.modality, input_shape=info.input_shape,
-                                   num_classes=info.num_classes, vocab_size=info.vocab_size, strategy=strategy,
-                                   decay_steps=decay_steps)
+        if job.model is not None:  # the user's build function, compiled as the built-in models when it is not
+            from .user_model import build_user_model
+
+            model = build_user_model(job.model, dict(job.params), info.input_shape, info.num_classes,
+                                     strategy=strategy, decay_steps=decay_steps)
+        else:
+            model = models.build_model(dict(job.params), modality=info.modality, input_shape=info.input_shape,
+                                       num_classes=info.num_classes, vocab_size=info.vocab_size, strategy=strategy,
+                                       decay_steps=decay_steps)
         callback = _make_callback(job, on_epoch, should_stop, started)
         model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=job.max_epochs,
                   validation_data=(data.x_val, data.y_val), callbacks=[callback], shuffle=True, verbose=0)

@@ -59,7 +59,8 @@ class Backend(abc.ABC):
       :class:`~hpo.exceptions.BackendUnavailable` only when the backend itself cannot run the trial (it cannot
       start, it is closed, the service is down), so the caller can retry or fall back.
     - ``save_model_to``: where a trial that trains on this machine (``executed_on`` "local:...") saves its best
-      model as a ``.keras`` file; a remote trial's model is not brought back (nothing is written there).
+      model as a ``.keras`` file; a remote trial's model is brought back there (RunPod: through the bucket or
+      inline, :mod:`hpo.artifacts`).
     - :meth:`start` and :meth:`close` may be called more than once; :meth:`close` stops the trials still running
       (their ``run`` returns ``stopped``) and releases workers and connections.
     """

@@ -33,13 +33,14 @@ is lost, the job expires in the endpoint's queue) are resubmitted ``resubmits`` 
 Dispatch: ``queue_ahead`` asks the dispatcher to keep that many trials submitted beyond ``concurrent_workers``; they
 wait in the endpoint's queue, so a worker that finishes takes its next job from there instead of waiting for the
 dispatcher to notice and submit one. A trial's time limit (``timeout_s``) counts from when the job is seen running,
-not queued. A remote trial's model file is not brought back (``save_model_to`` is not honoured: nothing is written
-there). ``start`` and ``close`` may be called twice; ``close`` cancels the jobs still in flight (their ``run`` returns
+not queued. A remote trial's model comes back into ``save_model_to`` (the job asks for it with ``return_model``;
+the worker uploads it to the bucket, or returns it inline when small: :mod:`hpo.artifacts`). ``start`` and ``close`` may be called twice; ``close`` cancels the jobs still in flight (their ``run`` returns
 ``stopped``), and ``run`` after ``close`` raises BackendUnavailable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -48,6 +49,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import artifacts
 from ..exceptions import BackendUnavailable, TrialFailed
 from ..protocol import EpochReport, TrialJob, TrialResult
 from ..redact import mask_text
@@ -186,13 +188,15 @@ class RunPodBackend(Backend):
             timeout_s: float | None = None, save_model_to: str | None = None) -> TrialResult:
         if self._closed:
             raise BackendUnavailable("the RunPod backend is closed")
-        if save_model_to:
-            log.debug("trial %s runs remotely: its model file is not saved locally", job.trial_id)
+        if save_model_to:  # the worker brings the model back: through the bucket, or inline when small
+            job = dataclasses.replace(job, return_model=True)
         forwarded = {"epoch": 0}
         failures: list[str] = []
         for attempt in range(self.resubmits + 1):
             try:
-                return self._run_once(job, on_epoch, cancel, timeout_s, forwarded)
+                # the model comes back into save_model_to; inline bytes never reach the results
+                return artifacts.store_model(self._run_once(job, on_epoch, cancel, timeout_s, forwarded),
+                                             save_model_to)
             except BackendUnavailable as exc:  # not worth resubmitting (deadline, garbage answers, rate limits)
                 raise BackendUnavailable("; then ".join([*failures, str(exc)])) from None
             except _InfraFailure as exc:

@@ -1,8 +1,8 @@
 """Which loader makes each dataset's raw arrays, their check against the catalog, and the per-process cache.
 
-Loaded raw arrays (uint8 images, int32 token ids) are cached per process, keyed by dataset, options and the files
-they came from (path, modification time, size), so a changed file is read again; the split is recomputed on every
-:func:`hpo.datasets.load` call (cheap), so different seeds and fractions work.
+Loaded raw arrays (uint8 images, int32 token ids, float32 sequences) are cached per process, keyed by dataset, options
+and the files they came from (path, modification time, size), so a changed file is read again; the split is
+recomputed on every :func:`hpo.datasets.load` call (cheap), so different seeds and fractions work.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ..catalog import DatasetInfo, info, is_generated
 from ..exceptions import DatasetError
 from .loaders import _raw_cifar10, _raw_cifar100, _raw_fashion, _raw_gtsrb, _raw_imdb, _raw_mnist, _raw_reuters
 from .readers import Raw, prepare_files
+from .sequences import _raw_mnist1d, _raw_synthetic_sequence
 from .synthetic import _raw_synthetic_images, _raw_synthetic_text
 
 
@@ -28,8 +29,10 @@ _RAW_LOADERS: dict[str, Callable[[dict[str, Path], dict], Raw]] = {
     "gtsrb": _raw_gtsrb,
     "imdb": _raw_imdb,
     "reuters": _raw_reuters,
+    "mnist1d": _raw_mnist1d,
     "synthetic_images": _raw_synthetic_images,
     "synthetic_text": _raw_synthetic_text,
+    "synthetic_sequence": _raw_synthetic_sequence,
 }
 
 _CACHE: dict[tuple, Raw] = {}
@@ -55,7 +58,8 @@ def _fingerprint(paths: dict[str, Path]) -> tuple:
 
 
 def _check_raw(ds: DatasetInfo, raw: Raw, source: str) -> Raw:
-    """Normalize dtypes and reject data that does not match the registry (wrong shapes, labels, ids)."""
+    """Normalize dtypes and reject data that does not match the registry (wrong shapes, labels, ids; sequences that
+    are not finite float32)."""
     x_tr, y_tr, x_te, y_te = raw
     fixed = []
     for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
@@ -71,6 +75,11 @@ def _check_raw(ds: DatasetInfo, raw: Raw, source: str) -> Raw:
             raise DatasetError(f"{source}: {split} images must be uint8, got {x.dtype}.")
         if ds.modality == "text" and x.size and (x.min() < 0 or x.max() >= (ds.vocab_size or 0)):
             raise DatasetError(f"{source}: {split} token ids must be in [0, {ds.vocab_size}).")
+        if ds.modality == "sequence":
+            if x.dtype != np.float32:
+                raise DatasetError(f"{source}: {split} sequences must be float32, got {x.dtype}.")
+            if not np.isfinite(x).all():
+                raise DatasetError(f"{source}: {split} sequences contain NaN or infinite values.")
         fixed += [x, y.astype(np.int32)]
     if not len(fixed[0]):
         raise DatasetError(f"{source}: the training split is empty.")

@@ -83,6 +83,8 @@ def _as_model_input(x: np.ndarray, modality: str) -> np.ndarray:
         out = x.astype(np.float32)
         out /= 255.0
         return out
+    if modality == "sequence":  # real-valued sequences (N, T, F)
+        return np.array(x, dtype=np.float32, copy=True)
     return np.array(x, dtype=np.int32, copy=True)
 
 

@@ -208,7 +208,7 @@ def param_distributions(study: Any) -> dict[str, Any]:
 
 
 def _param_order(names: set[str]) -> list[str]:
-    order = [p.name for p in catalog.CNN_SPACE + catalog.LSTM_SPACE]
+    order = [p.name for p in catalog.CNN_SPACE + catalog.LSTM_SPACE + catalog.SEQUENCE_SPACE]
     known = [n for n in dict.fromkeys(order) if n in names]
     return known + sorted(names - set(known))
 

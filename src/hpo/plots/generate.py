@@ -114,6 +114,9 @@ def _has_best(run: RunData) -> bool:
 def _image_run(run: RunData) -> bool:
     """Activation maps are for image models only."""
     dataset = run.config.get("dataset")
+    own_info = run.config.get("data_info")
+    if isinstance(own_info, dict):  # own data: its recorded description
+        return run.best is not None and own_info.get("modality") == "image"
     try:
         return run.best is not None and dataset is not None and catalog.info(dataset).modality == "image"
     except HPOError:  # a dataset this version does not know: no activation maps

@@ -90,6 +90,16 @@ class ModelRun:
         if self._test is None:
             from .. import catalog, datasets
 
+            sha = self.config.get("data_sha256")
+            if sha:  # own data: the prepared file in the run folder (data/<sha256>.npz)
+                from ..datasets.custom import load_custom
+
+                path = self.run_dir / "data" / f"{sha}.npz"
+                data = load_custom(path.resolve().as_uri(), sha,
+                                   validation_split=self.config.get("validation_split", 0.2),
+                                   seed=self.config.get("seed", 42), data_fraction=1.0)
+                self._test = (data.x_test, data.y_test, data.info)
+                return self._test
             name = self.config["dataset"]
             options = catalog.default_options(name)
             for key in options:

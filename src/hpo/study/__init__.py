@@ -14,12 +14,13 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .config import OptimizationConfig
-from .exceptions import ConfigError
-from .redact import mask_text, mask_url
+from ..config import OptimizationConfig
+from ..exceptions import ConfigError
+from ..redact import mask_text, mask_url
+from .rdb import ask_trial, gathered_writes, shared_totals, tell, waiting_trials
 
 __all__ = ["open_storage", "create_study", "make_pruner", "expected_trials", "startup_trials", "tune_sqlite",
-           "study_signature", "STUDY_DEFINING"]
+           "study_signature", "STUDY_DEFINING", "ask_trial", "waiting_trials", "shared_totals", "gathered_writes", "tell"]
 
 # hpo drives the study with ask/tell and beats each trial's heartbeat itself; Optuna warns about heartbeats outside
 # Study.optimize and about the experimental heartbeat API on every call.
@@ -53,6 +54,11 @@ def open_storage(url: str, *, heartbeat_grace_s: float | None = None,
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):
+        # Every transaction ends in a commit or a rollback before its connection goes back to the pool (Optuna's and
+        # hpo's sessions close); the pool's own ROLLBACK on return was one more round trip to the server per
+        # transaction, a third of them.
+        kwargs["engine_kwargs"] = {"pool_reset_on_return": None}
     if heartbeat_grace_s is not None:
         kwargs["heartbeat_interval"] = max(1, int(heartbeat_grace_s // 4))
         kwargs["grace_period"] = max(2, int(heartbeat_grace_s))
@@ -125,7 +131,7 @@ def make_pruner(config: OptimizationConfig, notes: list[str]) -> Any:
         if c.mode == "pareto" and c.pruner != "none":
             notes.append(f"pruner={c.pruner} is off: Optuna cannot prune multi-objective (pareto) studies")
         return optuna.pruners.NopPruner()
-    from .pruners import FarBehindPruner
+    from ..pruners import FarBehindPruner
 
     if c.pruner == "hyperband":
         inner: Any = optuna.pruners.HyperbandPruner(min_resource=c.min_epochs_per_trial,
@@ -140,14 +146,18 @@ def make_pruner(config: OptimizationConfig, notes: list[str]) -> Any:
 
 #: options that give a study its meaning: every process joining it must use the same
 STUDY_DEFINING = ("dataset", "dataset_options", "mode", "pins", "health_weight", "health_weights", "validation_split",
-                  "data_fraction", "lr_schedule")
+                  "data_fraction", "lr_schedule", "model", "space")
 
 
 def study_signature(config: OptimizationConfig) -> dict[str, Any]:
     """The options that must match for processes to share one study, as plain JSON data."""
     import json
 
-    return json.loads(json.dumps({k: getattr(config, k) for k in STUDY_DEFINING}, default=str))
+    signature = {k: getattr(config, k) for k in STUDY_DEFINING}
+    if config.own_data:  # own data is the same data wherever its file lies: its content decides
+        signature["dataset"] = f"own data sha256:{config.data_sha256}"
+        signature["dataset_options"] = {}
+    return json.loads(json.dumps(signature, default=str))
 
 
 def create_study(config: OptimizationConfig, storage: Any, notes: list[str]) -> tuple[Any, bool]:
@@ -229,3 +239,4 @@ def _check_signature(study: Any, config: OptimizationConfig) -> None:
         raise ConfigError(f"study {study.study_name!r} was started with other options ({detail}); processes "
                           f"joining a study must use the same {', '.join(differ)} -- or pick another run_name",
                           field=differ[0])
+

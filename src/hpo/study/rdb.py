@@ -1,0 +1,269 @@
+"""Study reads and writes that cost what they return, on Optuna's RDB storage (SQLite, PostgreSQL).
+
+Optuna's cached storage answers every ``study.get_trials()`` -- and ``study.ask()``, which looks for queued trials that
+way -- by reading every unfinished trial of the study again with all its attributes: with 64 remote workers some 80
+RUNNING trials per call, a tenth of a second each, several times per trial. And a trial's parameters, attributes and
+epoch values are each written in a transaction of their own. These functions ask the database for just what is
+needed and gather a trial's writes into one transaction; each falls back to Optuna's own calls on a storage they do not
+know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["ask_trial", "waiting_trials", "shared_totals", "gathered_writes", "tell"]
+
+log = logging.getLogger(__name__)
+
+
+def waiting_trials(study: Any, storage: Any) -> list[int]:
+    """Ids of the study's WAITING (queued) trials, oldest first, from a column query."""
+    from optuna.trial import TrialState
+
+    try:
+        from optuna.storages._rdb import models
+
+        study_id, session = study._study_id, storage.scoped_session()
+    except (ImportError, AttributeError):  # not the storage this module knows: Optuna's own read
+        return [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    trial = models.TrialModel
+    try:
+        rows = (session.query(trial.trial_id).filter(trial.study_id == study_id, trial.state == TrialState.WAITING)
+                .order_by(trial.trial_id).all())
+        session.commit()
+    except Exception:  # noqa: BLE001 - Optuna's own read says the same (and raises what is really wrong)
+        session.rollback()
+        return [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    return [trial_id for (trial_id,) in rows]
+
+
+def ask_trial(study: Any, storage: Any, *,
+              new: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None) -> Any:
+    """``study.ask()``: the first queued trial this process can claim, else a new one -- made with the parameters and
+    user attributes ``new()`` gives, if given (as ``study.enqueue_trial`` and ``study.ask``, in one transaction).
+    Queued trials are found with a column query (:func:`waiting_trials`) instead of Optuna's read of every
+    unfinished trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        cached, study_id, local = study._storage, study._study_id, study._thread_local
+    except AttributeError:
+        if new is not None:
+            params, attrs = new()
+            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+        return study.ask()
+    trial_id = None
+    for waiting in waiting_trials(study, storage):
+        try:  # as Study.ask: another process or thread may claim it first
+            if cached.set_trial_state_values(waiting, state=TrialState.RUNNING):
+                trial_id = waiting
+                break
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    if trial_id is None and new is not None:
+        params, attrs = new()
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={"fixed_params": params},
+                                             user_attrs=attrs)
+        trial_id = cached.create_new_trial(study_id, template_trial=template)
+    elif trial_id is None:
+        trial_id = cached.create_new_trial(study_id)
+    local.cached_all_trials = None  # the sampler reads the study afresh, as after Study.ask
+    return optuna.Trial(study, trial_id)
+
+
+def shared_totals(study: Any, storage: Any, mine: set[int], *, epochs_of_running: bool,
+                  default_epochs: int) -> tuple[int, int, int, int]:
+    """(trials with a verdict, epochs trained, other processes' RUNNING trials, the epochs those may still train: their
+    job's max_epochs, ``default_epochs`` before it is set) of a shared study, from a few column queries (no trial
+    objects). ``mine``: this process's trial numbers; ``epochs_of_running``: read the running trials' jobs (needed
+    with epoch_budget only)."""
+    totals = _shared_totals_rdb(study, storage, mine, epochs_of_running, default_epochs)
+    if totals is not None:
+        return totals
+    from optuna.trial import TrialState
+
+    counted = spent = others = reserved = 0
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        counted += bool(attrs.get("counted"))
+        spent += int(attrs.get("epochs_trained") or 0)
+        if t.state == TrialState.RUNNING and t.number not in mine:
+            others += 1
+            reserved += int((attrs.get("job") or {}).get("max_epochs") or default_epochs)
+    return counted, spent, others, reserved
+
+
+def _shared_totals_rdb(study: Any, storage: Any, mine: set[int], epochs_of_running: bool,
+                       default_epochs: int) -> tuple[int, int, int, int] | None:
+    try:
+        from optuna.storages._rdb import models
+        from optuna.trial import TrialState
+
+        study_id = study._study_id
+        session = storage.scoped_session()
+    except (ImportError, AttributeError):
+        return None
+    trial, attr = models.TrialModel, models.TrialUserAttributeModel
+    try:
+        rows = (session.query(attr.key, attr.value_json).join(trial, attr.trial_id == trial.trial_id)
+                .filter(trial.study_id == study_id, attr.key.in_(("counted", "epochs_trained"))).all())
+        running = (session.query(trial.trial_id, trial.number)
+                   .filter(trial.study_id == study_id, trial.state == TrialState.RUNNING).all())
+        others = [trial_id for trial_id, number in running if number not in mine]
+        jobs = []
+        if epochs_of_running and others:
+            jobs = session.query(attr.value_json).filter(attr.trial_id.in_(others), attr.key == "job").all()
+        session.commit()
+    except Exception:  # noqa: BLE001 - the caller reads the trials the slow way; nothing was written
+        session.rollback()
+        return None
+    counted = spent = 0
+    for key, value in rows:
+        value = json.loads(value)
+        if key == "counted":
+            counted += bool(value)
+        else:
+            spent += int(value or 0)
+    reserved = default_epochs * (len(others) - len(jobs))  # a trial asked but not given its job yet: the most
+    for (value,) in jobs:
+        job = json.loads(value)
+        reserved += int(job.get("max_epochs") or default_epochs) if isinstance(job, dict) else default_epochs
+    return counted, spent, len(others), reserved
+
+
+class _Gathered:
+    """Stands in for the study's storage on one Trial: parameter and user-attribute writes are kept, everything else
+    goes to the storage."""
+
+    def __init__(self, storage: Any, beat: bool) -> None:
+        self._storage = storage
+        self.params: list[tuple[str, float, Any]] = []
+        self.attrs: dict[str, Any] = {}
+        self.steps: dict[int, float] = {}
+        self.beat = beat
+
+    def set_trial_param(self, trial_id: int, name: str, value: float, distribution: Any) -> None:
+        self.params.append((name, value, distribution))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.attrs[key] = value
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
+        self.steps[step] = value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+
+@contextlib.contextmanager
+def gathered_writes(trial: Any, *, beat: bool = False) -> Iterator[None]:
+    """The trial's parameter draws (``trial.suggest_*``), ``set_user_attr`` and ``report`` calls inside the block are
+    written in one transaction at its end (Optuna writes each in its own: a dozen commits per trial asked), with its
+    first heartbeat if ``beat``. Values are checked as Optuna checks them. If the block raises, nothing is written."""
+    storage = trial.storage
+    gathered = _Gathered(storage, beat)
+    trial.storage = gathered
+    try:
+        yield
+    finally:
+        trial.storage = storage
+    if gathered.params or gathered.attrs or gathered.steps or beat:
+        _write_gathered(trial, storage, gathered)
+
+
+def _write_gathered(trial: Any, storage: Any, gathered: _Gathered) -> None:
+    try:
+        _write_in_one(trial, storage, gathered)
+        return
+    except Exception:  # noqa: BLE001 - not the storage this module knows (or a real error, which the writes below
+        log.debug("gathered writes of trial %s: one by one", trial.number, exc_info=True)  # raise again)
+    trial_id = trial._trial_id
+    for name, value, distribution in gathered.params:
+        storage.set_trial_param(trial_id, name, value, distribution)
+    for key, value in gathered.attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    for step, value in gathered.steps.items():
+        storage.set_trial_intermediate_value(trial_id, step, value)
+    if gathered.beat:
+        storage.record_heartbeat(trial_id)
+
+
+def _write_in_one(trial: Any, storage: Any, gathered: _Gathered) -> None:
+    """As Optuna's cached RDB storage writes each (its checks included), in one transaction."""
+    import optuna
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    trial_id = trial._trial_id
+    rdb, lock = storage._backend, storage._lock
+    known = storage._studies[trial.study._study_id].param_distribution
+    new: dict[str, Any] = {}
+    with lock, _create_scoped_session(rdb.scoped_session) as session, session.no_autoflush:
+        row = models.TrialModel.find_or_raise_by_id(trial_id, session)  # the trial looked up once, not per write
+        rdb.check_trial_is_updatable(trial_id, row.state)
+        rows = []
+        for name, value, distribution in gathered.params:
+            previous = known.get(name)
+            if previous is None:  # new to the study: the storage's own way, which reads the study's records of it
+                rdb._set_trial_param_without_commit(session, trial_id, name, value, distribution)
+                session.flush()
+                new[name] = distribution
+                continue
+            optuna.distributions.check_distribution_compatibility(previous, distribution)
+            rows.append({"trial_id": trial_id, "param_name": name, "param_value": value,
+                         "distribution_json": optuna.distributions.distribution_to_json(distribution)})
+        if rows:  # one statement for all
+            session.execute(sqlalchemy.insert(models.TrialParamModel), rows)
+        if gathered.attrs:  # those the trial has are updated, the others inserted in one statement
+            attr = models.TrialUserAttributeModel
+            have = dict(session.query(attr.key, attr.trial_user_attribute_id)
+                        .filter(attr.trial_id == trial_id, attr.key.in_(list(gathered.attrs))).all())
+            for key, value in gathered.attrs.items():
+                if key in have:
+                    session.execute(sqlalchemy.update(attr).where(attr.trial_user_attribute_id == have[key])
+                                    .values(value_json=json.dumps(value)))
+            fresh = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                     for k, v in gathered.attrs.items() if k not in have]
+            if fresh:
+                session.execute(sqlalchemy.insert(attr), fresh)
+        for step, value in gathered.steps.items():
+            rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+        if gathered.beat:  # as RDBStorage.record_heartbeat
+            beat = models.TrialHeartbeatModel
+            if session.query(beat.trial_heartbeat_id).filter(beat.trial_id == trial_id).first() is None:
+                session.execute(sqlalchemy.insert(beat).values(trial_id=trial_id))
+            else:
+                session.execute(sqlalchemy.update(beat).where(beat.trial_id == trial_id)
+                                .values(heartbeat=sqlalchemy.func.now()))
+    for name, distribution in new.items():
+        known.setdefault(name, distribution)
+
+
+def tell(study: Any, trial: Any, values: Any = None, state: Any = None) -> None:
+    """``study.tell(trial, values, state)`` without reading the finished trial back from the storage (Study.tell returns
+    it; nobody here uses it)."""
+    fast = _tell_function()
+    if fast is None:
+        study.tell(trial, values, state=state)
+    else:
+        fast(study=study, trial=trial, value_or_values=values, state=state)
+
+
+@functools.cache
+def _tell_function() -> Any:
+    """Optuna's tell without the read-back, if this Optuna has it as this module knows it."""
+    try:
+        from optuna.study._tell import _tell_with_warning
+    except ImportError:
+        return None
+    names = set(inspect.signature(_tell_with_warning).parameters)
+    return _tell_with_warning if {"study", "trial", "value_or_values", "state"} <= names else None
