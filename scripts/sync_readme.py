@@ -9,7 +9,7 @@ import sys
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hpo.config import options_markdown_table  # noqa: E402
+from hpo.config_docs import options_markdown_table  # noqa: E402
 
 START, END = "<!-- options-table:start -->", "<!-- options-table:end -->"
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a seeded RNG for every test, a clean environment, and helpers to run the CLI."""
+"""Shared fixtures: a seeded RNG for every test, a clean environment, and helpers to run the CLI (now, or started
+in the background and read later)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +55,56 @@ def run_hpo(*args: str, cwd: Path, timeout: float = 600, **env: str) -> subproce
     """Run the `hpo` CLI as a user would (a subprocess), capturing its output."""
     return subprocess.run([sys.executable, "-m", "hpo", *args], cwd=cwd, env=hpo_env(**env), text=True,
                           capture_output=True, timeout=timeout)
+
+
+class BackgroundHpo:
+    """``run_hpo`` started now and read later: the same command, environment and timeout, its output captured in
+    files (a pipe nobody reads could fill and stall the run). A module starts the independent CLI runs its tests
+    check, so that they share the machine's cores (a run is mostly one busy thread: imports, data, plots); each test
+    then takes its own run's :meth:`result` and asserts on it exactly as after ``run_hpo``."""
+
+    def __init__(self, *args: str, cwd: Path, timeout: float = 600, **env: str) -> None:
+        self.args, self.cwd, self.timeout = args, Path(cwd), timeout
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        self._out = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 - closed in result()/stop()
+        self._err = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115
+        full_env = hpo_env()
+        for var in ("RUNPOD_API_KEY", "RUNPOD_ENDPOINT_ID"):  # started before a test's autouse fixtures run
+            full_env.pop(var, None)
+        full_env.update(env)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=self.cwd, env=full_env, text=True,
+                                     stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err)
+        self._result: subprocess.CompletedProcess[str] | None = None
+
+    def result(self) -> subprocess.CompletedProcess[str]:
+        """Wait for the run (at most ``timeout`` from its start, as ``run_hpo``), its CompletedProcess."""
+        if self._result is None:
+            try:
+                self.proc.wait(timeout=max(0.0, self.started + self.timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.stop()
+                raise
+            self._out.seek(0)
+            self._err.seek(0)
+            self._result = subprocess.CompletedProcess([sys.executable, "-m", "hpo", *self.args],
+                                                       self.proc.returncode, self._out.read(), self._err.read())
+            self._out.close()
+            self._err.close()
+        return self._result
+
+    def stop(self) -> None:
+        """Kill the run if it still runs (a module whose test did not read it)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._out.close()
+        self._err.close()
+
+
+def selected(request: pytest.FixtureRequest, *names: str) -> set[str]:
+    """Which of the module's test functions ``names`` this session runs (a module starts only their runs)."""
+    here = request.module.__name__
+    chosen = {item.originalname for item in request.session.items
+              if getattr(item, "module", None) is not None and item.module.__name__ == here}
+    return chosen & set(names)

@@ -2,7 +2,8 @@
 
     local           LocalBackend: real worker processes training a tiny synthetic_images job with TensorFlow
     runpod          RunPodBackend against the loopback simulator, served by a real ``runpod`` SDK worker
-                    (bench/sleep_handler.py: runpod_worker/handler.py with a trainer that sleeps instead of training)
+                    (tests/epoch_sleep_worker.py: runpod_worker/handler.py with a trainer that sleeps EPOCH_S per
+                    epoch instead of training)
     fallback        FallbackBackend(RunPod, local) while the endpoint answers: trials run remotely
     fallback-local  FallbackBackend(RunPod, local) with the endpoint down from the start: trials run locally
 
@@ -13,6 +14,10 @@ fails the trial naming the time limit; save_model_to gets a .keras file when the
 it ran remotely; BackendUnavailable is raised only when the backend itself cannot run (cannot start, closed);
 start() and close() may be called twice; close() stops running trials; name, queue_ahead, notes and probe() have
 their documented types.
+
+Cost: each backend kind is built and started (twice: start() twice starts one worker) once per module, and the
+lifecycle test, which closes it, runs last for each kind; a local worker is started again only where a test kills one
+(hard cancel, time limit).
 """
 
 from __future__ import annotations
@@ -35,9 +40,12 @@ from hpo.exceptions import BackendUnavailable
 from hpo.protocol import EpochReport, TrialJob, TrialResult
 from hpo.testing.runpod_sim import REPO_ROOT, RunPodSimulator, start_workers, stop_workers
 
-SLEEP_HANDLER = REPO_ROOT / "bench" / "sleep_handler.py"
-#: seconds every remote job sleeps in all (split over its epochs): a long remote job is one cut short before this
-SLEEP_S = 6.0
+SLEEP_WORKER = Path(__file__).resolve().parent / "epoch_sleep_worker.py"
+#: seconds each epoch of a remote job sleeps: a short job (1-3 epochs) ends at once, a long one (200) takes 40 s and is
+#: always cut short before that
+EPOCH_S = 0.2
+#: a hard cancel of a remote job returns within this (its long job would run for 200 * EPOCH_S)
+REMOTE_PROMPT_S = 3.0
 PARAMS = {"conv_blocks": 1, "filters": 16, "kernel_size": 3, "activation": "relu", "batch_norm": False,
           "global_pooling": True, "dense_layers": 0, "dropout": 0.0, "learning_rate": 0.005, "optimizer": "adam",
           "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}
@@ -70,7 +78,9 @@ class Case:
     long_epochs: int  # a job that runs far longer than any test waits (cut short by cancel, timeout, close)
     prompt_s: float  # a hard cancel returns within this (the long job takes far longer)
     sim: RunPodSimulator | None = None
-    backend: Backend | None = None  # shared by the module's tests, started
+    backend: Backend | None = None  # shared by the module's tests, started (twice)
+    started: dict | None = None  # what starting it twice did (checked by the lifecycle test)
+    closed: bool = False  # the lifecycle test closed the shared backend
 
     def long_job(self, trial_id: str) -> TrialJob:
         return tiny(trial_id, epochs=self.long_epochs, patience=self.long_epochs)
@@ -81,8 +91,8 @@ def cluster(tmp_path_factory):
     """The simulator and one real SDK worker (sleeping trainer) for the remote cases."""
     log_dir = tmp_path_factory.mktemp("sdk-workers")
     with RunPodSimulator(worker_timeout_s=30.0, take_hold_s=2.0) as sim:
-        procs = start_workers(sim, 1, handler=SLEEP_HANDLER, log_dir=log_dir, prefix="contract",
-                              env={"HPO_BENCH_SLEEP_S": str(SLEEP_S)})
+        procs = start_workers(sim, 1, handler=SLEEP_WORKER, log_dir=log_dir, prefix="contract",
+                              env={"HPO_TEST_EPOCH_S": str(EPOCH_S)})
         try:
             yield sim
         finally:
@@ -115,17 +125,38 @@ def case(request, tmp_path_factory):
         sim = request.getfixturevalue("cluster")
         if request.param == "runpod":
             c = Case("runpod", lambda: remote(sim.endpoint_url), lambda: remote(dead_url()), "not reachable", False,
-                     "runpod:contract-1", 200, SLEEP_S / 2, sim)
+                     "runpod:contract-1", 200, REMOTE_PROMPT_S, sim)
         else:
             c = Case("fallback", lambda: FallbackBackend(remote(sim.endpoint_url), local()),
                      lambda: FallbackBackend(remote(dead_url())), "not reachable", False, "runpod:contract-1", 200,
-                     SLEEP_S / 2, sim)
-    c.backend = c.make()
-    c.backend.start()
+                     REMOTE_PROMPT_S, sim)
+    c.backend = _started_twice(c)
     try:
         yield c
     finally:
         c.backend.close()
+
+
+def _started_twice(c: Case) -> Backend:
+    """A fresh backend, started twice; what the second start did (nothing) is noted for the lifecycle test."""
+    b = c.make()
+    health = c.sim.requests["health"] if c.sim is not None else 0
+    b.start()
+    b.start()
+    c.started = {"health_checks": (c.sim.requests["health"] - health) if c.sim is not None else None,
+                 "workers": len(b.worker_pids()) if isinstance(b, LocalBackend) else None,
+                 "unreachable_notes": sum("unreachable at start" in n for n in b.notes)}
+    return b
+
+
+@pytest.fixture(autouse=True)
+def _live_backend(request):
+    """The lifecycle test closes the shared backend and runs last for each kind; should another test run after it
+    (a reordered or selected run), that test gets a fresh one."""
+    if "case" in request.fixturenames:
+        c = request.getfixturevalue("case")
+        if c.closed:
+            c.backend, c.closed = _started_twice(c), False
 
 
 class Run:
@@ -248,32 +279,6 @@ def test_a_trial_past_its_time_limit_fails_alone(case):
 
 # -- lifecycle --------------------------------------------------------------------------------------------------------
 
-def test_start_and_close_twice_and_close_stops_running_trials(case):
-    b = case.make()
-    b.close()  # closing a backend that never started is fine too
-    b = case.make()
-    health = case.sim.requests["health"] if case.sim is not None else 0
-    b.start()
-    b.start()
-    if case.sim is not None:
-        assert case.sim.requests["health"] == health + 1  # the endpoint was checked once
-    if isinstance(b, LocalBackend):
-        assert len(b.worker_pids()) == 1  # one worker, not two
-    if case.name == "fallback-local":
-        assert sum("unreachable at start" in n for n in b.notes) == 1
-    run = Run(b, case.long_job("c#closed"))
-    assert run.epoch.wait(CAP_S), "no epoch reported"
-    b.close()
-    result = run.wait()
-    assert result.status == "stopped" and result.trial_id == "c#closed" and "clos" in result.error
-    b.close()
-    assert isinstance(b.probe(), str)  # closed: it says so
-    with pytest.raises(BackendUnavailable, match="closed"):
-        b.run(tiny("c#late", epochs=1))
-    if case.sim is not None:
-        assert case.sim.jobs()[-1]["status"] == "CANCELLED"
-
-
 def test_backend_unavailable_only_when_the_backend_itself_cannot_run(case, monkeypatch):
     monkeypatch.setattr(sys, "executable", "/bin/false")  # a local worker exits at once, never ready
     b = case.broken()
@@ -283,3 +288,28 @@ def test_backend_unavailable_only_when_the_backend_itself_cannot_run(case, monke
             b.run(tiny("c#never", epochs=1))  # a fallback may start (to run locally) and fail here
     finally:
         b.close()
+
+
+def test_start_and_close_twice_and_close_stops_running_trials(case):
+    """Runs last for each backend kind: it closes the module's backend (started twice by the fixture)."""
+    b = case.make()
+    b.close()  # closing a backend that never started is fine too
+    b = case.backend  # fresh when the fixture started it twice
+    if case.sim is not None:
+        assert case.started["health_checks"] == 1  # the endpoint was checked once
+    if isinstance(b, LocalBackend):
+        assert case.started["workers"] == 1  # one worker, not two
+    if case.name == "fallback-local":
+        assert case.started["unreachable_notes"] == 1
+    run = Run(b, case.long_job("c#closed"))
+    assert run.epoch.wait(CAP_S), "no epoch reported"
+    case.closed = True
+    b.close()
+    result = run.wait()
+    assert result.status == "stopped" and result.trial_id == "c#closed" and "clos" in result.error
+    b.close()
+    assert isinstance(b.probe(), str)  # closed: it says so
+    with pytest.raises(BackendUnavailable, match="closed"):
+        b.run(tiny("c#late", epochs=1))
+    if case.sim is not None:
+        assert case.sim.jobs()[-1]["status"] == "CANCELLED"

@@ -26,7 +26,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_optimize_end_to_end_writes_a_consistent_run_folder(tmp_path):
     proc = run_hpo("optimize", "dataset=synthetic_images", "trials=3", "max_epochs_per_trial=2", "pruner=none",
-                   "run_name=smoke", f"output_dir={tmp_path}", cwd=tmp_path)
+                   "data_fraction=0.2", "run_name=smoke", f"output_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "smoke"
     for name in ("config.json", "study.db", "trials.csv", "best.json", "best_model.keras"):
@@ -143,9 +143,11 @@ def _wait_for_rows(csv_path: Path, n: int, proc: subprocess.Popen, timeout: floa
 
 
 def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
+    # trials of 10 epochs (no early stop): once the first is recorded, the other three still have 30 epochs to train,
+    # so the Ctrl-C (sent within a poll of that) always lands mid-run
     args = [sys.executable, "-m", "hpo", "optimize", "dataset=synthetic_images", "trials=4", "run_name=intr",
-            f"output_dir={tmp_path}", "pruner=none", "max_epochs_per_trial=30", "early_stopping_patience=30",
-            "data_fraction=0.5", "quiet=true", "plot_generation=none"]
+            f"output_dir={tmp_path}", "pruner=none", "max_epochs_per_trial=10", "early_stopping_patience=10",
+            "data_fraction=0.2", "quiet=true", "plot_generation=none"]
     proc = subprocess.Popen(args, env=hpo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=interruptible)
     _wait_for_rows(tmp_path / "intr" / "trials.csv", 1, proc)
@@ -158,7 +160,7 @@ def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
     assert len(done) >= 1 and len(done) < 4
     # resuming finishes the study without repeating completed trials
     resumed = run_hpo("optimize", "dataset=synthetic_images", "trials=4", "run_name=intr", f"output_dir={tmp_path}",
-                      "pruner=none", "max_epochs_per_trial=2", "data_fraction=0.5", "quiet=true",
+                      "pruner=none", "max_epochs_per_trial=2", "data_fraction=0.2", "quiet=true",
                       "plot_generation=none", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = read_csv(tmp_path / "intr" / "trials.csv")

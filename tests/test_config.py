@@ -7,6 +7,7 @@ import pytest
 
 from hpo import config as cfg
 from hpo.config import OptimizationConfig, config_from_options, parse_kv
+from hpo.config_docs import options_help, options_markdown_table
 from hpo.exceptions import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +187,7 @@ def test_env_and_dotenv_fill_runpod_settings(tmp_path, monkeypatch):
 
 
 def test_help_lists_every_key_with_type_and_default():
-    text = cfg.options_help()
+    text = options_help()
     for f in dataclasses.fields(OptimizationConfig):
         if f.name != "pins" and not f.metadata.get("internal"):
             assert re.search(rf"^  {f.name}\s", text, re.M), f.name
@@ -199,4 +200,4 @@ def test_readme_table_of_keys_is_in_sync():
     start, end = "<!-- options-table:start -->", "<!-- options-table:end -->"
     assert start in readme and end in readme
     table = readme.split(start, 1)[1].split(end, 1)[0].strip()
-    assert table == cfg.options_markdown_table(), "run: python -m hpo.config > README table (see CONTRIBUTING)"
+    assert table == options_markdown_table(), "run: python scripts/sync_readme.py (the README table)"

@@ -663,7 +663,7 @@ def test_download_lands_in_keras_cache_and_is_hash_checked(offline, monkeypatch)
     assert not (keras_dir / "mnist.npz").exists()  # a bad download is removed
 
     mnist_sha256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
-    monkeypatch.setattr(datafiles, "_sha256", lambda p: mnist_sha256)
+    monkeypatch.setattr(datafiles, "sha256_file", lambda p: mnist_sha256)
     s = ds.load("mnist")
     assert (keras_dir / "mnist.npz").is_file() and len(s.x_test) == 50
 

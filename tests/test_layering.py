@@ -11,7 +11,9 @@ an entry that is no longer needed fails too, so the lists only shrink.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -177,7 +179,9 @@ def _read(module: str, path: Path) -> tuple[list[tuple[int, str, bool]], set[int
     return out, _local_lines(tree)
 
 
-def _violations() -> tuple[list[str], set[tuple[str, str]]]:
+@functools.lru_cache(maxsize=1)
+def _violations() -> tuple[tuple[str, ...], frozenset[tuple[str, str]]]:
+    """(problems, exception edges in use); the source is parsed once for the tests that read it."""
     problems, pending_used = [], set()
     for module, path in SOURCES.items():
         group = group_of(module)
@@ -215,7 +219,7 @@ def _violations() -> tuple[list[str], set[tuple[str, str]]]:
                 continue
             problems.append(f"{where}:{line}: {module} ({group}) imports {target} ({target_group}); {group} may "
                             f"import only {', '.join(sorted(ALLOWED[group]))}")
-    return problems, pending_used
+    return tuple(problems), frozenset(pending_used)
 
 
 def _parents(module: str) -> list[str]:
@@ -300,28 +304,84 @@ LIGHT = ["hpo", "hpo.cli", "hpo.api", "hpo.config", "hpo.catalog", "hpo.scoring"
 CORE = ["hpo.config", "hpo.catalog", "hpo.scoring", "hpo.datafiles", "hpo.option_types"]
 
 
-def _loaded_after_import(module: str) -> list[str]:
-    code = (f"import sys, {module}\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules}))\n")
+#: One interpreter checks many modules: it forks a child per module, which imports just that module into the
+#: parent's state and reports the top-level packages then loaded (or the import's error). ``preload``: third-party
+#: packages the parent imports first, so each child does not import them again; the parent reports what it loaded
+#: itself, and a check fails if the parent already loaded what is checked for.
+_FORKED_IMPORTS = r"""
+import importlib, json, os, sys, traceback
+modules, preload = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for name in preload:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
+out = {"parent": sorted({m.split(".")[0] for m in sys.modules}), "modules": {}}
+for module in modules:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            importlib.import_module(module)
+            answer = {"loaded": sorted({m.split(".")[0] for m in sys.modules})}
+        except BaseException:
+            answer = {"error": traceback.format_exc()}
+        with os.fdopen(write, "w") as fh:
+            fh.write(json.dumps(answer))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        text = fh.read()
+    os.waitpid(pid, 0)
+    out["modules"][module] = json.loads(text) if text else {"error": "the child died"}
+print(json.dumps(out))
+"""
+
+
+def _loaded_after_imports(modules: list[str], preload: list[str]) -> dict:
+    """{"parent": what the checking interpreter loaded before any module, "modules": {module: {"loaded": top-level
+    packages loaded after importing it} or {"error": ...}}}, from one fresh interpreter."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", _FORKED_IMPORTS, json.dumps(modules), json.dumps(preload)], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    return ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _exists(module: str) -> bool:
     return module in SOURCES
 
 
-@pytest.mark.parametrize("module", [m for m in LIGHT if _exists(m)])
+LIGHT_EXISTING = [m for m in LIGHT if _exists(m)]
+#: what the light modules may load (none of it loads TensorFlow/Keras: the parent's own list is checked)
+LIGHT_PRELOAD = ["numpy", "optuna", "sqlalchemy", "fastapi", "pydantic", "starlette", "uvicorn", "requests", "yaml"]
+
+
+@functools.lru_cache(maxsize=None)
+def _import_report(kind: str) -> dict:
+    if kind == "light":  # one interpreter for all: the heavy-but-allowed packages preloaded once
+        return _loaded_after_imports(LIGHT_EXISTING, LIGHT_PRELOAD)
+    return _loaded_after_imports(CORE, [])  # the core: nothing preloaded, each from a bare interpreter's state
+
+
+def _loaded(kind: str, module: str, forbidden: set[str]) -> list[str]:
+    report = _import_report(kind)
+    assert not forbidden & set(report["parent"]), f"the checking interpreter itself loaded {report['parent']}"
+    answer = report["modules"][module]
+    assert "error" not in answer, f"import {module} failed:\n{answer.get('error')}"
+    return answer["loaded"]
+
+
+@pytest.mark.parametrize("module", LIGHT_EXISTING)
 def test_importing_light_modules_loads_no_tensorflow_or_keras(module):
-    loaded = _loaded_after_import(module)
+    loaded = _loaded("light", module, KERAS)
     assert not KERAS & set(loaded), f"import {module} loaded {sorted(KERAS & set(loaded))}"
 
 
 @pytest.mark.parametrize("module", CORE)
 def test_importing_the_core_loads_nothing_heavy(module):
-    loaded = _loaded_after_import(module)
+    loaded = _loaded("core", module, HEAVY)
     assert not HEAVY & set(loaded), f"import {module} loaded {sorted(HEAVY & set(loaded))}"
 
 

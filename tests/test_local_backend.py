@@ -19,12 +19,14 @@ PARAMS = {"conv_blocks": 1, "filters": 16, "kernel_size": 3, "activation": "relu
 
 def job(n: int = 0, epochs: int = 1, patience: int = 3, **kw) -> TrialJob:
     return TrialJob(trial_id=f"t#{n}", dataset="synthetic_images", params=dict(PARAMS, **kw), max_epochs=epochs,
-                    seed=n, compute_health=False, data_fraction=0.5, patience=patience)
+                    seed=n, compute_health=False, data_fraction=0.2, patience=patience)
 
 
-@pytest.fixture
-def backend(tmp_path):
-    b = LocalBackend(workers=1, log_dir=tmp_path / "logs")
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    """One backend for the module's first two tests (one TensorFlow import): the persistent-worker test runs first,
+    on the worker the backend started; the crash test then kills it."""
+    b = LocalBackend(workers=1, log_dir=tmp_path_factory.mktemp("logs"))
     b.start()
     yield b
     b.close()

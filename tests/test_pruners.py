@@ -149,3 +149,55 @@ def test_each_rule_can_be_turned_off_alone():
     per_epoch = FarBehindPruner(Never(), margin=0.1, time_margin=1.0)
     pruned, number = _judge_timed(_timed_study(per_epoch), per_epoch, 0.70, 10.0)  # 0.70 < 0.9 x 0.84 at epoch 1
     assert pruned and "by that epoch" in per_epoch.reasons[number]
+
+
+# -- composition: Optuna sees (and feeds) the real pruner -----------------------------------------------------------
+
+def test_a_wrapped_hyperband_is_still_a_hyperband_pruner_so_samplers_learn_per_bracket():
+    hb = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
+    pruner = FarBehindPruner(hb, margin=0.1, seed=7)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner) and isinstance(pruner, FarBehindPruner)
+    assert pruner.wrapped is hb
+    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
+    for _ in range(12):
+        t = study.ask()
+        t.report(0.5, 1)
+        t.should_prune()
+        study.tell(t, 0.5)
+    trial = study.get_trials()[-1]
+    filtered = optuna.pruners._filter_study(study, trial)  # what TPE samples from: the trial's bracket only
+    bracket = pruner._get_bracket_id(study, trial)
+    assert len(filtered.get_trials()) == sum(pruner._get_bracket_id(study, t) == bracket for t in study.get_trials())
+    assert len({pruner._get_bracket_id(study, t) for t in study.get_trials()}) > 1  # brackets really differ
+
+
+def test_the_wrapped_pruner_records_its_rungs_even_when_the_far_behind_rule_prunes():
+    sh = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    study = optuna.create_study(direction="maximize", pruner=FarBehindPruner(sh, margin=0.15))
+    leader = study.ask()
+    leader.report(0.9, 1)
+    leader.should_prune()
+    study.tell(leader, 0.9)
+    laggard = study.ask()
+    laggard.report(0.1, 1)
+    assert laggard.should_prune()  # far behind (and successive halving would prune it too)
+    rungs = [k for k in study.get_trials()[-1].system_attrs if k.startswith("completed_rung_")]
+    assert rungs, "successive halving saw the report and recorded the rung value"
+
+
+def test_seeded_brackets_do_not_depend_on_the_study_name():
+    def brackets(name: str, seed: int) -> list[int]:
+        pruner = FarBehindPruner(optuna.pruners.HyperbandPruner(min_resource=1, max_resource=27), margin=0.1,
+                                 seed=seed)
+        study = optuna.create_study(study_name=name, direction="maximize", pruner=pruner)
+        out = []
+        for _ in range(20):
+            t = study.ask()
+            t.report(0.5, 1)
+            t.should_prune()  # Hyperband builds its brackets on the first report
+            out.append(pruner._get_bracket_id(study, study.get_trials()[-1]))
+            study.tell(t, 0.5)
+        return out
+
+    assert brackets("run-20261203-101010", 42) == brackets("run-20261203-111111", 42)
+    assert brackets("a", 42) != brackets("a", 43)

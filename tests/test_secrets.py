@@ -3,9 +3,11 @@ appear in no file of the run folder, no line the CLI prints and no log line -- o
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from .conftest import run_hpo
+from .conftest import BackgroundHpo, run_hpo, selected
 from hpo.testing.postgres import postgres_cluster
 
 KEY = "rpa_PLANTED_key_5f3e9a1c"
@@ -20,6 +22,57 @@ def pg():
         yield cluster
 
 
+def _url(pg, where: str) -> str:
+    if where == "userinfo":
+        return pg["url"]
+    return f"postgresql+psycopg://{pg['user']}@127.0.0.1:{pg['port']}/{pg['database']}?password={pg['password']}"
+
+
+def _study_exists(pg, name: str) -> bool:
+    """Read-only look into the database (opening it with Optuna would create the schema itself)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
+                             dbname=pg["database"], connect_timeout=10) as db:
+            return db.execute("SELECT 1 FROM studies WHERE study_name = %s", (name,)).fetchone() is not None
+    except psycopg.Error:  # no schema yet
+        return False
+
+
+@pytest.fixture(scope="module")
+def runs(request, pg, tmp_path_factory):
+    """The module's CLI runs, started together (each test asserts on its own): the unreachable one and the
+    userinfo one at once, the query one as soon as the first has created the schema and its study (two processes
+    creating the schema at the same instant is test_shared_study's subject, not this one's)."""
+    wanted = selected(request, "test_a_run_on_a_password_protected_database_writes_and_prints_no_secret",
+                      "test_an_unreachable_database_is_a_clear_error_without_its_password")
+    started: dict[str, tuple[BackgroundHpo, object]] = {}
+    try:
+        if "test_an_unreachable_database_is_a_clear_error_without_its_password" in wanted:
+            folder = tmp_path_factory.mktemp("unreachable")
+            bad = pg["url"].replace(f":{pg['port']}/", f":{pg['port']}/nosuchdb_")
+            started["unreachable"] = (BackgroundHpo("optimize", *FAST, f"storage={bad}", "run_name=unreachable",
+                                                    f"output_dir={folder}", cwd=folder, timeout=300,
+                                                    RUNPOD_API_KEY=KEY), folder)
+        if "test_a_run_on_a_password_protected_database_writes_and_prints_no_secret" in wanted:
+            for i, where in enumerate(("userinfo", "query")):
+                if i:  # the first run's study is there: the schema exists
+                    first = started["userinfo"][0]
+                    deadline = time.monotonic() + 300
+                    while not _study_exists(pg, "secret-userinfo") and first.proc.poll() is None:
+                        assert time.monotonic() < deadline, "the first run did not create its study in 300 s"
+                        time.sleep(0.2)
+                folder = tmp_path_factory.mktemp(where)
+                started[where] = (BackgroundHpo("optimize", *FAST, f"storage={_url(pg, where)}",
+                                                f"run_name=secret-{where}", f"output_dir={folder}", cwd=folder,
+                                                timeout=600, RUNPOD_API_KEY=KEY, HPO_API_TOKEN=TOKEN), folder)
+        yield started
+    finally:
+        for run, _ in started.values():
+            run.stop()
+
+
 def everything_written(folder) -> str:
     return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in sorted(folder.rglob("*")) if p.is_file())
 
@@ -31,14 +84,10 @@ def assert_no_secret(text: str, *secrets: str) -> None:
 
 
 @pytest.mark.parametrize("where", ["userinfo", "query"])
-def test_a_run_on_a_password_protected_database_writes_and_prints_no_secret(tmp_path, pg, where):
+def test_a_run_on_a_password_protected_database_writes_and_prints_no_secret(runs, pg, where):
     pw = pg["password"]
-    if where == "userinfo":
-        url = pg["url"]
-    else:
-        url = f"postgresql+psycopg://{pg['user']}@127.0.0.1:{pg['port']}/{pg['database']}?password={pw}"
-    proc = run_hpo("optimize", *FAST, f"storage={url}", f"run_name=secret-{where}", f"output_dir={tmp_path}",
-                   cwd=tmp_path, RUNPOD_API_KEY=KEY, HPO_API_TOKEN=TOKEN, timeout=600)
+    run, tmp_path = runs[where]  # hpo optimize FAST storage=<url> run_name=secret-<where> (the runs fixture)
+    proc = run.result()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "trials: 2 completed" in proc.stdout
     run_dir = tmp_path / f"secret-{where}"
@@ -52,10 +101,9 @@ def test_a_run_on_a_password_protected_database_writes_and_prints_no_secret(tmp_
     assert_no_secret(shown.stdout + shown.stderr, pw)
 
 
-def test_an_unreachable_database_is_a_clear_error_without_its_password(tmp_path, pg):
-    bad = pg["url"].replace(f":{pg['port']}/", f":{pg['port']}/nosuchdb_")
-    proc = run_hpo("optimize", *FAST, f"storage={bad}", "run_name=unreachable", f"output_dir={tmp_path}",
-                   cwd=tmp_path, RUNPOD_API_KEY=KEY, timeout=300)
+def test_an_unreachable_database_is_a_clear_error_without_its_password(runs, pg):
+    run, tmp_path = runs["unreachable"]  # hpo optimize FAST storage=<a database that does not exist> (the fixture)
+    proc = run.result()
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "cannot be opened" in proc.stderr and "Traceback" not in proc.stderr
     assert_no_secret(proc.stdout + proc.stderr, pg["password"], KEY)

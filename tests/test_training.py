@@ -157,3 +157,12 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_trials_max_ep
     assert constant.history["learning_rate"] == pytest.approx([CNN["learning_rate"]] * 4)
     assert cosine.val_metrics["accuracy"] >= 0.45  # learns (chance is 0.25)
     assert cosine.history["loss"] != constant.history["loss"]  # the schedule really reached the optimizer
+
+
+def test_the_cosine_schedule_spans_the_runs_fidelity_not_a_shortened_allowance():
+    """A trial the epoch budget lets train 2 of the run's 4 epochs follows the same schedule as a full trial: after
+    2 epochs it is at half the learning rate, not at 0 (values at equal epochs come from the same schedule)."""
+    short = run_trial(job(lr_schedule="cosine", max_epochs=2, schedule_epochs=4, patience=4))
+    assert short.status == "completed", short.error
+    lr = short.history["learning_rate"]
+    assert len(lr) == 2 and lr[1] == pytest.approx(CNN["learning_rate"] / 2, rel=0.02)

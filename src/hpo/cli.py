@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> _Parser:
-    from .config import options_help
+    from .config_docs import options_help
 
     parser = _Parser(prog="hpo", description="Hyperparameter optimization for Keras models, locally or on RunPod.")
     parser.add_argument("--version", action="version", version=f"hpo {__version__}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from .exceptions import ConfigError
+from .option_types import read_mapping_file
 
 __all__ = ["normalize_key_values", "read_options_file", "merge_options_file"]
 
@@ -44,28 +44,7 @@ def normalize_key_values(args: Sequence[str]) -> list[str]:
 def read_options_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Options from a ``.toml`` or ``.yaml``/``.yml`` file: a table/mapping of option names to values (search
     parameters included, which pin them). ConfigError naming the file and the problem."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config={path}: no such file", field="config")
-    suffix = file.suffix.lower()
-    try:
-        text = file.read_text(encoding="utf-8")
-        if suffix == ".toml":
-            import tomllib
-
-            data: Any = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            raise ConfigError(f"config={path}: unknown file type {suffix or '(none)'}; allowed: .toml, .yaml, .yml",
-                              field="config")
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"config={path} cannot be read: {first}", field="config") from None
+    data = read_mapping_file(path, field="config", suffixes=(".toml", ".yaml", ".yml"))
     if data is None:
         data = {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):

@@ -31,8 +31,6 @@ __all__ = [
     "PlotGeneration",
     "parse_kv",
     "config_from_options",
-    "options_help",
-    "options_markdown_table",
     "load_dotenv_values",
     "runpod_api_key",
     "default_max_epochs",
@@ -408,8 +406,3 @@ def config_from_options(options: dict[str, Any], *, env_file: str | os.PathLike[
             if var and kwargs.get(f.name) in (None, "") and env.get(var):
                 kwargs[f.name] = env[var]
     return OptimizationConfig(**kwargs, pins=pins)
-
-
-# -- documentation generated from the dataclass: hpo.config_docs ----------------------------------------------------
-
-from .config_docs import options_help, options_markdown_table  # noqa: E402 - it reads OptimizationConfig

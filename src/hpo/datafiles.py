@@ -262,7 +262,8 @@ def _download(url: str, dest: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in 1 MiB chunks (dataset files, own data, models)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -293,7 +294,7 @@ def ensure_available(name: str, *, download: Downloader | None = None) -> None:
                 continue
             try:
                 fetch(dl.url, dest)
-                if dl.sha256 is not None and _sha256(dest) != dl.sha256:
+                if dl.sha256 is not None and sha256_file(dest) != dl.sha256:
                     dest.unlink(missing_ok=True)
                     raise OSError(f"sha256 mismatch for {dl.url} (file removed)")
             except Exception as exc:  # noqa: BLE001 - any failure becomes the same actionable message

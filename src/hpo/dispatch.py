@@ -228,13 +228,14 @@ class Dispatcher:
                 else:  # running trials hold the rest of the budget; they may give some back (shared: others' too)
                     self._retry_at = time.monotonic() + (0.5 if search.shared else 3600.0)
             return
-        try:
-            asked = search.ask()
+        jobs: list[TrialJob] = []
+        try:  # the trial's job (an attribute) written with its params, in one commit
+            asked = search.ask(prepare=lambda trial, params: jobs.append(search.job(trial, params, allowance)))
             if asked is None:
                 search.release(allowance)
                 return
             trial, params = asked
-            job = search.job(trial, params, allowance)
+            job = jobs[-1]
         except Exception as exc:  # noqa: BLE001 - a bug or a storage failure must not hang the trial threads
             log.exception("unexpected error while asking for a trial")  # (a trial asked stays RUNNING: recovered
             search.stop(f"internal error: {type(exc).__name__}: {exc}", aborted=True)  # as a killed run's would be)

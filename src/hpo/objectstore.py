@@ -18,7 +18,6 @@ boto3 is imported only when storage is used; this module imports core only.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .datafiles import sha256_file
 from .exceptions import ConfigError, DatasetError
 from .redact import mask_text, mask_url, register_secret
 
@@ -271,14 +271,6 @@ def default_store(env: Mapping[str, str] | None = None) -> ObjectStore | None:
 
 
 # -- own data: content-addressed upload and the worker's cached, hash-checked fetch -------------------------------
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _check_sha(sha256: Any) -> str:
     if not isinstance(sha256, str) or not _SHA256.match(sha256):

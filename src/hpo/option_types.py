@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
+import os
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from .exceptions import ConfigError
@@ -20,7 +23,7 @@ from .exceptions import ConfigError
 #: storage URL schemes (SQLAlchemy dialects, optionally +driver) Optuna's RDBStorage can open
 STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql")
 
-__all__ = ["unwrap_optional", "type_name", "check_type", "range_text", "check_range", "closest"]
+__all__ = ["unwrap_optional", "type_name", "check_type", "range_text", "check_range", "closest", "read_mapping_file"]
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
@@ -199,3 +202,30 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def read_mapping_file(path: str | os.PathLike[str], *, field: str,
+                      suffixes: tuple[str, ...] = (".json", ".toml", ".yaml", ".yml")) -> Any:
+    """The data of a JSON / TOML / YAML file chosen by its suffix (one of ``suffixes``); ConfigError (``field``)
+    naming the file and the problem: missing, another suffix, or a parse error (its first line)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"{field}={str(path)!r}: no such file", field=field)
+    suffix = file.suffix.lower()
+    if suffix not in suffixes:
+        raise ConfigError(f"{field}={str(path)!r}: unknown file type {suffix or '(none)'}; allowed: "
+                          f"{', '.join(suffixes)}", field=field)
+    try:
+        text = file.read_text(encoding="utf-8")
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{field}={str(path)!r} cannot be read: {first}", field=field) from None

@@ -14,13 +14,13 @@ standard library only; no data is read here).
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from . import catalog
 from .exceptions import ConfigError, DatasetError
+from .option_types import read_mapping_file
 
 __all__ = ["CUSTOM", "OWN_SUFFIXES", "is_builtin", "check_dataset", "info_from_dict", "info_to_dict", "load_space",
            "check_model_ref", "run_label", "MODEL_REF", "MAX_MODEL_REF"]
@@ -119,35 +119,10 @@ def load_space(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, (str, Path)):
         raise ConfigError(f"space must be a dict of parameters or the path of a JSON/TOML/YAML file, got "
                           f"{type(value).__name__}", field="space")
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"space={str(value)!r}: no such file; give a JSON, TOML or YAML file of the search "
-                          "space (or a dict in Python)", field="space")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml  # an optional dependency, as for options files
-
-            data = yaml.safe_load(text)
-        else:
-            raise ConfigError(f"space={str(value)!r} has an unknown suffix; allowed: .json, .toml, .yaml, .yml",
-                              field="space")
-    except ConfigError:
-        raise
-    except ImportError:
-        raise ConfigError("reading a YAML space needs PyYAML (pip install pyyaml); or give JSON/TOML",
-                          field="space") from None
-    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
-        raise ConfigError(f"space file {path.name} cannot be read: {exc}", field="space") from None
+    data = read_mapping_file(value, field="space")
     if not isinstance(data, dict):
-        raise ConfigError(f"space file {path.name} must hold an object of parameters, got {type(data).__name__}",
+        raise ConfigError(f"space file {Path(value).name} must hold an object of parameters, got "
+                          f"{type(data).__name__}",
                           field="space")
     return data
 

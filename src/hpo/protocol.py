@@ -280,6 +280,10 @@ class TrialJob(_Message):
     target_gpus: int = 0
     compute_health: bool = True
     lr_schedule: LrSchedule = "constant"
+    #: epochs the cosine schedule spans: the trial's fidelity (max_epochs_per_trial), the same for every trial of a run
+    #: even when the epoch budget lets this one train fewer (max_epochs), so values at equal epochs are comparable.
+    #: None: max_epochs
+    schedule_epochs: int | None = None
     #: own data (dataset "custom"): where the prepared arrays are ("file:///abs/x.npz" or "s3://bucket/key.npz") and
     #: the SHA-256 of that file, which the worker checks before training; never the data itself
     data_uri: str | None = None
@@ -328,6 +332,9 @@ class TrialJob(_Message):
             if value is not None and not 0 <= value <= MAX_SEED:
                 raise ProtocolError(f"TrialJob: {name}={_preview(value)} is out of range; allowed: integer in "
                                     f"[0, {MAX_SEED}]")
+        if self.schedule_epochs is not None and not self.max_epochs <= self.schedule_epochs <= MAX_EPOCHS:
+            raise ProtocolError(f"TrialJob: schedule_epochs={_preview(self.schedule_epochs)} is out of range; "
+                                f"allowed: null or an integer in [max_epochs={self.max_epochs}, {MAX_EPOCHS}]")
         for name in ("max_epochs", "min_epochs", "patience"):
             if getattr(self, name) > MAX_EPOCHS:
                 raise ProtocolError(f"TrialJob: {name}={_preview(getattr(self, name))} is out of range; allowed: "

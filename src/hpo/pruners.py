@@ -15,10 +15,18 @@ that margin below the best accuracy another trial of this run had reached after 
 wide margin is right (a slow starter may still catch up within its epochs); in time the question is whether the
 configuration earns its cost: a 64-filter CNN at four times the default's epoch time that is 5 % behind what the
 default reached in the same seconds would hold a worker for most of an epoch-budgeted run for a result no better.
+
+Composition: ``FarBehindPruner(wrapped, ...)`` is an instance of a subclass of *both* FarBehindPruner and the wrapped
+pruner's class, holding the wrapped pruner's settings. So Optuna still sees the real pruner (a HyperbandPruner stays
+``isinstance(study.pruner, HyperbandPruner)``: samplers then learn per bracket, as Optuna intends), and the wrapped
+pruner's own ``prune`` runs first on every report (successive halving records its rung values) before the far-behind
+rules may prune on top. With ``seed``, Hyperband assigns brackets from the seed and the trial number instead of the
+study's (timestamped) name, so the same seed gives the same brackets.
 """
 
 from __future__ import annotations
 
+import binascii
 import math
 from typing import Any
 
@@ -39,9 +47,18 @@ class FarBehindPruner(optuna.pruners.BasePruner):
     ``reasons`` maps the trial numbers this rule (not the wrapped pruner) stopped to why.
     """
 
+    def __new__(cls, wrapped: optuna.pruners.BasePruner, *args: Any, **kwargs: Any) -> FarBehindPruner:
+        if cls is not FarBehindPruner:
+            return super().__new__(cls)
+        composed = _composed(type(wrapped))
+        pruner = super().__new__(composed)
+        pruner.__dict__.update(wrapped.__dict__)  # the wrapped pruner's settings and state
+        return pruner
+
     def __init__(self, wrapped: optuna.pruners.BasePruner, *, margin: float, time_margin: float | None = None,
-                 min_step: int = 1) -> None:
-        self.wrapped = wrapped
+                 min_step: int = 1, seed: int | None = None) -> None:
+        self.wrapped = wrapped  # as configured (the composed pruner carries its settings)
+        self.seed = seed
         self.margin = float(margin)
         self.time_margin = self.margin if time_margin is None else float(time_margin)
         self.min_step = int(min_step)
@@ -76,6 +93,10 @@ class FarBehindPruner(optuna.pruners.BasePruner):
                                                              if at <= seconds])
 
     def prune(self, study: Any, trial: Any) -> bool:
+        decided = bool(super().prune(study, trial))  # the real pruner first: it records its rungs on every report
+        return self._far_behind(study, trial) or decided  # when both prune, the far-behind reason is the telling one
+
+    def _far_behind(self, study: Any, trial: Any) -> bool:
         step = trial.last_step
         if step is None:
             return False
@@ -96,4 +117,28 @@ class FarBehindPruner(optuna.pruners.BasePruner):
                                               f"{seconds:.0f}s < {1 - self.time_margin:.2f} x the best {best:.4f} "
                                               "reached in as much training time")
                 return True
-        return bool(self.wrapped.prune(study, trial))
+        return False
+
+    def _get_bracket_id(self, study: Any, trial: Any) -> int:
+        """Hyperband's bracket of ``trial``: from the seed and the trial number when seeded (Optuna uses the study's
+        name, which differs per run)."""
+        if self.seed is None or not getattr(self, "_pruners", None):
+            return super()._get_bracket_id(study, trial)  # type: ignore[misc]
+        n = binascii.crc32(f"hpo-{self.seed}_{trial.number}".encode()) % self._total_trial_allocation_budget
+        for bracket_id in range(self._n_brackets):
+            n -= self._trial_allocation_budgets[bracket_id]
+            if n < 0:
+                return bracket_id
+        return self._n_brackets - 1
+
+
+_COMPOSED: dict[type, type] = {}
+
+
+def _composed(base: type) -> type:
+    """The class of a FarBehindPruner wrapping a ``base`` pruner: FarBehindPruner first, then ``base``."""
+    if base is FarBehindPruner or issubclass(base, FarBehindPruner):
+        raise TypeError("a FarBehindPruner cannot wrap another FarBehindPruner")
+    if base not in _COMPOSED:
+        _COMPOSED[base] = type(f"FarBehind{base.__name__}", (FarBehindPruner, base), {})
+    return _COMPOSED[base]

@@ -18,7 +18,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,8 +226,10 @@ class Search:
             self.aborted = self.aborted or aborted
 
     # -- asking ------------------------------------------------------------------------------------------------------
-    def ask(self) -> tuple[Any, dict[str, Any]] | None:
-        """The next trial and its params; configurations over max_params are rejected (not counted) and redrawn."""
+    def ask(self, prepare: Callable[[Any, dict[str, Any]], Any] | None = None) -> tuple[Any, dict[str, Any]] | None:
+        """The next trial and its params; configurations over max_params are rejected (not counted) and redrawn.
+        ``prepare(trial, params)`` (e.g. :meth:`job`) runs for the trial returned, its attributes written in the same
+        commit as the trial's params."""
         import optuna
 
         while True:
@@ -245,10 +247,14 @@ class Search:
                     trial.set_user_attr("process", self.process)  # who ran it, for the aggregate view
                     params = search_space.suggest(trial, self.space, self.config.pins, input_shape=self.shape)
                     if self.config.model is not None:  # an own model: its size is known once it is built
+                        if prepare is not None:
+                            prepare(trial, params)
                         return trial, params
                     n = search_space.count_params(params, self.info.modality, self.info.input_shape,
                                                   self.info.num_classes, self.info.vocab_size)
                     trial.set_user_attr("param_count", n)
+                    if n <= self.config.max_params and prepare is not None:
+                        prepare(trial, params)
                 if n <= self.config.max_params:
                     self._consecutive_rejections = 0
                     return trial, params
@@ -309,7 +315,8 @@ class Search:
                        seed=(c.seed + trial.number) % 2**32, split_seed=c.seed, validation_split=c.validation_split,
                        data_fraction=c.data_fraction, use_multi_gpu=c.use_multi_gpu,
                        target_gpus=c.target_gpus_per_worker, compute_health=c.mode != "simple",
-                       lr_schedule=c.lr_schedule)
+                       lr_schedule=c.lr_schedule,
+                       schedule_epochs=max(c.max_epochs_per_trial, max_epochs) if c.lr_schedule == "cosine" else None)
         with self.lock:
             trial.set_user_attr("job", job.to_dict())
         return job

@@ -187,7 +187,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         batch_size = int(job.params.get("batch_size", 64)) * replicas
         decay_steps = None
         if job.lr_schedule == "cosine":
-            decay_steps = job.max_epochs * math.ceil(len(data.x_train) / batch_size)
+            horizon = job.schedule_epochs or job.max_epochs  # the run's fidelity, not this trial's leftover allowance
+            decay_steps = horizon * math.ceil(len(data.x_train) / batch_size)
         if job.model is not None:  # the user's build function, compiled as the built-in models when it is not
             from .user_model import build_user_model
 

@@ -15,7 +15,6 @@ sequences float32 ``(N, T, F)``, labels int32.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import threading
@@ -28,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from ..catalog import DatasetInfo
+from ..datafiles import sha256_file
 from ..exceptions import ConfigError, DatasetError
 from ..redact import mask_text, mask_url
 from .splits import Splits, _split_indices
@@ -59,14 +59,6 @@ def clear_custom_cache() -> None:
     """Forget every own dataset loaded in this process."""
     with _CACHE_LOCK:
         _CACHE.clear()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _local_path(uri: str, sha256: str, cache_dir: str | Path | None) -> Path:
@@ -136,7 +128,7 @@ def _load(uri: str, sha256: str, cache_dir: str | Path | None) -> tuple[dict[str
     if cached is not None:
         return cached
     path = _local_path(uri, sha256, cache_dir)
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != sha256:
         raise DatasetError(mask_text(f"the data at {mask_url(uri)} has SHA-256 {actual[:12]}..., expected "
                                      f"{sha256[:12]}...: the file changed or is not the prepared data; prepare "

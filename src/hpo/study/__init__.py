@@ -141,7 +141,7 @@ def make_pruner(config: OptimizationConfig, notes: list[str]) -> Any:
     else:
         inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=c.min_epochs_per_trial)
     return FarBehindPruner(inner, margin=c.prune_below_best, time_margin=c.prune_behind_in_time,
-                           min_step=c.min_epochs_per_trial)
+                           min_step=c.min_epochs_per_trial, seed=c.seed)  # brackets from the seed, not the run name
 
 
 #: options that give a study its meaning: every process joining it must use the same

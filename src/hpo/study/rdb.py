@@ -68,15 +68,52 @@ def ask_trial(study: Any, storage: Any, *,
                 break
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-    if trial_id is None and new is not None:
+    local.cached_all_trials = None  # the sampler reads the study afresh, as after Study.ask
+    if trial_id is not None:
+        return optuna.Trial(study, trial_id)
+    template = None
+    if new is not None:
         params, attrs = new()
         template = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={"fixed_params": params},
                                              user_attrs=attrs)
-        trial_id = cached.create_new_trial(study_id, template_trial=template)
-    elif trial_id is None:
-        trial_id = cached.create_new_trial(study_id)
-    local.cached_all_trials = None  # the sampler reads the study afresh, as after Study.ask
-    return optuna.Trial(study, trial_id)
+    try:
+        return _created_trial(study, cached, study_id, template)
+    except (AttributeError, KeyError):  # not the storage this module knows
+        return optuna.Trial(study, cached.create_new_trial(study_id, template_trial=template))
+
+
+def _created_trial(study: Any, cached: Any, study_id: int, template: Any) -> Any:
+    """``optuna.Trial(study, cached.create_new_trial(study_id, template))`` without reading the new trial back from the
+    database: the storage returns it when it creates it (as _CachedStorage.create_new_trial, which keeps only its id);
+    the Trial is built from it through a stand-in study whose storage answers ``get_trial`` for it."""
+    import copy
+
+    import optuna
+
+    backend, studies = cached._backend, cached._studies
+    add = cached._add_trials_to_cache
+    if study_id not in studies:
+        raise KeyError(study_id)
+    frozen = backend._create_new_trial(study_id, template)
+    with cached._lock:
+        add(study_id, [frozen])
+    def get_trial(trial_id: int) -> Any:
+        return copy.deepcopy(frozen) if trial_id == frozen._trial_id else cached.get_trial(trial_id)
+
+    trial = optuna.Trial(_Created(study, _storage=_Created(cached, get_trial=get_trial)), frozen._trial_id)
+    trial.study, trial.storage = study, cached
+    return trial
+
+
+class _Created:
+    """``target`` with some attributes replaced."""
+
+    def __init__(self, target: Any, **replaced: Any) -> None:
+        self.__dict__.update(replaced)
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
 
 
 def shared_totals(study: Any, storage: Any, mine: set[int], *, epochs_of_running: bool,
@@ -223,22 +260,26 @@ def _write_in_one(trial: Any, storage: Any, gathered: _Gathered) -> None:
                          "distribution_json": optuna.distributions.distribution_to_json(distribution)})
         if rows:  # one statement for all
             session.execute(sqlalchemy.insert(models.TrialParamModel), rows)
-        if gathered.attrs:  # those the trial has are updated, the others inserted in one statement
-            attr = models.TrialUserAttributeModel
+        attr, beat = models.TrialUserAttributeModel, models.TrialHeartbeatModel
+        rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in gathered.attrs.items()]
+        upsert = _upsert(rdb.engine.name, attr, (attr.trial_id, attr.key), "value_json")
+        if rows and upsert is not None:  # one statement for all
+            session.execute(upsert, rows)
+        elif rows:  # those the trial has are updated, the others inserted in one statement
             have = dict(session.query(attr.key, attr.trial_user_attribute_id)
                         .filter(attr.trial_id == trial_id, attr.key.in_(list(gathered.attrs))).all())
-            for key, value in gathered.attrs.items():
-                if key in have:
-                    session.execute(sqlalchemy.update(attr).where(attr.trial_user_attribute_id == have[key])
-                                    .values(value_json=json.dumps(value)))
-            fresh = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
-                     for k, v in gathered.attrs.items() if k not in have]
-            if fresh:
+            for row in rows:
+                if row["key"] in have:
+                    session.execute(sqlalchemy.update(attr).where(attr.trial_user_attribute_id == have[row["key"]])
+                                    .values(value_json=row["value_json"]))
+            if fresh := [row for row in rows if row["key"] not in have]:
                 session.execute(sqlalchemy.insert(attr), fresh)
         for step, value in gathered.steps.items():
             rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
-        if gathered.beat:  # as RDBStorage.record_heartbeat
-            beat = models.TrialHeartbeatModel
+        upsert = _upsert(rdb.engine.name, beat, (beat.trial_id,), "heartbeat", sqlalchemy.func.now())
+        if gathered.beat and upsert is not None:  # as RDBStorage.record_heartbeat
+            session.execute(upsert, {"trial_id": trial_id})
+        elif gathered.beat:
             if session.query(beat.trial_heartbeat_id).filter(beat.trial_id == trial_id).first() is None:
                 session.execute(sqlalchemy.insert(beat).values(trial_id=trial_id))
             else:
@@ -246,6 +287,22 @@ def _write_in_one(trial: Any, storage: Any, gathered: _Gathered) -> None:
                                 .values(heartbeat=sqlalchemy.func.now()))
     for name, distribution in new.items():
         known.setdefault(name, distribution)
+
+
+def _upsert(dialect: str, model: Any, keys: tuple[Any, ...], column: str, value: Any = None) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET column = (the row's, or ``value``) where the database has it, as
+    Optuna writes attributes there; else None."""
+    import sqlite3
+
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return None
+    statement = insert(model)
+    return statement.on_conflict_do_update(index_elements=list(keys),
+                                           set_={column: statement.excluded[column] if value is None else value})
 
 
 def tell(study: Any, trial: Any, values: Any = None, state: Any = None) -> None:

@@ -9,7 +9,6 @@ temporary file in the same folder, then ``os.replace``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datafiles import sha256_file
 from .common import HOLDOUT_FRACTION, HOLDOUT_SEED
 
 __all__ = ["KEYS", "holdout", "write_canonical", "sha256_of"]
@@ -51,12 +51,7 @@ def _little_endian(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = sha256_file  # the one file hash of hpo (hpo.datafiles)
 
 
 def write_canonical(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict) -> tuple[Path, str]:
