@@ -34,7 +34,9 @@ BASES = {"synthetic_images": IMAGE, "synthetic_text": LSTM}
 VALID = {"trial_id": ["x"], "max_epochs": [1], "seed": [0, 1, 2**31], "dataset_options": [{}],
          "split_seed": [None, 0, 1, 2**31], "min_epochs": [1], "patience": [1], "data_fraction": [1],
          "use_multi_gpu": [True, False], "target_gpus": [0, 1], "compute_health": [True, False],
-         "schema_version": [1]}
+         "schema_version": [1], "schedule_epochs": [None], "data_uri": [None], "data_sha256": [None],
+         "modality": [None], "input_shape": [[]], "num_classes": [None], "vocab_size": [None], "model": [None],
+         "return_model": [True, False]}
 FIELDS = [f for f in TrialJob.__dataclass_fields__]
 
 

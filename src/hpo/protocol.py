@@ -361,8 +361,10 @@ class TrialJob(_Message):
         """What the trainer needs to know of the job's data: the catalog's entry of a built-in dataset, or the
         description carried by the job for own data (``dataset="custom"``). ProtocolError when it is not valid."""
         if self.dataset != CUSTOM_DATASET:
-            if self.data_uri is not None or self.data_sha256 is not None:
-                raise ProtocolError(f"TrialJob: data_uri/data_sha256 apply only to dataset={CUSTOM_DATASET!r}")
+            for name in ("data_uri", "data_sha256", "modality", "input_shape", "num_classes", "vocab_size"):
+                if getattr(self, name) not in (None, []):
+                    raise ProtocolError(f"TrialJob: {name}={_preview(getattr(self, name))} applies only to "
+                                        f"dataset={CUSTOM_DATASET!r} (own data); leave it out for {self.dataset!r}")
             if self.dataset not in catalog.DATASET_NAMES:
                 shown = self.dataset if len(self.dataset) <= 60 else self.dataset[:60] + "..."
                 raise ProtocolError(f"TrialJob: unknown dataset {shown!r}; allowed: "
