@@ -38,7 +38,7 @@ from hpo.backends.local import LocalBackend
 from hpo.backends.runpod import RunPodBackend
 from hpo.exceptions import BackendUnavailable
 from hpo.protocol import EpochReport, TrialJob, TrialResult
-from hpo.testing.runpod_sim import REPO_ROOT, RunPodSimulator, start_workers, stop_workers
+from hpo.testing.runpod_sim import RunPodSimulator, start_workers, stop_workers
 
 SLEEP_WORKER = Path(__file__).resolve().parent / "epoch_sleep_worker.py"
 #: seconds each epoch of a remote job sleeps: a short job (1-3 epochs) ends at once, a long one (200) takes 40 s and is

@@ -14,9 +14,37 @@ import pytest
 
 from hpo.cli import main
 
-from .conftest import hpo_env, interruptible, run_hpo
+from .conftest import BackgroundHpo, hpo_env, interruptible, run_hpo, selected
 
 FAST = ["max_epochs_per_trial=2", "data_fraction=0.5", "quiet=true", "plot_generation=none"]
+
+E2E = "test_optimize_end_to_end_writes_a_consistent_run_folder"
+FASHION = "test_fashion_mnist_smoke_run_on_the_debian_files"
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory):
+    """The two independent real runs, started together when the module starts (a run keeps about one core busy);
+    each test below asserts on its own run's result."""
+    started: dict[str, tuple[BackgroundHpo, Path]] = {}
+    wanted = selected(request, E2E, FASHION)
+    try:
+        if E2E in wanted:
+            folder = tmp_path_factory.mktemp("e2e")
+            started[E2E] = (BackgroundHpo("optimize", "dataset=synthetic_images", "trials=3", "max_epochs_per_trial=2",
+                                          "pruner=none", "data_fraction=0.2", "run_name=smoke",
+                                          f"output_dir={folder}", cwd=folder), folder)
+        if FASHION in wanted:  # real data (package dataset-fashion-mnist), a small fraction, 2 trials of 1 epoch
+            folder = tmp_path_factory.mktemp("fashion")
+            started[FASHION] = (BackgroundHpo("optimize", "dataset=fashion_mnist", "trials=2", "max_epochs_per_trial=1",
+                                              "data_fraction=0.03", "pruner=none", "run_name=fm",
+                                              f"output_dir={folder}", "quiet=true", "max_params=300000",
+                                              "plot_generation=none", cwd=folder, HPO_DATA_DIR=str(folder / "empty"),
+                                              KERAS_HOME=str(folder / "keras")), folder)
+        yield started
+    finally:
+        for run, _ in started.values():
+            run.stop()
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -24,9 +52,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_optimize_end_to_end_writes_a_consistent_run_folder(tmp_path):
-    proc = run_hpo("optimize", "dataset=synthetic_images", "trials=3", "max_epochs_per_trial=2", "pruner=none",
-                   "data_fraction=0.2", "run_name=smoke", f"output_dir={tmp_path}", cwd=tmp_path)
+def test_optimize_end_to_end_writes_a_consistent_run_folder(runs):
+    background, tmp_path = runs[E2E]  # hpo optimize dataset=synthetic_images trials=3 max_epochs_per_trial=2 ...
+    proc = background.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "smoke"
     for name in ("config.json", "study.db", "trials.csv", "best.json", "best_model.keras"):
@@ -193,12 +221,10 @@ def test_a_killed_run_resumes_to_exactly_the_asked_total(tmp_path):
         assert same and same[0]["value"] == r["value"]
 
 
-def test_fashion_mnist_smoke_run_on_the_debian_files(tmp_path):
-    """Real data (package dataset-fashion-mnist), a small fraction, 2 trials of 1 epoch."""
-    proc = run_hpo("optimize", "dataset=fashion_mnist", "trials=2", "max_epochs_per_trial=1", "data_fraction=0.03",
-                   "pruner=none", "run_name=fm", f"output_dir={tmp_path}", "quiet=true", "max_params=300000",
-                   "plot_generation=none",
-                   cwd=tmp_path, HPO_DATA_DIR=str(tmp_path / "empty"), KERAS_HOME=str(tmp_path / "keras"))
+def test_fashion_mnist_smoke_run_on_the_debian_files(runs):
+    """Real data (package dataset-fashion-mnist), a small fraction, 2 trials of 1 epoch (the runs fixture)."""
+    background, tmp_path = runs[FASHION]
+    proc = background.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_csv(tmp_path / "fm" / "trials.csv")
     assert [r["state"] for r in rows] == ["complete", "complete"]

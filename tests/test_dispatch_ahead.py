@@ -291,7 +291,7 @@ def test_gathered_writes_store_what_optuna_stores_in_one_commit(storage):
     listener = lambda conn: commits.append(1)  # noqa: E731
     event.listen(storage.engine, "commit", listener)
     try:
-        with studies.gathered_writes(gathered, beat=True):
+        with studies.gathered_writes(gathered, first=True):
             _draw(gathered)
     finally:
         event.remove(storage.engine, "commit", listener)
@@ -345,3 +345,18 @@ def test_shared_totals_from_column_queries_match_a_read_of_every_trial(storage):
     assert studies.shared_totals(study, storage, {mine.number}, epochs_of_running=False,
                                  default_epochs=6)[:3] == expected[:3]
     assert fresh.number not in {mine.number, theirs.number}
+
+
+def test_of_trials_started_together_for_the_last_slot_the_newest_gives_way(storage):
+    """trials=3, one done: processes that read the totals together may each start a trial for the last two slots;
+    the newest over the limit gives way (rejected: not counted, not retried, left out of the records)."""
+    study = _new_study(storage, "surplus")
+    done = study.ask()
+    done.set_user_attr("counted", True)
+    study.tell(done, 0.5)
+    a, b, c = study.ask(), study.ask(), study.ask()
+    assert [studies.surplus(study, storage, t._trial_id, limit=3) for t in (a, b, c)] == [False, False, True]
+    studies.reject(study, c, "one too many")
+    assert not studies.surplus(study, storage, b._trial_id, limit=3)  # back at the limit
+    rejected = storage.get_trial(c._trial_id)
+    assert rejected.state.name == "PRUNED" and rejected.user_attrs == {"rejected": True, "reason": "one too many"}

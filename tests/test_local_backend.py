@@ -6,11 +6,14 @@ local backend by the contract suite, tests/test_backend_contract.py.
 
 import os
 import signal
+import threading
 
 import pytest
 
 from hpo.backends.local import LocalBackend
 from hpo.protocol import TrialJob
+
+from .conftest import selected
 
 PARAMS = {"conv_blocks": 1, "filters": 16, "kernel_size": 3, "activation": "relu", "batch_norm": False,
           "global_pooling": True, "dense_layers": 0, "dropout": 0.0, "learning_rate": 0.005, "optimizer": "adam",
@@ -30,6 +33,34 @@ def backend(tmp_path_factory):
     b.start()
     yield b
     b.close()
+
+
+RECYCLE = "test_workers_are_recycled_and_memory_does_not_grow"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def recycling(request, tmp_path_factory):
+    """The recycling test's backend, its first worker started (in a thread) when the module starts, beside the other
+    tests' worker: the two TensorFlow imports share the cores instead of following each other."""
+    if not selected(request, RECYCLE):
+        yield None
+        return
+    b = LocalBackend(workers=1, log_dir=tmp_path_factory.mktemp("recycling"), max_trials_per_worker=4)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            b.start()
+        except BaseException as exc:  # noqa: BLE001 - raised in the test
+            errors.append(exc)
+
+    starting = threading.Thread(target=start, daemon=True)
+    starting.start()
+    try:
+        yield b, starting, errors
+    finally:
+        starting.join(300)
+        b.close()
 
 
 def test_runs_jobs_in_one_persistent_worker_and_reports_epochs(backend):
@@ -54,8 +85,10 @@ def test_a_crashing_worker_fails_only_its_trial(backend):
     assert after.executed_on != crashed.executed_on
 
 
-def test_workers_are_recycled_and_memory_does_not_grow(tmp_path):
-    backend = LocalBackend(workers=1, log_dir=tmp_path, max_trials_per_worker=4)
+def test_workers_are_recycled_and_memory_does_not_grow(recycling):
+    backend, starting, errors = recycling  # LocalBackend(workers=1, max_trials_per_worker=4), being started
+    starting.join(300)
+    assert not starting.is_alive() and not errors, errors
     pids, rss = [], []
     orig_release = backend._release
 

@@ -22,7 +22,7 @@ import requests
 from hpo.protocol import TrialJob
 from hpo.testing.runpod_sim import RunPodSimulator, WorkerProcess, start_workers, stop_workers
 
-from .conftest import hpo_env, interruptible, run_hpo
+from .conftest import BackgroundHpo, hpo_env, interruptible, run_hpo, selected
 
 API_KEY = "rpa_FAKE_e2e_SECRET_93b1d0"
 WORKERS = ("sim-worker-1", "sim-worker-2")
@@ -54,6 +54,30 @@ class Cluster:
 
     def job_ids(self) -> set[str]:
         return {j["id"] for j in self.sim.jobs()}
+
+
+DOWN = "test_endpoint_down_from_the_start_runs_every_trial_locally"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def down_run(request, tmp_path_factory):
+    """The endpoint-down run trains locally and needs no worker: started with the module, beside the workers' start
+    and the first test (a run keeps about one core busy); its test asserts on its result."""
+    if not selected(request, DOWN):
+        yield None
+        return
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    folder = tmp_path_factory.mktemp("down")
+    run = BackgroundHpo("optimize", *FAST, "trials=2", "concurrent_workers=1", "max_epochs_per_trial=1",
+                        "use_runpod_service=true", f"runpod_endpoint_url=http://127.0.0.1:{port}/v2/gone",
+                        f"output_dir={folder}", "run_name=down", cwd=folder, RUNPOD_API_KEY=API_KEY, timeout=300)
+    try:
+        yield run, port, folder
+    finally:
+        run.stop()
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +172,9 @@ def test_trials_run_on_the_workers_with_the_numbers_of_a_local_run(ready, tmp_pa
     assert API_KEY not in ready.logs()
 
 
-def test_endpoint_down_from_the_start_runs_every_trial_locally(tmp_path):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    proc = run_hpo("optimize", *FAST, "trials=2", "concurrent_workers=1", "max_epochs_per_trial=1",
-                   "use_runpod_service=true", f"runpod_endpoint_url=http://127.0.0.1:{port}/v2/gone",
-                   f"output_dir={tmp_path}", "run_name=down", cwd=tmp_path, RUNPOD_API_KEY=API_KEY, timeout=300)
+def test_endpoint_down_from_the_start_runs_every_trial_locally(down_run):
+    run, port, tmp_path = down_run  # hpo optimize ... use_runpod_service=true runpod_endpoint_url=<nothing listens>
+    proc = run.result()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "trials: 2 completed" in proc.stdout
     assert "unreachable at start" in proc.stdout  # the summary says why

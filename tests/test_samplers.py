@@ -51,3 +51,41 @@ def test_cmaes_with_pareto_is_a_clear_error(tmp_path):
                      output_dir=str(tmp_path), **FAST)
     assert info.value.field == "sampler"
     assert not any(tmp_path.iterdir())
+
+
+def test_rejected_configurations_use_no_startup_slot():
+    """A configuration rejected before training (too big) is told PRUNED, so TPE learns to avoid it, but TPE's random
+    start-up counts only trials that trained; plain TPE would count the rejected ones and model from 2 results."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from hpo.study.sampling import StartupTPESampler
+
+    space = {"x": FloatDistribution(0.0, 1.0)}
+    sampler = StartupTPESampler(n_startup_trials=3, seed=0, multivariate=True)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for x in (0.2, 0.4):
+        study.add_trial(create_trial(params={"x": x}, distributions=space, value=x))
+    for x in (0.91, 0.93, 0.95, 0.97):
+        study.add_trial(create_trial(params={"x": x}, distributions=space, state=TrialState.PRUNED,
+                                     user_attrs={"rejected": True, "reason": "too many parameters"}))
+    trial = study.ask()
+    assert sampler.sample_relative(study, trial, space) == {}  # 2 trained < 3 start-up trials: still random
+    plain = optuna.samplers.TPESampler(n_startup_trials=3, seed=0, multivariate=True)
+    assert plain.sample_relative(study, trial, space) != {}  # plain TPE: 6 >= 3, it models already
+    study.tell(trial, 0.5)
+    assert sampler.sample_relative(study, study.ask(), space) != {}  # the third trained trial ends the start-up
+
+
+def test_the_default_sampler_is_the_one_that_leaves_rejected_trials_out():
+    import optuna
+
+    from hpo.config import OptimizationConfig
+    from hpo.study import create_study, startup_trials
+    from hpo.study.sampling import StartupTPESampler
+
+    config = OptimizationConfig(dataset="synthetic_images", trials=12, run_name="r")
+    study, created = create_study(config, optuna.storages.InMemoryStorage(), [])
+    assert created and isinstance(study.sampler, StartupTPESampler)
+    assert study.sampler.startup_trials == startup_trials(config) >= 1

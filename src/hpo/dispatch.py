@@ -2,7 +2,10 @@
 touches the study (the execution side of a run; KerasTuner's tuner).
 
     study thread     reserve a slot and ask the search for trials (kept ready in a small queue), record finished
-                     trials (their fate, progress, run files), epoch reports when nothing can be pruned
+                     trials (their fate, progress, run files) in the order they ended, and epoch reports that no
+                     pruner acts on -- in that order of urgency: a trial thread with nothing to run first (remote
+                     backends), then results, then the ready queue topped up, then epoch reports (those that pile up
+                     meanwhile go in one commit, or with their trial's verdict)
     trial threads    (concurrent_workers + the backend's queue_ahead) take a ready trial, run it on the backend, hand
                      the result back to the study thread, and take the next one at once
 
@@ -81,6 +84,8 @@ class Dispatcher:
 
     def __init__(self, search: Search, backend: Backend, *, progress: ProgressTracker | None = None,
                  after_trial: Callable[[], None] | None = None, ask_ahead: int | None = None) -> None:
+        import optuna
+
         self.search = search
         self.backend = backend
         self.progress = progress
@@ -91,8 +96,6 @@ class Dispatcher:
         # worker that finishes finds its next job waiting instead of waiting for the dispatcher).
         self.thread_count = workers + queue_ahead
         self.ask_ahead = default_ask_ahead(workers, queue_ahead) if ask_ahead is None else max(0, int(ask_ahead))
-        import optuna
-
         #: whether epoch reports can prune a trial: then they reach the pruner in the trial's thread; else the study
         #: thread records them
         self._prunes = search.config.mode != "pareto" and not isinstance(search.study.pruner,

@@ -88,6 +88,7 @@ class Search:
         self.process = f"{socket.gethostname()}:{os.getpid()}"
         self._next_stale_check = 0.0
         self._last_number: int | None = None  # the trial this process asked last
+        self._near_limit = False  # other processes may take the last slots (shared study)
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -187,8 +188,11 @@ class Search:
             if self.shared:
                 self.fail_stale_trials()  # a dead process's trials go back to the queue (retried once)
                 self._refresh_shared()
-            if self.counted + self.running + self._others_running >= self.config.trial_limit:
+            left = self.config.trial_limit - self.counted - self.running - self._others_running
+            if left <= 0:
                 return None  # the rest runs here or in other processes (a dead one's trial: retried by whoever looks)
+            # the other processes could take the last slots meanwhile: the trial asked is checked (ask)
+            self._near_limit = self.shared and left <= self._others_running
             if self.past_deadline():
                 return None
             allowance = self._epoch_allowance()
@@ -230,8 +234,6 @@ class Search:
         """The next trial and its params; configurations over max_params are rejected (not counted) and redrawn.
         ``prepare(trial, params)`` (e.g. :meth:`job`) runs for the trial returned, its attributes written in the same
         commit as the trial's params."""
-        import optuna
-
         while True:
             with self.lock:
                 if self.stop_reason is not None:
@@ -242,8 +244,13 @@ class Search:
                 trial = studies.ask_trial(self.study, self.storage,
                                           new=self._neighbour if self._warm_start_number is not None else None)
                 self._last_number = trial.number
+                if (self._near_limit and not trial.user_attrs.keys() & {"retry_of", "warm_start"}  # those run
+                        and studies.surplus(self.study, self.storage, trial._trial_id, self.config.trial_limit)):
+                    studies.reject(self.study, trial, "one too many: other processes took the study's last trials",
+                                   process=self.process)
+                    return None
                 self._beating[trial.number] = trial._trial_id
-                with studies.gathered_writes(trial, beat=True):  # one commit: params, attributes, first heartbeat
+                with studies.gathered_writes(trial, first=True):  # one commit: params, attributes, first heartbeat
                     trial.set_user_attr("process", self.process)  # who ran it, for the aggregate view
                     params = search_space.suggest(trial, self.space, self.config.pins, input_shape=self.shape)
                     if self.config.model is not None:  # an own model: its size is known once it is built
@@ -260,9 +267,7 @@ class Search:
                     return trial, params
                 if trial.number == self._warm_start_number:  # pins made the default too big: no neighbours of it
                     self._warm_start_number = None
-                trial.set_user_attr("rejected", True)
-                trial.set_user_attr("reason", f"{n} parameters > max_params={self.config.max_params}")
-                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                studies.reject(self.study, trial, f"{n} parameters > max_params={self.config.max_params}")
                 self._beating.pop(trial.number, None)
                 self._consecutive_rejections += 1
                 if self._consecutive_rejections >= MAX_CONSECUTIVE_REJECTIONS:

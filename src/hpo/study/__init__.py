@@ -17,10 +17,11 @@ from typing import Any
 from ..config import OptimizationConfig
 from ..exceptions import ConfigError
 from ..redact import mask_text, mask_url
-from .rdb import ask_trial, gathered_writes, shared_totals, tell, waiting_trials
+from .rdb import ask_trial, gathered_writes, reject, shared_totals, surplus, tell, waiting_trials
 
 __all__ = ["open_storage", "create_study", "make_pruner", "expected_trials", "startup_trials", "tune_sqlite",
-           "study_signature", "STUDY_DEFINING", "ask_trial", "waiting_trials", "shared_totals", "gathered_writes", "tell"]
+           "study_signature", "STUDY_DEFINING", "ask_trial", "waiting_trials", "shared_totals", "surplus", "reject",
+           "gathered_writes", "tell"]
 
 # hpo drives the study with ask/tell and beats each trial's heartbeat itself; Optuna warns about heartbeats outside
 # Study.optimize and about the experimental heartbeat API on every call.
@@ -198,7 +199,9 @@ def create_study(config: OptimizationConfig, storage: Any, notes: list[str]) -> 
         # Multivariate TPE (grouped, for the conditional dense_units) models how the parameters interact.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(
+            from .sampling import StartupTPESampler  # rejected configurations use no start-up slot
+
+            sampler = StartupTPESampler(
                 seed=seed, constant_liar=config.concurrent_workers > 1 or config.storage is not None,
                 multivariate=True, group=True, n_startup_trials=startup_trials(config))
     pruner = make_pruner(config, notes)

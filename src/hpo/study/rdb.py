@@ -18,30 +18,34 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["ask_trial", "waiting_trials", "shared_totals", "gathered_writes", "tell"]
+__all__ = ["ask_trial", "waiting_trials", "shared_totals", "surplus", "reject", "gathered_writes",
+           "tell"]
 
 log = logging.getLogger(__name__)
 
 
 def waiting_trials(study: Any, storage: Any) -> list[int]:
     """Ids of the study's WAITING (queued) trials, oldest first, from a column query."""
+    import sqlalchemy
     from optuna.trial import TrialState
 
     try:
         from optuna.storages._rdb import models
 
-        study_id, session = study._study_id, storage.scoped_session()
-    except (ImportError, AttributeError):  # not the storage this module knows: Optuna's own read
-        return [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
-    trial = models.TrialModel
-    try:
-        rows = (session.query(trial.trial_id).filter(trial.study_id == study_id, trial.state == TrialState.WAITING)
-                .order_by(trial.trial_id).all())
-        session.commit()
-    except Exception:  # noqa: BLE001 - Optuna's own read says the same (and raises what is really wrong)
-        session.rollback()
+        trial = models.TrialModel
+        rows = _read(storage, sqlalchemy.select(trial.trial_id)
+                     .where(trial.study_id == study._study_id, trial.state == TrialState.WAITING)
+                     .order_by(trial.trial_id))[0]
+    except Exception:  # noqa: BLE001 - not the storage this module knows: Optuna's own read
         return [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
     return [trial_id for (trial_id,) in rows]
+
+
+def _read(storage: Any, *statements: Any) -> list[list[Any]]:
+    """The rows of each statement, read outside a transaction (no BEGIN and COMMIT: two round trips fewer)."""
+    with storage.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        return [list(conn.execute(statement)) for statement in statements]
 
 
 def ask_trial(study: Any, storage: Any, *,
@@ -140,27 +144,25 @@ def shared_totals(study: Any, storage: Any, mine: set[int], *, epochs_of_running
 
 def _shared_totals_rdb(study: Any, storage: Any, mine: set[int], epochs_of_running: bool,
                        default_epochs: int) -> tuple[int, int, int, int] | None:
+    import sqlalchemy
+
     try:
         from optuna.storages._rdb import models
         from optuna.trial import TrialState
 
-        study_id = study._study_id
-        session = storage.scoped_session()
-    except (ImportError, AttributeError):
-        return None
-    trial, attr = models.TrialModel, models.TrialUserAttributeModel
-    try:
-        rows = (session.query(attr.key, attr.value_json).join(trial, attr.trial_id == trial.trial_id)
-                .filter(trial.study_id == study_id, attr.key.in_(("counted", "epochs_trained"))).all())
-        running = (session.query(trial.trial_id, trial.number)
-                   .filter(trial.study_id == study_id, trial.state == TrialState.RUNNING).all())
+        trial, attr = models.TrialModel, models.TrialUserAttributeModel
+        rows, running = _read(
+            storage,
+            sqlalchemy.select(attr.key, attr.value_json).join(trial, attr.trial_id == trial.trial_id)
+            .where(trial.study_id == study._study_id, attr.key.in_(("counted", "epochs_trained"))),
+            sqlalchemy.select(trial.trial_id, trial.number)
+            .where(trial.study_id == study._study_id, trial.state == TrialState.RUNNING))
         others = [trial_id for trial_id, number in running if number not in mine]
         jobs = []
         if epochs_of_running and others:
-            jobs = session.query(attr.value_json).filter(attr.trial_id.in_(others), attr.key == "job").all()
-        session.commit()
-    except Exception:  # noqa: BLE001 - the caller reads the trials the slow way; nothing was written
-        session.rollback()
+            jobs = _read(storage, sqlalchemy.select(attr.value_json)
+                         .where(attr.trial_id.in_(others), attr.key == "job"))[0]
+    except Exception:  # noqa: BLE001 - not the storage this module knows: the caller reads the trials instead
         return None
     counted = spent = 0
     for key, value in rows:
@@ -176,16 +178,52 @@ def _shared_totals_rdb(study: Any, storage: Any, mine: set[int], epochs_of_runni
     return counted, spent, len(others), reserved
 
 
+def surplus(study: Any, storage: Any, trial_id: int, limit: int) -> bool:
+    """Whether trial ``trial_id``, just created, is one too many: the study's trials with a verdict and running ones
+    are over ``limit``, and it is among the newest running ones over it. Processes that read the study's totals
+    together may each start a trial for the same last slot; each then finds out here, and the newest give way."""
+    import sqlalchemy
+    from optuna.trial import TrialState
+
+    try:
+        from optuna.storages._rdb import models
+
+        trial, attr = models.TrialModel, models.TrialUserAttributeModel
+        running, counted = _read(
+            storage,
+            sqlalchemy.select(trial.trial_id).where(trial.study_id == study._study_id,
+                                                    trial.state == TrialState.RUNNING),
+            sqlalchemy.select(attr.value_json).join(trial, attr.trial_id == trial.trial_id)
+            .where(trial.study_id == study._study_id, attr.key == "counted"))
+    except Exception:  # noqa: BLE001 - not the storage this module knows: the limit holds as read before
+        return False
+    over = sum(bool(json.loads(value)) for (value,) in counted) + len(running) - limit
+    return over > 0 and trial_id in sorted((i for (i,) in running), reverse=True)[:over]
+
+
+def reject(study: Any, trial: Any, reason: str, *, process: str | None = None) -> None:
+    """A trial that does not train: PRUNED, marked ``rejected`` (not counted, not retried, left out of the records),
+    with why (and which process asked it)."""
+    from optuna.trial import TrialState
+
+    with gathered_writes(trial):
+        if process is not None:
+            trial.set_user_attr("process", process)
+        trial.set_user_attr("rejected", True)
+        trial.set_user_attr("reason", reason)
+    tell(study, trial, state=TrialState.PRUNED)
+
+
 class _Gathered:
     """Stands in for the study's storage on one Trial: parameter and user-attribute writes are kept, everything else
     goes to the storage."""
 
-    def __init__(self, storage: Any, beat: bool) -> None:
+    def __init__(self, storage: Any, first: bool) -> None:
         self._storage = storage
         self.params: list[tuple[str, float, Any]] = []
         self.attrs: dict[str, Any] = {}
         self.steps: dict[int, float] = {}
-        self.beat = beat
+        self.first = first
 
     def set_trial_param(self, trial_id: int, name: str, value: float, distribution: Any) -> None:
         self.params.append((name, value, distribution))
@@ -201,18 +239,21 @@ class _Gathered:
 
 
 @contextlib.contextmanager
-def gathered_writes(trial: Any, *, beat: bool = False) -> Iterator[None]:
+def gathered_writes(trial: Any, *, first: bool = False) -> Iterator[None]:
     """The trial's parameter draws (``trial.suggest_*``), ``set_user_attr`` and ``report`` calls inside the block are
-    written in one transaction at its end (Optuna writes each in its own: a dozen commits per trial asked), with its
-    first heartbeat if ``beat``. Values are checked as Optuna checks them. If the block raises, nothing is written."""
+    written in one transaction at its end (Optuna writes each in its own: a dozen commits per trial asked). Values are
+    checked as Optuna checks them. If the block raises, nothing is written.
+
+    ``first``: the trial's first writes, right after it was asked: its first heartbeat goes with them, and it is not
+    looked up to see whether it is still running (nothing else finishes a trial without a heartbeat)."""
     storage = trial.storage
-    gathered = _Gathered(storage, beat)
+    gathered = _Gathered(storage, first)
     trial.storage = gathered
     try:
         yield
     finally:
         trial.storage = storage
-    if gathered.params or gathered.attrs or gathered.steps or beat:
+    if gathered.params or gathered.attrs or gathered.steps or first:
         _write_gathered(trial, storage, gathered)
 
 
@@ -229,7 +270,7 @@ def _write_gathered(trial: Any, storage: Any, gathered: _Gathered) -> None:
         storage.set_trial_user_attr(trial_id, key, value)
     for step, value in gathered.steps.items():
         storage.set_trial_intermediate_value(trial_id, step, value)
-    if gathered.beat:
+    if gathered.first:
         storage.record_heartbeat(trial_id)
 
 
@@ -245,8 +286,8 @@ def _write_in_one(trial: Any, storage: Any, gathered: _Gathered) -> None:
     known = storage._studies[trial.study._study_id].param_distribution
     new: dict[str, Any] = {}
     with lock, _create_scoped_session(rdb.scoped_session) as session, session.no_autoflush:
-        row = models.TrialModel.find_or_raise_by_id(trial_id, session)  # the trial looked up once, not per write
-        rdb.check_trial_is_updatable(trial_id, row.state)
+        if not gathered.first:  # the trial looked up once, not per write
+            rdb.check_trial_is_updatable(trial_id, models.TrialModel.find_or_raise_by_id(trial_id, session).state)
         rows = []
         for name, value, distribution in gathered.params:
             previous = known.get(name)
@@ -274,12 +315,20 @@ def _write_in_one(trial: Any, storage: Any, gathered: _Gathered) -> None:
                                     .values(value_json=row["value_json"]))
             if fresh := [row for row in rows if row["key"] not in have]:
                 session.execute(sqlalchemy.insert(attr), fresh)
-        for step, value in gathered.steps.items():
-            rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+        step = models.TrialIntermediateValueModel
+        upsert = _upsert(rdb.engine.name, step, (step.trial_id, step.step), "intermediate_value",
+                         more=("intermediate_value_type",))
+        if gathered.steps and upsert is not None:  # one statement for all, as Optuna stores each
+            session.execute(upsert, [dict(zip(("intermediate_value", "intermediate_value_type"),
+                                              step.intermediate_value_to_stored_repr(value)), trial_id=trial_id,
+                                          step=number) for number, value in gathered.steps.items()])
+        else:
+            for number, value in gathered.steps.items():
+                rdb._set_trial_intermediate_value_without_commit(session, trial_id, number, value)
         upsert = _upsert(rdb.engine.name, beat, (beat.trial_id,), "heartbeat", sqlalchemy.func.now())
-        if gathered.beat and upsert is not None:  # as RDBStorage.record_heartbeat
+        if gathered.first and upsert is not None:  # as RDBStorage.record_heartbeat
             session.execute(upsert, {"trial_id": trial_id})
-        elif gathered.beat:
+        elif gathered.first:
             if session.query(beat.trial_heartbeat_id).filter(beat.trial_id == trial_id).first() is None:
                 session.execute(sqlalchemy.insert(beat).values(trial_id=trial_id))
             else:
@@ -289,9 +338,10 @@ def _write_in_one(trial: Any, storage: Any, gathered: _Gathered) -> None:
         known.setdefault(name, distribution)
 
 
-def _upsert(dialect: str, model: Any, keys: tuple[Any, ...], column: str, value: Any = None) -> Any:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE SET column = (the row's, or ``value``) where the database has it, as
-    Optuna writes attributes there; else None."""
+def _upsert(dialect: str, model: Any, keys: tuple[Any, ...], column: str, value: Any = None,
+            more: tuple[str, ...] = ()) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET column (and ``more``) = the row's (or ``value``) where the database
+    has it, as Optuna writes attributes there; else None."""
     import sqlite3
 
     if dialect == "postgresql":
@@ -301,18 +351,33 @@ def _upsert(dialect: str, model: Any, keys: tuple[Any, ...], column: str, value:
     else:
         return None
     statement = insert(model)
-    return statement.on_conflict_do_update(index_elements=list(keys),
-                                           set_={column: statement.excluded[column] if value is None else value})
+    update = {name: statement.excluded[name] for name in (column, *more)}
+    if value is not None:
+        update[column] = value
+    return statement.on_conflict_do_update(index_elements=list(keys), set_=update)
 
 
 def tell(study: Any, trial: Any, values: Any = None, state: Any = None) -> None:
-    """``study.tell(trial, values, state)`` without reading the finished trial back from the storage (Study.tell returns
-    it; nobody here uses it)."""
+    """``study.tell(trial, values, state)`` without reading the trial from the storage, before (Optuna checks it is
+    running: the Trial knows what it wrote, and the storage checks the state again, under a row lock, when it sets the
+    new one) or after (Study.tell returns it; nobody here uses it)."""
+    import copy
+
+    from optuna.trial import TrialState
+
     fast = _tell_function()
     if fast is None:
         study.tell(trial, values, state=state)
-    else:
-        fast(study=study, trial=trial, value_or_values=values, state=state)
+        return
+    known = getattr(trial, "_cached_frozen_trial", None)
+    if known is not None and known.state == TrialState.RUNNING and hasattr(study, "_storage"):
+        frozen, storage = copy.deepcopy(known), study._storage
+
+        def get_trial(trial_id: int) -> Any:
+            return frozen if trial_id == frozen._trial_id else storage.get_trial(trial_id)
+
+        study = _Created(study, _storage=_Created(storage, get_trial=get_trial))
+    fast(study=study, trial=trial, value_or_values=values, state=state)
 
 
 @functools.cache
