@@ -40,6 +40,7 @@ GROUPS: dict[str, str] = {
     "hpo.session": "session", "hpo.rundir": "session", "hpo.own_run": "session",
     # search: what to try and what a result means
     "hpo.search": "search", "hpo.study": "search", "hpo.search_space": "search", "hpo.pruners": "search",
+    "hpo.budget": "search",
     # dispatch: runs jobs
     "hpo.dispatch": "dispatch",
     # backends

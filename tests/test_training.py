@@ -166,3 +166,25 @@ def test_the_cosine_schedule_spans_the_runs_fidelity_not_a_shortened_allowance()
     assert short.status == "completed", short.error
     lr = short.history["learning_rate"]
     assert len(lr) == 2 and lr[1] == pytest.approx(CNN["learning_rate"] / 2, rel=0.02)
+
+
+def test_a_time_limit_ends_training_in_time_and_the_trial_is_complete_at_its_best_epoch():
+    """time_limit_s (the run's time budget): no epoch starts that would not end in time; the trial is complete at the
+    epochs it trained, with its best epoch's weights, and says that time cut it."""
+    epochs = []
+    result = run_trial(job(max_epochs=5000, patience=5000, time_limit_s=4.0), on_epoch=lambda e, m: epochs.append(m))
+    assert result.status == "completed", result.error
+    assert 1 <= result.epochs_run < 5000 and result.details.get("out_of_time") is True
+    assert result.history["val_accuracy"][result.best_epoch - 1] == max(result.history["val_accuracy"])
+    assert result.val_metrics["accuracy"] == pytest.approx(max(result.history["val_accuracy"]), abs=1e-6)
+    assert len(epochs) == result.epochs_run
+    unlimited = run_trial(job(max_epochs=2))
+    assert "out_of_time" not in unlimited.details and unlimited.epochs_run == 2
+
+
+def test_a_time_limit_out_of_range_is_refused_naming_the_field():
+    from hpo.exceptions import ProtocolError
+
+    for bad in (0, -1.0, float("inf"), 8 * 24 * 3600.0):
+        with pytest.raises(ProtocolError, match="time_limit_s"):
+            job(time_limit_s=bad).validate()

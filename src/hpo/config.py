@@ -135,6 +135,10 @@ class OptimizationConfig:
     seed: int = _opt(42, "seed of the sampler, the data split and every trial", low=0, high=MAX_SEED)
     timeout_minutes: float | None = _opt(None, "stop starting new trials after this many minutes",
                                          low=0.0, low_open=True)
+    time_budget_minutes: float | None = _opt(None, "the run ends by this many minutes after it starts, everything "
+                                             "included: a trial starts only if it can train, the last ones stop "
+                                             "in time (complete at the epochs they trained), the best model is kept",
+                                             low=0.0, low_open=True)
     trial_timeout_minutes: float | None = _opt(None, "a trial running longer than this is cancelled and failed",
                                                low=0.0, low_open=True)
     max_consecutive_failures: int = _opt(5, "stop the run after this many failed trials in a row", low=1)

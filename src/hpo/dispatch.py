@@ -26,6 +26,7 @@ own thread, so a pruned trial stops at the epoch it was judged on.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import Backend, CancelToken
+from .budget import BUDGET_CUT
 from .exceptions import BackendUnavailable
 from .progress import ProgressTracker
 from .protocol import EpochReport, TrialJob, TrialResult
@@ -137,6 +139,8 @@ class Dispatcher:
         study = threading.Thread(target=self._study_main, name="hpo-study", daemon=True)
         heartbeat = threading.Thread(target=self._heartbeat_main, name="hpo-heartbeat", daemon=True)
         heartbeat.start()
+        if self.search.budget.active:
+            threading.Thread(target=self._budget_main, name="hpo-budget", daemon=True).start()
         study.start()
         for t in threads:
             t.start()
@@ -161,6 +165,22 @@ class Dispatcher:
         interval = self.search.storage.get_heartbeat_interval() or 10
         while not self._stopped.wait(interval):
             self.search.beat_running()
+
+    def _budget_main(self) -> None:
+        """time_budget_minutes: when the time for trials is over, no trial starts and the running ones stop at their
+        epoch's end (complete at what they trained); half of the finishing reserve later, they are cancelled."""
+        budget = self.search.budget
+        for hard, wait in ((False, budget.time_left() or 0.0), (True, budget.reserve_s / 2)):
+            if self._stopped.wait(max(0.0, wait)):
+                return
+            self.search.stop(BUDGET_CUT)
+            with self._tokens_lock:
+                tokens = list(self._tokens.values())
+            for token in tokens:
+                token.cancel(BUDGET_CUT, hard=hard)
+            with self._lock:
+                self._study_cv.notify_all()
+                self._threads_cv.notify_all()
 
     # -- the study thread ----------------------------------------------------------------------------------------------
     def _post(self, command: Callable[[], None]) -> None:
@@ -369,6 +389,9 @@ class Dispatcher:
 
         model_path = search.models.path(trial.number)
         timeout_s = (search.config.trial_timeout_minutes or 0) * 60 or None
+        left = search.budget.time_left()
+        if left is not None:  # the trainer starts no epoch that would not end in time
+            job = dataclasses.replace(job, time_limit_s=round(max(1.0, left), 1))
         try:
             running.result = self.backend.run(job, on_epoch=on_epoch, cancel=token, timeout_s=timeout_s,
                                               save_model_to=str(model_path) if model_path else None)

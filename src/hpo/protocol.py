@@ -60,6 +60,7 @@ MAX_EPOCHS = 100_000
 MAX_TRIAL_ID = 200
 #: Most GPUs a job may ask for (0 = all the worker sees).
 MAX_TARGET_GPUS = 1024
+MAX_TIME_LIMIT_S = 7 * 24 * 3600.0  # a job's time limit: at most a week
 #: The dataset name of a job on the user's own data (described by data_uri, data_sha256, modality, ...).
 CUSTOM_DATASET = "custom"
 DATA_URI_SCHEMES = ("file://", "s3://")
@@ -297,6 +298,9 @@ class TrialJob(_Message):
     model: str | None = None
     #: a remote worker brings the trained model back (uploaded to the bucket, or inline when small)
     return_model: bool = False
+    #: seconds the trainer may use, start to answer (time_budget_minutes): it starts no epoch that would not end in
+    #: time; the trial is complete at the epochs it trained. None: no limit
+    time_limit_s: float | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -339,6 +343,10 @@ class TrialJob(_Message):
             if getattr(self, name) > MAX_EPOCHS:
                 raise ProtocolError(f"TrialJob: {name}={_preview(getattr(self, name))} is out of range; allowed: "
                                     f"integer in [1, {MAX_EPOCHS}]")
+        if self.time_limit_s is not None and not (math.isfinite(self.time_limit_s)
+                                                  and 0 < self.time_limit_s <= MAX_TIME_LIMIT_S):
+            raise ProtocolError(f"TrialJob: time_limit_s={_preview(self.time_limit_s)} is out of range; allowed: null "
+                                f"or seconds in (0, {MAX_TIME_LIMIT_S}]")
         if self.target_gpus > MAX_TARGET_GPUS:
             raise ProtocolError(f"TrialJob: target_gpus={_preview(self.target_gpus)} is out of range; allowed: "
                                 f"integer in [0, {MAX_TARGET_GPUS}] (0 = all visible)")

@@ -11,6 +11,7 @@ Every method that touches the study holds :attr:`Search.lock`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 from . import catalog, search_space
 from . import study as studies
+from .budget import BUDGET_CUT, TimeBudget
 from .config import OptimizationConfig
 from .exceptions import HPOError
 from .protocol import CUSTOM_DATASET, EpochReport, TrialJob, TrialResult
@@ -58,7 +60,7 @@ class Search:
     """The study and every rule about it. ``pruner`` is hpo's far-behind pruner when the study has one."""
 
     def __init__(self, config: OptimizationConfig, study: Any, storage: Any, *, pruner: Any, models: ModelFiles,
-                 notes: list[str]) -> None:
+                 notes: list[str], started: float | None = None) -> None:
         self.config = config
         self.study = study
         self.storage = storage
@@ -77,6 +79,7 @@ class Search:
         self.aborted = False
         self.interrupted = False
         self.deadline = time.monotonic() + config.timeout_minutes * 60 if config.timeout_minutes else None
+        self.budget = TimeBudget(config, started)  # time_budget_minutes (``started``: when the run began)
         self._consecutive_failures = 0
         self._consecutive_rejections = 0
         #: number of the warm-start trial while it trains; new trials meanwhile are neighbours of its configuration
@@ -214,12 +217,14 @@ class Search:
             self.epochs_reserved -= allowance
 
     def past_deadline(self) -> bool:
-        """Whether timeout_minutes has passed (the run then stops: no trial starts after it)."""
-        if self.deadline is None or time.monotonic() <= self.deadline:
+        """Whether timeout_minutes has passed, or time_budget_minutes leaves too little time for another trial (the
+        run then stops: no trial starts after it)."""
+        fits, why = self.budget.fits()
+        if fits and (self.deadline is None or time.monotonic() <= self.deadline):
             return False
         with self.lock:
             if self.stop_reason is None:
-                self.stop_reason = f"timeout_minutes={self.config.timeout_minutes:g} reached"
+                self.stop_reason = why or f"timeout_minutes={self.config.timeout_minutes:g} reached"
         return True
 
     def stop(self, reason: str, *, aborted: bool = False) -> None:
@@ -354,6 +359,10 @@ class Search:
         from .backends._checks import check_result
         from .exceptions import TrialFailed
 
+        if result.status == "stopped" and cancel_reason == BUDGET_CUT and result.val_metrics:
+            # stopped at an epoch's end when the time for trials was over: complete at what it trained
+            result = dataclasses.replace(result, status="completed", details=dict(result.details, out_of_time=True))
+        self.budget.record(result)
         if result.status == "completed":  # believed only in range, wherever it ran
             try:
                 check_result(result, job)
@@ -382,6 +391,8 @@ class Search:
                         values, outcome.reason = None, str(exc)
                     if values is not None and all(math.isfinite(v) for v in values):
                         trial.set_user_attr("counted", True)
+                        if result.details.get("out_of_time"):
+                            trial.set_user_attr("reason", f"time_budget_minutes: trained {result.epochs_run} epochs")
                         tell: dict[str, Any] = {"values": values if len(values) > 1 else values[0]}
                         self.counted += 1
                         self._consecutive_failures = 0
@@ -391,7 +402,7 @@ class Search:
                             self.models.promote(trial.number)
                     else:
                         tell = self._fail(trial, outcome.reason or "the objective could not be computed")
-                elif result.status == "stopped" and pruned:
+                elif (result.status == "stopped" and pruned) or cancel_reason == BUDGET_CUT:  # cut: not a failure
                     trial.set_user_attr("counted", True)
                     trial.set_user_attr("reason", cancel_reason)
                     tell = {"state": TrialState.PRUNED}

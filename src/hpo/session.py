@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,10 @@ class Session:
     stops it gracefully from another thread; :meth:`close` releases the lock."""
 
     def __init__(self, config: OptimizationConfig, run_dir: Path, *, resuming: bool, lock: RunLock,
-                 backend: Backend | None = None, progress: ProgressTracker | None = None) -> None:
+                 backend: Backend | None = None, progress: ProgressTracker | None = None,
+                 started: float | None = None) -> None:
         self.config = config
+        self.started = time.monotonic() if started is None else started  # time_budget_minutes counts from here
         self.run_dir = Path(run_dir)
         self.resuming = resuming
         self.lock = lock
@@ -74,6 +77,7 @@ class Session:
         ``lock``/``run_dir``/``resuming``: a caller that already chose and locked the folder (the REST run manager
         locks it when a run is submitted) passes them. ``data``: the user's arrays (``dataset="custom"``), prepared
         into the run folder (own data given as a path is read from ``config.dataset``)."""
+        started = time.monotonic()
         if run_dir is None:
             run_dir, resuming, config = prepare_run_dir(config)
         local_needed = not config.use_runpod_service or config.runpod_fallback_local
@@ -87,7 +91,8 @@ class Session:
         held = lock or RunLock(run_dir).acquire()  # RunLocked (exit 2, HTTP 409): another process writes here
         try:
             config = own_run.prepare_data(config, Path(run_dir), data)  # bad data: an error, nothing written
-            session = cls(config, run_dir, resuming=bool(resuming), lock=held, backend=backend, progress=progress)
+            session = cls(config, run_dir, resuming=bool(resuming), lock=held, backend=backend, progress=progress,
+                          started=started)
             session.data_uri = own_run.data_uri(config, Path(run_dir))  # RunPod: uploaded to the bucket once
             return session
         except BaseException:
@@ -132,7 +137,8 @@ class Session:
         write_config(self.run_dir, config)
         pruner = self.study.pruner if isinstance(self.study.pruner, FarBehindPruner) else None
         models = ModelFiles(self.run_dir, pareto=config.mode == "pareto")
-        self.search = Search(config, self.study, storage, pruner=pruner, models=models, notes=self.notes)
+        self.search = Search(config, self.study, storage, pruner=pruner, models=models, notes=self.notes,
+                             started=self.started)
         self.search.data_uri = self.data_uri
         self.notes.extend(n for n in own_run.data_notes(config) if n not in self.notes)
         self.search.recover(owns_storage=config.storage is None, created=created)
@@ -160,6 +166,7 @@ class Session:
             self.progress.epochs_before = search.epochs_spent
             self.progress.best = search.best_value
             self.progress.deadline = search.deadline
+            self.progress.end_by = search.budget.run_end
         try:
             self.dispatcher.run()
         finally:

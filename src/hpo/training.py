@@ -98,6 +98,12 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             self.non_finite: str | None = None
             self.stopped_on_request = False
             self.epochs_run = 0
+            #: the job's time limit ended training early (the trial is complete at the epochs it trained)
+            self.out_of_time = False
+            self._epoch_began = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._epoch_began = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             # NaN/inf is checked once per epoch (the epoch's mean loss is NaN if any batch was): a batch-level hook
@@ -129,6 +135,12 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             elif (self.epochs_run >= job.min_epochs and self.best_epoch is not None
                   and self.epochs_run - self.best_epoch >= job.patience):
                 self.model.stop_training = True
+            elif job.time_limit_s is not None and self.epochs_run < job.max_epochs:
+                # another epoch, then the evaluation and the model file (about half an epoch), must end in time
+                now = time.perf_counter()
+                if now - started + 1.5 * (now - self._epoch_began) > job.time_limit_s:
+                    self.out_of_time = True
+                    self.model.stop_training = True
 
     return TrialCallback()
 
@@ -222,6 +234,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                 model, history=callback.history, best_epoch=callback.best_epoch,
                 val_accuracy=val_metrics.get("accuracy"), num_classes=info.num_classes, x_val=data.x_val,
                 x_train=data.x_train, y_train=data.y_train, param_count=common["param_count"])
+        if callback.out_of_time:  # complete at fewer epochs than asked: the job's time limit (time_budget_minutes)
+            details = dict(details, out_of_time=True)
         return TrialResult(status="stopped" if callback.stopped_on_request else "completed",
                            best_epoch=callback.best_epoch, val_metrics=val_metrics, test_metrics=test_metrics,
                            health=health_scores, details=details,

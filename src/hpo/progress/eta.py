@@ -8,7 +8,8 @@ A run ends at the first of its limits (``hpo.search.Search.reserve``):
   (:func:`estimate_eta_epochs`);
 - **time**: ``timeout_minutes`` stops *starting* trials at the deadline; trials running then still finish. The same
   schedule, with no trial starting at or after the deadline: the ETA is the time left until the deadline, plus at
-  most what a trial started just before it still needs (never the hours a trial count alone would take).
+  most what a trial started just before it still needs (never the hours a trial count alone would take);
+- **budget**: ``time_budget_minutes`` ends the run by a time, everything included: the ETA is never past it.
 
 :func:`estimate_limits` combines them and says which limit is expected to end the run.
 """
@@ -22,7 +23,7 @@ from typing import Any
 __all__ = ["Eta", "LIMITS", "estimate_eta", "estimate_eta_epochs", "estimate_limits", "expected_trial_seconds"]
 
 #: the limits an ETA may be bound by, in the order ties are broken
-LIMITS = ("trials", "epochs", "time")
+LIMITS = ("trials", "epochs", "time", "budget")
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,14 @@ def estimate_eta_epochs(*, budget: int, epochs_done: int, trial_seconds: float, 
 
 def estimate_limits(*, total: int, done: int, running: list[dict[str, Any]], durations: list[float],
                     concurrency: int, epoch_budget: int | None = None, epochs_done: int = 0,
-                    trial_seconds: float = 0.0, trial_epochs: int = 0, time_left: float | None = None) -> Eta:
+                    trial_seconds: float = 0.0, trial_epochs: int = 0, time_left: float | None = None,
+                    end_left: float | None = None) -> Eta:
     """The run's ETA: the earliest of the trial, epoch-budget and time limits that can be estimated.
 
     ``epoch_budget``/``epochs_done``: the budget and the epochs trained so far (earlier runs included);
     ``trial_seconds``/``trial_epochs``: seconds spent by the trials that trained, and their epochs (the observed
-    seconds per epoch); ``time_left``: seconds until the deadline (None: no time limit; negative: passed).
+    seconds per epoch); ``time_left``: seconds until the deadline (None: no time limit; negative: passed);
+    ``end_left``: seconds until the run's end by its time budget (None: no budget).
     """
     candidates: list[tuple[float, str]] = []
     by_trials = estimate_eta(total=total, done=done, running=running, durations=durations, concurrency=concurrency)
@@ -112,6 +115,8 @@ def estimate_limits(*, total: int, done: int, running: list[dict[str, Any]], dur
         # the deadline binds only when it stops a trial from starting (else it is the trial schedule itself)
         if by_time is not None and (by_trials is None or by_time < by_trials):
             candidates.append((by_time, "time"))
+    if end_left is not None and (not candidates or max(0.0, end_left) < min(c[0] for c in candidates)):
+        candidates.append((max(0.0, end_left), "budget"))  # the budget ends the run by then, whatever else remains
     if not candidates:
         return Eta(None, None)
     seconds, limit = min(candidates, key=lambda c: (c[0], LIMITS.index(c[1])))

@@ -13,7 +13,7 @@ Part = tuple[str, str]  # (text, rich style; "" for none)
 #: style of an event's permanent line, by final state or event kind
 EVENT_STYLES = {"completed": "green", "pruned": "yellow", "failed": "red", "discarded": "yellow", "fell_back": "cyan"}
 #: what the summary says when a limit other than the trial count is expected to end the run
-LIMIT_NOTES = {"time": "time limit", "epochs": "epoch budget"}
+LIMIT_NOTES = {"time": "time limit", "epochs": "epoch budget", "budget": "time budget"}
 
 
 def fmt_seconds(seconds: float | None) -> str:

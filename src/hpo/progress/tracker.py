@@ -66,6 +66,8 @@ class ProgressTracker:
         self.started_at = clock()
         #: no trial starts after this time of ``clock`` (``time.monotonic`` by default, as ``Search.deadline``)
         self.deadline = deadline
+        #: the run ends by this time of ``clock`` (``time_budget_minutes``, everything included; None: no budget)
+        self.end_by: float | None = None
         self.best = best
         self.best_trial: int | None = None
         self.trials: dict[int, TrialProgress] = {}
@@ -150,7 +152,8 @@ class ProgressTracker:
             cap = total if self.epoch_budget is None else max(self.trial_limit, done + len(running))
             eta = estimate_limits(total=cap, done=done, running=running, durations=self._durations(),
                                   concurrency=self.concurrency, epoch_budget=self.epoch_budget, epochs_done=epochs,
-                                  trial_seconds=seconds, trial_epochs=trained, time_left=time_left)
+                                  trial_seconds=seconds, trial_epochs=trained, time_left=time_left,
+                                  end_left=None if self.end_by is None else self.end_by - now)
             return {
                 "total": total, "done": done, "running": running,
                 "queued": max(0, total - done - len(running)),
