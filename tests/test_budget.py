@@ -66,7 +66,8 @@ class Paced(Backend):
 
 def test_jobs_carry_the_time_left_and_the_run_stops_starting_trials_that_cannot_fit(tmp_path):
     backend = Paced(0.25)
-    result = hpo.optimize(dataset="synthetic_images", trials=200, max_epochs_per_trial=12, time_budget_minutes=0.1,
+    # 40 epochs of 0.25 s: no trial can train them all in 6 s, the first ones end by their time limit
+    result = hpo.optimize(dataset="synthetic_images", trials=200, max_epochs_per_trial=40, time_budget_minutes=0.1,
                           backend=backend, output_dir=str(tmp_path), run_name="b", **FAST)
     assert "time_budget_minutes=0.1" in (result.stop_reason or "") or result.stop_reason == BUDGET_CUT
     limits = [j.time_limit_s for j in backend.jobs]

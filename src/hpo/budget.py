@@ -8,7 +8,7 @@ The budget counts from the moment the run began (before the workers start). Its 
 - each job carries the seconds left (``TrialJob.time_limit_s``): its trainer starts no epoch that would not end in
   time, and the trial is complete at the epochs it trained, its best weights kept;
 - at ``end_by`` the trials still running are stopped at their epoch's end (:data:`BUDGET_CUT`; complete at what they
-  trained), and cancelled at once half of the finishing reserve later.
+  trained), and cancelled at once a quarter of the finishing reserve later.
 """
 
 from __future__ import annotations
@@ -82,4 +82,4 @@ class TimeBudget:
         if left > max(need, 1.0):
             return True, ""
         return False, (f"time_budget_minutes={self.minutes:g}: {max(0.0, left):.0f} s left for trials, too few for "
-                       "another one" + (f" (about {need:.0f} s)" if need else ""))
+                       "another one" + (f" (about {need:.1f} s)" if need else ""))

@@ -168,9 +168,9 @@ class Dispatcher:
 
     def _budget_main(self) -> None:
         """time_budget_minutes: when the time for trials is over, no trial starts and the running ones stop at their
-        epoch's end (complete at what they trained); half of the finishing reserve later, they are cancelled."""
+        epoch's end (complete at what they trained); a quarter of the finishing reserve later, they are cancelled."""
         budget = self.search.budget
-        for hard, wait in ((False, budget.time_left() or 0.0), (True, budget.reserve_s / 2)):
+        for hard, wait in ((False, budget.time_left() or 0.0), (True, budget.reserve_s / 4)):
             if self._stopped.wait(max(0.0, wait)):
                 return
             self.search.stop(BUDGET_CUT)

@@ -101,6 +101,7 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             #: the job's time limit ended training early (the trial is complete at the epochs it trained)
             self.out_of_time = False
             self._epoch_began = 0.0
+            self._lengths: list[float] = []
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._epoch_began = time.perf_counter()
@@ -136,9 +137,11 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
                   and self.epochs_run - self.best_epoch >= job.patience):
                 self.model.stop_training = True
             elif job.time_limit_s is not None and self.epochs_run < job.max_epochs:
-                # another epoch, then the evaluation and the model file (about half an epoch), must end in time
+                # another epoch, then the evaluation and the model file (about half an epoch), must end in time; an
+                # epoch's length is the longer of the last two (epochs vary on a shared machine)
                 now = time.perf_counter()
-                if now - started + 1.5 * (now - self._epoch_began) > job.time_limit_s:
+                self._lengths = [*self._lengths[-1:], now - self._epoch_began]
+                if now - started + 1.5 * max(self._lengths) > job.time_limit_s:
                     self.out_of_time = True
                     self.model.stop_training = True
 
