@@ -173,14 +173,7 @@ class Dispatcher:
         for hard, wait in ((False, budget.time_left() or 0.0), (True, budget.reserve_s / 4)):
             if self._stopped.wait(max(0.0, wait)):
                 return
-            self.search.stop(BUDGET_CUT)
-            with self._tokens_lock:
-                tokens = list(self._tokens.values())
-            for token in tokens:
-                token.cancel(BUDGET_CUT, hard=hard)
-            with self._lock:
-                self._study_cv.notify_all()
-                self._threads_cv.notify_all()
+            self.request_stop(BUDGET_CUT, hard=hard)
 
     # -- the study thread ----------------------------------------------------------------------------------------------
     def _post(self, command: Callable[[], None]) -> None:
