@@ -90,7 +90,11 @@ def test_three_processes_started_together_share_the_trials_and_the_budget(tmp_pa
     procs = [start(tmp_path, f"p{i}", go, **common) for i in range(3)]
     go.touch()
     outputs = [finish(p) for p in procs]  # all three joined the empty database (no schema race) and ended well
-    trials = trials_of(pg["url"], name)
+    every = trials_of(pg["url"], name)
+    # rejected before training (a slot another process took meanwhile, or too big): PRUNED with why, never counted
+    rejected = [t for t in every if t.user_attrs.get("rejected")]
+    assert all(t.state.name == "PRUNED" and t.user_attrs["reason"] for t in rejected)
+    trials = [t for t in every if t not in rejected]
     done = [t for t in trials if t.state.name == "COMPLETE"]
     epochs = sum(t.user_attrs["epochs_trained"] for t in trials)
     # the study's limits held across processes: at most one trial over per process (docs: README, Scale out)
