@@ -110,3 +110,15 @@ def selected(request: pytest.FixtureRequest, *names: str) -> set[str]:
     chosen = {item.originalname for item in request.session.items
               if getattr(item, "module", None) is not None and item.module.__name__ == here}
     return chosen & set(names)
+
+
+#: the test files that take longest (minutes), run first: with ``pytest -n 2 --dist loadfile`` each file goes to one
+#: worker in collection order, so a long file collected last would keep one core busy alone at the end
+SLOW_FIRST = ("test_own_data_e2e.py", "test_cli.py", "test_orchestrator.py", "test_reproducible.py",
+              "test_runpod_e2e.py", "test_api.py", "test_runlock.py", "test_backend_contract.py", "test_training.py",
+              "test_runpod_faults.py", "test_sequence_modality.py", "test_local_backend.py", "test_secrets.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
