@@ -112,11 +112,15 @@ def selected(request: pytest.FixtureRequest, *names: str) -> set[str]:
     return chosen & set(names)
 
 
-#: the test files that take longest (minutes), run first: with ``pytest -n 2 --dist loadfile`` each file goes to one
-#: worker in collection order, so a long file collected last would keep one core busy alone at the end
-SLOW_FIRST = ("test_own_data_e2e.py", "test_cli.py", "test_orchestrator.py", "test_reproducible.py",
-              "test_runpod_e2e.py", "test_api.py", "test_runlock.py", "test_backend_contract.py", "test_training.py",
-              "test_runpod_faults.py", "test_sequence_modality.py", "test_local_backend.py", "test_secrets.py")
+#: the test files that take longest (minutes), longest first. ``pytest -n 2 --dist loadfile --no-loadscope-reorder``
+#: (the README's test command) hands each worker one file at a time in this order, so the two workers end together
+#: instead of one running a long file alone at the end (xdist's own order puts files with the most tests first)
+SLOW_FIRST = ("test_own_data_e2e.py", "test_cli.py", "test_orchestrator.py", "test_runpod_e2e.py", "test_api.py",
+              "test_runlock.py", "test_backend_contract.py", "test_training.py", "test_runpod_faults.py",
+              "test_reproducible.py", "test_sequence_modality.py", "test_shared_study.py", "test_local_backend.py",
+              "test_secrets.py", "test_pruning.py", "test_api_no_tensorflow.py", "test_tracking.py", "test_plots.py",
+              "test_pareto.py", "test_dependencies.py", "test_artifacts.py", "test_browser.py", "test_handler_fuzz.py",
+              "test_time_budget.py", "test_budget.py", "test_samplers.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
