@@ -323,7 +323,9 @@ def test_asking_claims_queued_trials_first_then_makes_new_ones(storage):
     second = studies.ask_trial(study, storage, new=lambda: ({"blocks": 3}, {"near_default": True}))
     assert second.suggest_int("blocks", 1, 3) == 3 and second.user_attrs == {"near_default": True}
     third = studies.ask_trial(study, storage)
-    assert 1 <= third.suggest_int("blocks", 1, 3) <= 3
+    # nothing queued, no maker: a plain new trial, its parameters left to the sampler
+    assert third.number == 2 and third.user_attrs == {}
+    assert "fixed_params" not in storage.get_trial(third._trial_id).system_attrs
     assert [t.state.name for t in study.trials] == ["RUNNING"] * 3
     assert studies.waiting_trials(study, storage) == []
 

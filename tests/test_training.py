@@ -174,7 +174,8 @@ def test_a_time_limit_ends_training_in_time_and_the_trial_is_complete_at_its_bes
     epochs = []
     result = run_trial(job(max_epochs=5000, patience=5000, time_limit_s=4.0), on_epoch=lambda e, m: epochs.append(m))
     assert result.status == "completed", result.error
-    assert 1 <= result.epochs_run < 5000 and result.details.get("out_of_time") is True
+    assert result.details.get("out_of_time") is True  # the time limit ended it, not patience or max_epochs
+    assert result.epochs_run < 5000
     assert result.history["val_accuracy"][result.best_epoch - 1] == max(result.history["val_accuracy"])
     assert result.val_metrics["accuracy"] == pytest.approx(max(result.history["val_accuracy"]), abs=1e-6)
     assert len(epochs) == result.epochs_run
