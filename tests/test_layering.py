@@ -41,6 +41,7 @@ GROUPS: dict[str, str] = {
     # search: what to try and what a result means
     "hpo.search": "search", "hpo.study": "search", "hpo.search_space": "search", "hpo.pruners": "search",
     "hpo.budget": "search",
+    "hpo.finale": "search",
     # dispatch: runs jobs
     "hpo.dispatch": "dispatch",
     # backends

@@ -16,7 +16,9 @@ from hpo.config import OptimizationConfig
 from hpo.progress import ProgressTracker
 from hpo.protocol import TrialResult
 
-FAST = dict(quiet=True, pruner="none", plot_generation="none", warm_start=False, concurrent_workers=2)
+# the budget's own rules, without the final training (tests/test_finale.py)
+FAST = dict(quiet=True, pruner="none", plot_generation="none", warm_start=False, concurrent_workers=2,
+            final_training_share=0.0)
 
 
 class Paced(Backend):

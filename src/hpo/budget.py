@@ -41,6 +41,7 @@ class TimeBudget:
         started = time.monotonic() if started is None else started
         minutes = config.time_budget_minutes
         self.minutes = minutes
+        self.started = started
         #: the run ends by this time of time.monotonic (None: no budget)
         self.run_end = started + minutes * 60 if minutes else None
         self.reserve_s = finish_reserve_s(config, minutes * 60) if minutes else 0.0

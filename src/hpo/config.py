@@ -139,6 +139,10 @@ class OptimizationConfig:
                                              "included: a trial starts only if it can train, the last ones stop "
                                              "in time (complete at the epochs they trained), the best model is kept",
                                              low=0.0, low_open=True)
+    final_training_share: float = _opt(0.5, "time_budget_minutes: share of the time for trials kept to train the "
+                                       "best configurations found (one per worker, at most two) again, on a "
+                                       "schedule that spans the time left (search short, then train long; 0 = off)",
+                                       low=0.0, high=0.9)
     trial_timeout_minutes: float | None = _opt(None, "a trial running longer than this is cancelled and failed",
                                                low=0.0, low_open=True)
     max_consecutive_failures: int = _opt(5, "stop the run after this many failed trials in a row", low=1)

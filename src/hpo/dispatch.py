@@ -37,6 +37,7 @@ from typing import Any
 
 from .backends import Backend, CancelToken
 from .budget import BUDGET_CUT
+from .finale import FINAL_CUT
 from .exceptions import BackendUnavailable
 from .progress import ProgressTracker
 from .protocol import EpochReport, TrialJob, TrialResult
@@ -119,6 +120,7 @@ class Dispatcher:
         self._threads_done = threading.Event()
         self._study_done = threading.Event()
         self._stopped = threading.Event()
+        self._finale_later = False  # the search phase is over but no trial has completed: tried after each record
 
     def request_stop(self, reason: str = "interrupted", *, hard: bool = True) -> None:
         """No new trials; running ones are cancelled (hard: without waiting for their epoch to end)."""
@@ -169,11 +171,32 @@ class Dispatcher:
     def _budget_main(self) -> None:
         """time_budget_minutes: when the time for trials is over, no trial starts and the running ones stop at their
         epoch's end (complete at what they trained); a quarter of the finishing reserve later, they are cancelled."""
-        budget = self.search.budget
+        budget, finale = self.search.budget, self.search.finale
+        if finale.active:  # search short, then train long: at the end of the search phase
+            if self._stopped.wait(max(0.0, finale.begins_at - time.monotonic())):
+                return
+            self._post(self._begin_finale)
         for hard, wait in ((False, budget.time_left() or 0.0), (True, budget.reserve_s / 4)):
             if self._stopped.wait(max(0.0, wait)):
                 return
             self.request_stop(BUDGET_CUT, hard=hard)
+
+    def _begin_finale(self) -> None:
+        """The search phase is over (study thread): the best configurations are queued to train long, trials asked
+        ahead are dropped and the running search trials stop at their epoch's end (complete at what they trained)."""
+        search = self.search
+        if search.stop_reason is not None or not search.finale.due():
+            return
+        with self._tokens_lock:
+            tokens = dict(self._tokens)
+        self._finale_later = search.begin_finale(wait_s=search.finale.longest_epoch(list(tokens))) is None
+        if not search.finale.begun:
+            return
+        self._dispose_ready(FINAL_CUT)
+        for token in tokens.values():
+            token.cancel(FINAL_CUT, hard=False)
+        with self._lock:
+            self._exhausted, self._retry_at = False, 0.0
 
     # -- the study thread ----------------------------------------------------------------------------------------------
     def _post(self, command: Callable[[], None]) -> None:
@@ -261,15 +284,16 @@ class Dispatcher:
             self._ready.append(_Ready(trial, params, job, allowance))
             self._threads_cv.notify()
 
-    def _dispose_ready(self) -> None:
-        """The run stopped before these trials started: interrupted, not counted (retried when the run resumes)."""
+    def _dispose_ready(self, reason: str = "interrupted") -> None:
+        """The run stopped before these trials started: interrupted, not counted (retried when the run resumes); or
+        the final training began (``FINAL_CUT``: pruned)."""
         with self._lock:
             ready, self._ready = list(self._ready), collections.deque()
         for item in ready:
             try:
                 self.search.finish(item.trial, item.job, TrialResult(trial_id=item.job.trial_id, status="stopped",
                                                                      error="not started: the run stopped first"),
-                                   pruned=False, cancel_reason="interrupted", last_epoch=0)
+                                   pruned=False, cancel_reason=reason, last_epoch=0)
             except Exception:  # noqa: BLE001 - it stays RUNNING; a resumed run or another process recovers it
                 log.exception("could not record trial %s as not started", item.trial.number)
             finally:
@@ -297,6 +321,8 @@ class Dispatcher:
                                                  where=result.executed_on, reason=outcome.reason)
             if self.after_trial is not None:
                 self.after_trial()
+            if self._finale_later:
+                self._begin_finale()
         except Exception as exc:  # noqa: BLE001 - a bug here must not hang the other threads
             log.exception("unexpected error while recording trial %s", item.trial.number)
             search.stop(f"internal error: {type(exc).__name__}: {exc}", aborted=True)
@@ -363,6 +389,7 @@ class Dispatcher:
 
         def on_epoch(report: EpochReport) -> None:
             running.last_epoch[0] = max(running.last_epoch[0], report.epoch)
+            search.finale.note_epoch(trial.number, report.epoch, report.metrics.get("elapsed_s"))
             if self.progress:
                 self.progress.epoch(trial.number, report.epoch, report.metrics)
             if token.cancelled:

@@ -28,23 +28,15 @@ from . import study as studies
 from .budget import BUDGET_CUT, TimeBudget
 from .config import OptimizationConfig
 from .exceptions import HPOError
+from .finale import FINAL_CUT, Finale
 from .protocol import CUSTOM_DATASET, EpochReport, TrialJob, TrialResult
 from .results import ModelFiles
 
-__all__ = ["Search", "Outcome", "retry_stale_trial", "MAX_CONSECUTIVE_REJECTIONS"]
+__all__ = ["Search", "Outcome", "MAX_CONSECUTIVE_REJECTIONS"]
 
 log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_REJECTIONS = 100
-
-
-def retry_stale_trial(notes: list[str], study: Any, trial: Any) -> None:
-    """A trial whose process died was just failed (in this process only: the storage lets one process make that
-    change). It was interrupted, not a failure: it is queued again once, with its parameters."""
-    if trial.params and not trial.user_attrs.get("retry_of_stale"):
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, "retry_of_stale": True},
-                            skip_if_exists=False)
-    notes.append(f"trial {trial.number} was left running by a process that stopped; it is retried")
 
 
 @dataclass
@@ -80,6 +72,7 @@ class Search:
         self.interrupted = False
         self.deadline = time.monotonic() + config.timeout_minutes * 60 if config.timeout_minutes else None
         self.budget = TimeBudget(config, started)  # time_budget_minutes (``started``: when the run began)
+        self.finale = Finale(config, self.budget)  # search short, then train the best long (final_training_share)
         self._consecutive_failures = 0
         self._consecutive_rejections = 0
         #: number of the warm-start trial while it trains; new trials meanwhile are neighbours of its configuration
@@ -99,10 +92,8 @@ class Search:
 
     # -- recovery ---------------------------------------------------------------------------------------------------
     def recover(self, *, owns_storage: bool, created: bool = False) -> None:
-        """Trials a killed run left RUNNING become interrupted and are retried; so are Ctrl-C'd trials not retried yet.
-        Completed trials are never repeated. With the run folder's own study (the folder's lock proves no other
-        process uses it) every RUNNING trial is stale; with a shared storage only those whose heartbeat stopped.
-        The warm start is queued once per study: by the process that created it."""
+        """Trials a killed run left RUNNING (in the folder's own study, all; shared, those whose heartbeat stopped) and
+        Ctrl-C'd ones not retried yet are retried; completed trials never. The warm start is queued once per study."""
         from optuna.trial import TrialState
 
         if owns_storage:
@@ -111,7 +102,7 @@ class Search:
                     self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
                 except Exception:  # noqa: BLE001 - finished meanwhile (UpdateFinishedTrialError): nothing to recover
                     continue
-                retry_stale_trial(self.notes, self.study, t)
+                studies.retry_stale_trial(self.notes, self.study, t)
         self.fail_stale_trials(force=True)
         trials = self.study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get("retry_of") for t in trials}
@@ -186,8 +177,11 @@ class Search:
     def reserve(self) -> int | None:
         """A slot for one more trial: its epochs (> 0), 0 to wait for running trials, None when the run is done."""
         with self.lock:
-            if self.stop_reason is not None:
+            if self.stop_reason is not None or self.finale.closed:
                 return None
+            if self.finale.begun:  # a final trial: beyond trials and epoch_budget, its epochs set by the time left
+                self.running += 1
+                return self.config.max_epochs_per_trial
             if self.shared:
                 self.fail_stale_trials()  # a dead process's trials go back to the queue (retried once)
                 self._refresh_shared()
@@ -227,6 +221,11 @@ class Search:
                 self.stop_reason = why or f"timeout_minutes={self.config.timeout_minutes:g} reached"
         return True
 
+    def begin_finale(self, wait_s: float) -> list[int] | None:
+        """The search phase is over: the best configurations are queued to train long (:meth:`Finale.queue`)."""
+        with self.lock:
+            return self.finale.queue(self.study, wait_s, self.notes)
+
     def stop(self, reason: str, *, aborted: bool = False) -> None:
         with self.lock:
             if self.stop_reason is None:
@@ -249,6 +248,8 @@ class Search:
                 trial = studies.ask_trial(self.study, self.storage,
                                           new=self._neighbour if self._warm_start_number is not None else None)
                 self._last_number = trial.number
+                if self.finale.begun and "final_epochs" in trial.user_attrs:
+                    self.finale.asked(trial.number, int(trial.user_attrs["final_epochs"]))
                 if (self._near_limit and not trial.user_attrs.keys() & {"retry_of", "warm_start"}  # those run
                         and studies.surplus(self.study, self.storage, trial._trial_id, self.config.trial_limit)):
                     studies.reject(self.study, trial, "one too many: other processes took the study's last trials",
@@ -285,11 +286,9 @@ class Search:
         """The default configuration with two parameters redrawn at random, and its attributes (under the lock).
 
         While the warm-start trial trains, the sampler knows nothing good yet: TPE's random start-up trials land
-        anywhere in the space (in a short run, a 3-block 64-filter 5x5 network at 20x the default's epoch time, or
-        a 15 %-accuracy configuration), and with several workers TPE counts the running warm-start trial as a bad
-        result (constant liar) and models the first pruned random trial as the good region. Neighbours of the
-        default explore where sound configurations are; once its result is in, TPE takes over. (A queued trial, the
-        warm start itself or a retry, goes first.)"""
+        anywhere (in a short run, a network at 20x the default's epoch time, or a 15 %-accuracy one), and with
+        several workers TPE counts the running warm start as a bad result (constant liar). Neighbours of the default
+        explore where sound configurations are; once its result is in, TPE takes over. (Queued trials go first.)"""
         # the study's size (trials are numbered from 0, and the newest is the one this process asked last): a read
         # of every trial would cost one of every running trial
         size = self._last_number + 1 if self._last_number is not None else len(self.study.get_trials(deepcopy=False))
@@ -313,20 +312,20 @@ class Search:
         if not c.own_data:
             return {"dataset": c.dataset, "dataset_options": c.dataset_options}
         info = self.info
-        return {"dataset": CUSTOM_DATASET, "data_uri": self.data_uri, "data_sha256": c.data_sha256,
-                "modality": info.modality, "input_shape": list(info.input_shape), "num_classes": info.num_classes,
-                "vocab_size": info.vocab_size}
+        return {"dataset": CUSTOM_DATASET, "data_uri": self.data_uri, "data_sha256": c.data_sha256, "modality":
+                info.modality, "input_shape": list(info.input_shape), "num_classes": info.num_classes, "vocab_size":
+                info.vocab_size}
 
     def job(self, trial: Any, params: dict[str, Any], max_epochs: int) -> TrialJob:
-        c = self.config
-        job = TrialJob(trial_id=f"{c.run_name}#{trial.number}", **self._data_fields(), model=c.model,
-                       params=params, max_epochs=max_epochs,
-                       min_epochs=c.min_epochs_per_trial, patience=c.early_stopping_patience,
+        c, final = self.config, self.finale.epochs_of.get(trial.number)  # a final: its epochs, no early stopping
+        job = TrialJob(trial_id=f"{c.run_name}#{trial.number}", **self._data_fields(), model=c.model, params=params,
+                       max_epochs=final or max_epochs, min_epochs=c.min_epochs_per_trial,
+                       patience=final or c.early_stopping_patience,
                        seed=(c.seed + trial.number) % 2**32, split_seed=c.seed, validation_split=c.validation_split,
-                       data_fraction=c.data_fraction, use_multi_gpu=c.use_multi_gpu,
+                       data_fraction=c.data_fraction, use_multi_gpu=c.use_multi_gpu, lr_schedule=c.lr_schedule,
                        target_gpus=c.target_gpus_per_worker, compute_health=c.mode != "simple",
-                       lr_schedule=c.lr_schedule,
-                       schedule_epochs=max(c.max_epochs_per_trial, max_epochs) if c.lr_schedule == "cosine" else None)
+                       schedule_epochs=(final or max(c.max_epochs_per_trial, max_epochs)) if c.lr_schedule == "cosine"
+                       else None)
         with self.lock:
             trial.set_user_attr("job", job.to_dict())
         return job
@@ -342,7 +341,7 @@ class Search:
             seconds = report.metrics.get("elapsed_s")  # measured by the trainer
             if self.pruner is not None and seconds is not None:
                 self.pruner.record_time(trial.number, report.epoch, float(seconds))
-            if trial.should_prune():
+            if trial.number not in self.finale.epochs_of and trial.should_prune():  # a final trial is never pruned
                 reasons = self.pruner.reasons if self.pruner is not None else {}
                 return reasons.get(trial.number) or f"pruned at epoch {report.epoch}"
         return None
@@ -359,10 +358,11 @@ class Search:
         from .backends._checks import check_result
         from .exceptions import TrialFailed
 
-        if result.status == "stopped" and cancel_reason == BUDGET_CUT and result.val_metrics:
-            # stopped at an epoch's end when the time for trials was over: complete at what it trained
+        if result.status == "stopped" and cancel_reason in (BUDGET_CUT, FINAL_CUT) and result.val_metrics:
+            # stopped at an epoch's end when the time for trials (or the search) was over: complete at what it trained
             result = dataclasses.replace(result, status="completed", details=dict(result.details, out_of_time=True))
         self.budget.record(result)
+        self.finale.note_result(trial.number, result.train_seconds)
         if result.status == "completed":  # believed only in range, wherever it ran
             try:
                 check_result(result, job)
@@ -392,7 +392,8 @@ class Search:
                     if values is not None and all(math.isfinite(v) for v in values):
                         trial.set_user_attr("counted", True)
                         if result.details.get("out_of_time"):
-                            trial.set_user_attr("reason", f"time_budget_minutes: trained {result.epochs_run} epochs")
+                            why = cancel_reason if cancel_reason == FINAL_CUT else "time_budget_minutes"
+                            trial.set_user_attr("reason", f"{why}: trained {result.epochs_run} epochs")
                         tell: dict[str, Any] = {"values": values if len(values) > 1 else values[0]}
                         self.counted += 1
                         self._consecutive_failures = 0
@@ -402,7 +403,7 @@ class Search:
                             self.models.promote(trial.number)
                     else:
                         tell = self._fail(trial, outcome.reason or "the objective could not be computed")
-                elif (result.status == "stopped" and pruned) or cancel_reason == BUDGET_CUT:  # cut: not a failure
+                elif (result.status == "stopped" and pruned) or cancel_reason in (BUDGET_CUT, FINAL_CUT):  # cut
                     trial.set_user_attr("counted", True)
                     trial.set_user_attr("reason", cancel_reason)
                     tell = {"state": TrialState.PRUNED}

@@ -125,14 +125,18 @@ class Session:
         from . import study as studies
         from .dispatch import Dispatcher
         from .pruners import FarBehindPruner
-        from .search import Search, retry_stale_trial
+        from .search import Search
         from .tracking import check_tracking, open_tracker
 
         config = self.config
         check_tracking(config)  # an extra tracking needs is missing: ConfigError before the study is made
         self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        def stale(study: Any, trial: Any) -> None:
+            studies.retry_stale_trial(self.notes, study, trial)
+
         storage = studies.open_storage(self.storage_url, heartbeat_grace_s=config.heartbeat_grace_s,
-                                       stale_callback=lambda study, trial: retry_stale_trial(self.notes, study, trial))
+                                       stale_callback=stale)
         self.study, created = studies.create_study(config, storage, self.notes)
         write_config(self.run_dir, config)
         pruner = self.study.pruner if isinstance(self.study.pruner, FarBehindPruner) else None

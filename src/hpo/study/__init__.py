@@ -21,7 +21,7 @@ from .rdb import ask_trial, gathered_writes, reject, shared_totals, surplus, tel
 
 __all__ = ["open_storage", "create_study", "make_pruner", "expected_trials", "startup_trials", "tune_sqlite",
            "study_signature", "STUDY_DEFINING", "ask_trial", "waiting_trials", "shared_totals", "surplus", "reject",
-           "gathered_writes", "tell"]
+           "gathered_writes", "tell", "retry_stale_trial"]
 
 # hpo drives the study with ask/tell and beats each trial's heartbeat itself; Optuna warns about heartbeats outside
 # Study.optimize and about the experimental heartbeat API on every call.
@@ -243,3 +243,11 @@ def _check_signature(study: Any, config: OptimizationConfig) -> None:
                           f"joining a study must use the same {', '.join(differ)} -- or pick another run_name",
                           field=differ[0])
 
+
+def retry_stale_trial(notes: list[str], study: Any, trial: Any) -> None:
+    """A trial whose process died was just failed (in this process only: the storage lets one process make that
+    change). It was interrupted, not a failure: it is queued again once, with its parameters."""
+    if trial.params and not trial.user_attrs.get("retry_of_stale"):
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, "retry_of_stale": True},
+                            skip_if_exists=False)
+    notes.append(f"trial {trial.number} was left running by a process that stopped; it is retried")

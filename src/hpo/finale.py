@@ -1,0 +1,142 @@
+"""Search short, then train long: the final training of a time-budgeted run (``final_training_share``).
+
+Under ``time_budget_minutes`` the run knows its horizon. Trials of the search phase train on the search's short
+schedule (``max_epochs_per_trial``, pruned by Hyperband); once ``1 - final_training_share`` of the time for trials
+has passed, the search stops and the best configurations found so far (one per worker, at most two) are trained
+again from scratch on a learning-rate schedule that spans the time left, without early stopping or pruning. Search
+trials still running are stopped at their epoch's end (:data:`FINAL_CUT`) and kept, complete at what they trained.
+
+A final trial is an ordinary trial of the study (queued with its parameters; user attribute ``final_of``: the trial
+whose configuration it trains again), so its result competes for the best model like any other: when a longer
+schedule does not help, the search's best stays the best.
+
+Not used: without ``time_budget_minutes``, with ``mode=pareto`` (no single best) and in a shared study (``storage``:
+each process would train its own finals of the same configurations).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+from .budget import TimeBudget
+from .config import OptimizationConfig
+
+__all__ = ["Finale", "FINAL_CUT", "MAX_FINALS"]
+
+#: the cancel reason of a search trial still running when the final training begins
+FINAL_CUT = "cut for the final training"
+#: the most configurations trained again (one per worker)
+MAX_FINALS = 2
+#: share of the estimated epoch time kept as a margin when the final's epochs are counted
+_MARGIN = 0.9
+
+
+class Finale:
+    """When the final training begins, what it trains and for how many epochs (thread-safe)."""
+
+    def __init__(self, config: OptimizationConfig, budget: TimeBudget) -> None:
+        share = config.final_training_share
+        self.active = bool(budget.active and share > 0 and config.mode != "pareto" and config.storage is None)
+        self.begins_at = (budget.started + (1 - share) * (budget.end_by - budget.started)  # type: ignore[operator]
+                          if self.active else None)
+        self.count = min(MAX_FINALS, config.concurrent_workers)
+        self._budget = budget
+        self._min_epochs = config.min_epochs_per_trial
+        self.begun = False
+        #: final trials queued and not asked yet; the epochs of those asked, by trial number
+        self.pending = 0
+        self.epochs_of: dict[int, int] = {}
+        self._elapsed: dict[int, dict[int, float]] = {}  # trial -> epoch -> seconds of training at its end
+        self._train_seconds: dict[int, float] = {}  # trial -> seconds from start to answer
+        self._lock = threading.Lock()
+
+    # -- what the trials measured ---------------------------------------------------------------------------------
+    def note_epoch(self, number: int, epoch: int, elapsed_s: float | None) -> None:
+        if self.active and elapsed_s is not None:
+            with self._lock:
+                self._elapsed.setdefault(number, {})[int(epoch)] = float(elapsed_s)
+
+    def note_result(self, number: int, train_seconds: float | None) -> None:
+        if self.active and train_seconds:
+            with self._lock:
+                self._train_seconds[number] = float(train_seconds)
+
+    def timing(self, number: int) -> tuple[float, float] | None:
+        """(seconds per epoch, seconds outside the epochs: data, model, evaluation) trial ``number`` measured."""
+        with self._lock:
+            marks = sorted(self._elapsed.get(number, {}).items())
+            total = self._train_seconds.get(number)
+        if not marks:
+            return None
+        (e0, t0), (e1, t1) = marks[0], marks[-1]
+        per_epoch = (t1 - t0) / (e1 - e0) if e1 > e0 else t1 / e1
+        overhead = max(0.0, (total or t1) - t1) + max(0.0, t0 - e0 * per_epoch)
+        return max(per_epoch, 1e-3), overhead
+
+    # -- the switch -------------------------------------------------------------------------------------------------
+    def due(self, now: float | None = None) -> bool:
+        """Whether the search phase is over and the finals are not chosen yet."""
+        now = time.monotonic() if now is None else now
+        return self.active and not self.begun and now >= self.begins_at  # type: ignore[operator]
+
+    def choose(self, trials: list[Any]) -> list[tuple[int, dict[str, Any]]]:
+        """The configurations to train again: the best completed trials by value (maximized), distinct parameters,
+        at most :attr:`count`; each as (its trial number, its parameters)."""
+        done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None and t.params
+                and "final_of" not in t.user_attrs]
+        chosen: list[tuple[int, dict[str, Any]]] = []
+        for t in sorted(done, key=lambda t: (-t.value, t.number)):
+            if all(t.params != p for _, p in chosen):
+                chosen.append((t.number, dict(t.params)))
+            if len(chosen) == self.count:
+                break
+        return chosen
+
+    def epochs(self, source: int, wait_s: float = 0.0) -> int:
+        """Epochs a final of trial ``source``'s configuration can train in the time left after ``wait_s`` (running
+        trials finishing their epoch), at the seconds per epoch and the overhead ``source`` measured, with a 10 %
+        margin: its trainer is cut at the time limit, and a cut schedule never reaches its low learning rates."""
+        left = (self._budget.time_left() or 0.0) - wait_s
+        timing = self.timing(source)
+        if timing is None:
+            return self._min_epochs
+        per_epoch, overhead = timing
+        return max(self._min_epochs, math.floor(_MARGIN * (left - overhead) / per_epoch))
+
+    def longest_epoch(self, numbers: list[int]) -> float:
+        """The longest seconds per epoch of the running trials ``numbers``: how long a stop at an epoch's end takes."""
+        spans = [t[0] for t in (self.timing(n) for n in numbers) if t is not None]
+        return max(spans, default=0.0)
+
+    def queue(self, study: Any, wait_s: float, notes: list[str]) -> list[int] | None:
+        """The search phase is over: the best configurations (:meth:`choose`) are queued in ``study`` to train again
+        for the time left after ``wait_s``, each only if that is longer than it trained; their source trials'
+        numbers. None: no trial completed yet (asked again later); [] when none would train longer (the final
+        training is off and the search goes on)."""
+        trials = study.get_trials(deepcopy=False)
+        chosen = self.choose(trials)
+        if not chosen:
+            return None
+        trained = {t.number: int(t.user_attrs.get("epochs_trained", 0)) for t in trials}
+        plan = [(n, p, e) for n, p in chosen if (e := self.epochs(n, wait_s)) > trained.get(n, 0)]
+        for number, params, epochs in plan:
+            study.enqueue_trial(params, user_attrs={"final_of": number, "final_epochs": epochs}, skip_if_exists=False)
+        with self._lock:
+            self.begun, self.pending, self.active = bool(plan), len(plan), bool(plan)
+        notes.append(f"final training: trial {', '.join(str(n) for n, _, _ in plan)} trained again for "
+                     f"{', '.join(str(e) for _, _, e in plan)} epochs" if plan else
+                     "final training: none, too little time left to train longer than the search did")
+        return [n for n, _, _ in plan]
+
+    def asked(self, number: int, epochs: int) -> None:
+        with self._lock:
+            self.epochs_of[number] = epochs
+            self.pending = max(0, self.pending - 1)
+
+    @property
+    def closed(self) -> bool:
+        """No trial may start any more: the finals are all asked."""
+        return self.begun and self.pending == 0

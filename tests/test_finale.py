@@ -1,0 +1,127 @@
+"""Search short, then train long (final_training_share): under time_budget_minutes the search stops at its share of
+the time, the best configurations are trained again from scratch on a schedule spanning the time left (never pruned,
+no early stopping), and the search trials still running are kept, complete at the epochs they trained."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+import hpo
+from hpo.budget import TimeBudget
+from hpo.config import OptimizationConfig
+from hpo.finale import FINAL_CUT, MAX_FINALS, Finale
+
+from .test_time_budget import Paced
+
+RUN = dict(quiet=True, plot_generation="none", warm_start=False, pruner="none", dataset="synthetic_images")
+
+
+def _study(tmp_path, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / name / 'study.db'}")
+
+
+def _finals(study):
+    return [t for t in study.trials if "final_of" in t.user_attrs]
+
+
+def test_the_best_configuration_found_is_trained_again_on_a_schedule_spanning_the_time_left(tmp_path):
+    backend = Paced(0.05)  # accuracy grows with epochs and learning_rate: longer training of the best one wins
+    result = hpo.optimize(trials=500, max_epochs_per_trial=4, time_budget_minutes=0.15, final_training_share=0.5,
+                          concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="f", **RUN)
+    study = _study(tmp_path, "f")
+    finals = _finals(study)
+    assert len(finals) == 1, [t.user_attrs for t in study.trials]
+    final = finals[0]
+    source = study.trials[final.user_attrs["final_of"]]
+    # the best search trial when the search phase ended (trials cut for the final training ended after the choice)
+    before = [t for t in study.trials if t.state.name == "COMPLETE" and t.number < final.number
+              and not (t.user_attrs.get("reason") or "").startswith(FINAL_CUT)]
+    assert source.value == max(t.value for t in before)
+    assert final.params == source.params
+    job = backend.jobs[-1]
+    assert job.trial_id.endswith(f"#{final.number}") and job.params == source.params
+    assert job.max_epochs == final.user_attrs["final_epochs"] > 4
+    assert job.patience == job.max_epochs and job.schedule_epochs == job.max_epochs  # no early stop, its own cosine
+    assert final.state.name == "COMPLETE" and final.user_attrs["epochs_trained"] > 4
+    assert result.best_trial_number == final.number  # it trained longest, and longer is better here
+    assert any(n.startswith(f"final training: trial {source.number} trained again") for n in result.notes)
+    # no search trial started after the final training began
+    assert [j for j in backend.jobs if j.max_epochs > 4] == [job]
+
+
+def test_a_search_trial_running_when_the_search_ends_is_cut_at_its_epoch_and_kept(tmp_path):
+    backend = Paced(0.05, honour=False)  # search trials back to back: one is running when the search ends
+    hpo.optimize(trials=500, max_epochs_per_trial=10, time_budget_minutes=0.15, final_training_share=0.5,
+                 concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="g", **RUN)
+    study = _study(tmp_path, "g")
+    cut = [t for t in study.trials if (t.user_attrs.get("reason") or "").startswith(FINAL_CUT)]
+    assert cut, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in study.trials]
+    assert len(cut) == 1 and cut[0].number == _finals(study)[0].number - 1  # the one running then
+    assert cut[0].state.name == "COMPLETE"  # complete at what it trained, fewer epochs than asked
+    assert cut[0].user_attrs["reason"] == f"{FINAL_CUT}: trained {cut[0].user_attrs['epochs_trained']} epochs"
+
+
+def test_with_two_workers_the_two_best_distinct_configurations_are_trained_again(tmp_path):
+    backend = Paced(0.04)
+    hpo.optimize(trials=500, max_epochs_per_trial=3, time_budget_minutes=0.15, final_training_share=0.5,
+                 concurrent_workers=2, backend=backend, output_dir=str(tmp_path), run_name="h", **RUN)
+    study = _study(tmp_path, "h")
+    finals = _finals(study)
+    assert len(finals) == MAX_FINALS
+    sources = [study.trials[t.user_attrs["final_of"]] for t in finals]
+    assert sources[0].params != sources[1].params
+    assert all(f.params == s.params for f, s in zip(finals, sources))
+    others = [t for t in study.trials if t.state.name == "COMPLETE" and "final_of" not in t.user_attrs
+              and t.number < min(f.number for f in finals) and t not in sources]
+    assert all(t.value <= min(s.value for s in sources) for t in others if "reason" not in t.user_attrs)
+
+
+def test_off_with_share_zero_and_without_a_time_budget(tmp_path):
+    backend = Paced(0.05)
+    hpo.optimize(trials=500, max_epochs_per_trial=4, time_budget_minutes=0.08, final_training_share=0.0,
+                 concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="o", **RUN)
+    assert not _finals(_study(tmp_path, "o")) and all(j.max_epochs == 4 for j in backend.jobs)
+    backend = Paced(0.01)
+    hpo.optimize(trials=3, max_epochs_per_trial=4, concurrent_workers=1, backend=backend, output_dir=str(tmp_path),
+                 run_name="p", **RUN)
+    assert not _finals(_study(tmp_path, "p")) and len(backend.jobs) == 3
+
+
+@pytest.mark.parametrize("options, active", [
+    ({"time_budget_minutes": 2.0}, True),
+    ({}, False),
+    ({"time_budget_minutes": 2.0, "final_training_share": 0.0}, False),
+    ({"time_budget_minutes": 2.0, "mode": "pareto"}, False),
+])
+def test_when_the_final_training_applies(options, active):
+    config = OptimizationConfig(dataset="synthetic_images", plot_generation="none", **options)
+    finale = Finale(config, TimeBudget(config, started=1000.0))
+    assert finale.active is active
+    if active:  # half of the time for trials: 120 s less the 3 s reserve, from 1000
+        assert finale.begins_at == pytest.approx(1000.0 + 0.5 * 117.0)
+        assert not finale.due(now=1058.0) and finale.due(now=1059.0)
+
+
+def test_the_final_epochs_come_from_the_source_trials_measured_epoch_time(monkeypatch):
+    config = OptimizationConfig(dataset="synthetic_images", plot_generation="none", time_budget_minutes=2.0)
+    budget = TimeBudget(config)
+    finale = Finale(config, budget)
+    for epoch in range(1, 5):  # 2 s before the first epoch, then 0.5 s per epoch; 1 s more to answer
+        finale.note_epoch(7, epoch, 2.0 + 0.5 * epoch)
+    finale.note_result(7, 5.0)
+    per_epoch, overhead = finale.timing(7)
+    assert per_epoch == pytest.approx(0.5) and overhead == pytest.approx(3.0)
+    monkeypatch.setattr(budget, "time_left", lambda: 53.0)
+    assert finale.epochs(7, wait_s=0.0) == int(0.9 * (53.0 - 3.0) / 0.5)
+    assert finale.epochs(7, wait_s=10.0) == int(0.9 * (43.0 - 3.0) / 0.5)
+    assert finale.epochs(8) == config.min_epochs_per_trial  # nothing measured
+
+
+def test_a_final_is_not_planned_when_it_would_not_train_longer_than_the_search_did(tmp_path):
+    backend = Paced(0.05)
+    # a share of 0.15 leaves about 1.3 s for the final: fewer epochs than the 40 (2 s) the search trials train
+    result = hpo.optimize(trials=500, max_epochs_per_trial=40, time_budget_minutes=0.2, final_training_share=0.15,
+                          concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="n", **RUN)
+    assert not _finals(_study(tmp_path, "n"))
+    assert any(n.startswith("final training: none") for n in result.notes), result.notes
