@@ -51,8 +51,8 @@ def test_the_best_configuration_found_is_trained_again_on_a_schedule_spanning_th
 
 
 def test_a_search_trial_running_when_the_search_ends_is_cut_at_its_epoch_and_kept(tmp_path):
-    backend = Paced(0.05, honour=False)  # search trials back to back: one is running when the search ends
-    hpo.optimize(trials=500, max_epochs_per_trial=10, time_budget_minutes=0.15, final_training_share=0.5,
+    backend = Paced(0.05, honour=False)  # search trials of 1.5 s back to back: one is running when the search ends
+    hpo.optimize(trials=500, max_epochs_per_trial=30, time_budget_minutes=0.25, final_training_share=0.5,
                  concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="g", **RUN)
     study = _study(tmp_path, "g")
     cut = [t for t in study.trials if (t.user_attrs.get("reason") or "").startswith(FINAL_CUT)]
@@ -120,8 +120,23 @@ def test_the_final_epochs_come_from_the_source_trials_measured_epoch_time(monkey
 
 def test_a_final_is_not_planned_when_it_would_not_train_longer_than_the_search_did(tmp_path):
     backend = Paced(0.05)
-    # a share of 0.15 leaves about 1.3 s for the final: fewer epochs than the 40 (2 s) the search trials train
-    result = hpo.optimize(trials=500, max_epochs_per_trial=40, time_budget_minutes=0.2, final_training_share=0.15,
+    # a share of 0.15 leaves about 1.3 s for the final: fewer epochs than the 30 (1.5 s) the search trials train
+    result = hpo.optimize(trials=500, max_epochs_per_trial=30, time_budget_minutes=0.2, final_training_share=0.15,
                           concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="n", **RUN)
     assert not _finals(_study(tmp_path, "n"))
     assert any(n.startswith("final training: none") for n in result.notes), result.notes
+
+
+def test_without_room_for_a_search_the_first_configuration_trains_long_at_once(tmp_path):
+    # 0.2 s per epoch: the search phase (about 3 s) has no room for 3 trials of 10 epochs (6 s), so at its second
+    # epoch the first trial is cut and its configuration trained again on one schedule spanning the time left
+    backend = Paced(0.2)
+    result = hpo.optimize(trials=500, max_epochs_per_trial=10, time_budget_minutes=0.15, final_training_share=0.5,
+                          concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="r", **RUN)
+    study = _study(tmp_path, "r")
+    finals = _finals(study)
+    assert [f.user_attrs["final_of"] for f in finals] == [0] and finals[0].number == 1
+    first = study.trials[0]
+    assert first.user_attrs["reason"].startswith(FINAL_CUT) and first.user_attrs["epochs_trained"] < 10
+    assert len(backend.jobs) == 2 and backend.jobs[1].max_epochs > 10  # nothing else was searched
+    assert finals[0].params == first.params and result.best_trial_number == 1

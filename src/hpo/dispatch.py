@@ -181,15 +181,17 @@ class Dispatcher:
                 return
             self.request_stop(BUDGET_CUT, hard=hard)
 
-    def _begin_finale(self) -> None:
-        """The search phase is over (study thread): the best configurations are queued to train long, trials asked
-        ahead are dropped and the running search trials stop at their epoch's end (complete at what they trained)."""
+    def _begin_finale(self, source: int | None = None) -> None:
+        """The search phase is over (study thread): the best configurations (or ``source``'s: no room for a search)
+        are queued to train long, trials asked ahead are dropped and the running search trials stop at their epoch's
+        end (complete at what they trained)."""
         search = self.search
-        if search.stop_reason is not None or not search.finale.due():
+        if search.stop_reason is not None or search.finale.begun or not (source is not None or search.finale.due()):
             return
         with self._tokens_lock:
             tokens = dict(self._tokens)
-        self._finale_later = search.begin_finale(wait_s=search.finale.longest_epoch(list(tokens))) is None
+        wait_s = search.finale.longest_epoch(list(tokens))
+        self._finale_later = search.begin_finale(wait_s, source) is None
         if not search.finale.begun:
             return
         self._dispose_ready(FINAL_CUT)
@@ -390,6 +392,8 @@ class Dispatcher:
         def on_epoch(report: EpochReport) -> None:
             running.last_epoch[0] = max(running.last_epoch[0], report.epoch)
             search.finale.note_epoch(trial.number, report.epoch, report.metrics.get("elapsed_s"))
+            if search.finale.no_room(trial.number, report.epoch, job.max_epochs):  # one long schedule beats a search
+                self._post(lambda: self._begin_finale(source=trial.number))
             if self.progress:
                 self.progress.epoch(trial.number, report.epoch, report.metrics)
             if token.cancelled:

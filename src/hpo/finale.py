@@ -24,7 +24,7 @@ from typing import Any
 from .budget import TimeBudget
 from .config import OptimizationConfig
 
-__all__ = ["Finale", "FINAL_CUT", "MAX_FINALS"]
+__all__ = ["Finale", "FINAL_CUT", "MAX_FINALS", "MIN_SEARCH_TRIALS"]
 
 #: the cancel reason of a search trial still running when the final training begins
 FINAL_CUT = "cut for the final training"
@@ -32,6 +32,8 @@ FINAL_CUT = "cut for the final training"
 MAX_FINALS = 2
 #: share of the estimated epoch time kept as a margin when the final's epochs are counted
 _MARGIN = 0.9
+#: the search phase must have room for this many trials of max_epochs_per_trial, else the final begins at once
+MIN_SEARCH_TRIALS = 3
 
 
 class Finale:
@@ -51,6 +53,7 @@ class Finale:
         self.epochs_of: dict[int, int] = {}
         self._elapsed: dict[int, dict[int, float]] = {}  # trial -> epoch -> seconds of training at its end
         self._train_seconds: dict[int, float] = {}  # trial -> seconds from start to answer
+        self._room_checked = False
         self._lock = threading.Lock()
 
     # -- what the trials measured ---------------------------------------------------------------------------------
@@ -73,7 +76,9 @@ class Finale:
             return None
         (e0, t0), (e1, t1) = marks[0], marks[-1]
         per_epoch = (t1 - t0) / (e1 - e0) if e1 > e0 else t1 / e1
-        overhead = max(0.0, (total or t1) - t1) + max(0.0, t0 - e0 * per_epoch)
+        if total is None:  # still running: an evaluation to come (elapsed_s counts from the trainer's start)
+            total = t1 + 0.5 * per_epoch
+        overhead = max(0.0, total - t1) + max(0.0, t0 - e0 * per_epoch)
         return max(per_epoch, 1e-3), overhead
 
     # -- the switch -------------------------------------------------------------------------------------------------
@@ -81,6 +86,20 @@ class Finale:
         """Whether the search phase is over and the finals are not chosen yet."""
         now = time.monotonic() if now is None else now
         return self.active and not self.begun and now >= self.begins_at  # type: ignore[operator]
+
+    def no_room(self, number: int, epoch: int, max_epochs: int) -> bool:
+        """Checked once, at the first trial's second epoch (its epoch time is then measured): True when the search
+        phase has no room for :data:`MIN_SEARCH_TRIALS` trials of ``max_epochs``; the final training of that trial's
+        configuration then begins at once (a budget that fits a few epochs is best spent on one long schedule)."""
+        if not self.active or self.begun or epoch < 2:
+            return False
+        with self._lock:
+            if self._room_checked:
+                return False
+            self._room_checked = True
+        timing = self.timing(number)
+        search_s = self.begins_at - time.monotonic()  # type: ignore[operator]
+        return timing is not None and search_s < MIN_SEARCH_TRIALS * max_epochs * timing[0]
 
     def choose(self, trials: list[Any]) -> list[tuple[int, dict[str, Any]]]:
         """The configurations to train again: the best completed trials by value (maximized), distinct parameters,
@@ -111,13 +130,14 @@ class Finale:
         spans = [t[0] for t in (self.timing(n) for n in numbers) if t is not None]
         return max(spans, default=0.0)
 
-    def queue(self, study: Any, wait_s: float, notes: list[str]) -> list[int] | None:
+    def queue(self, study: Any, wait_s: float, notes: list[str], source: int | None = None) -> list[int] | None:
         """The search phase is over: the best configurations (:meth:`choose`) are queued in ``study`` to train again
         for the time left after ``wait_s``, each only if that is longer than it trained; their source trials'
         numbers. None: no trial completed yet (asked again later); [] when none would train longer (the final
-        training is off and the search goes on)."""
+        training is off and the search goes on). ``source``: the running trial whose configuration to train (no
+        room for a search, :meth:`no_room`)."""
         trials = study.get_trials(deepcopy=False)
-        chosen = self.choose(trials)
+        chosen = [(source, dict(trials[source].params))] if source is not None else self.choose(trials)
         if not chosen:
             return None
         trained = {t.number: int(t.user_attrs.get("epochs_trained", 0)) for t in trials}
@@ -127,7 +147,9 @@ class Finale:
         with self._lock:
             self.begun, self.pending, self.active = bool(plan), len(plan), bool(plan)
         notes.append(f"final training: trial {', '.join(str(n) for n, _, _ in plan)} trained again for "
-                     f"{', '.join(str(e) for _, _, e in plan)} epochs" if plan else
+                     f"{', '.join(str(e) for _, _, e in plan)} epochs (measured: "
+                     f"{', '.join('%.2f s per epoch + %.1f s' % (self.timing(n) or (0, 0)) for n, _, _ in plan)}; "
+                     f"{(self._budget.time_left() or 0):.0f} s left)" if plan else
                      "final training: none, too little time left to train longer than the search did")
         return [n for n, _, _ in plan]
 

@@ -221,10 +221,10 @@ class Search:
                 self.stop_reason = why or f"timeout_minutes={self.config.timeout_minutes:g} reached"
         return True
 
-    def begin_finale(self, wait_s: float) -> list[int] | None:
+    def begin_finale(self, wait_s: float, source: int | None = None) -> list[int] | None:
         """The search phase is over: the best configurations are queued to train long (:meth:`Finale.queue`)."""
         with self.lock:
-            return self.finale.queue(self.study, wait_s, self.notes)
+            return self.finale.queue(self.study, wait_s, self.notes, source)
 
     def stop(self, reason: str, *, aborted: bool = False) -> None:
         with self.lock:
