@@ -1,8 +1,8 @@
 """Dispatch efficiency of the RunPod path: how much of N workers' time goes to trials, not to dispatch.
 
 For each N: the RunPod simulator (hpo.testing.runpod_sim, in a process of its own, as RunPod's control plane is),
-N real worker processes running bench/sleep_handler.py (the real handler and the unmodified SDK worker loop,
-sleeping S seconds per job instead of training), and trials = 3N sent through the real RunPod client by one of two
+N real worker processes running bench/sleep_handler.py (the real handler and the SDK worker loop as hpo's worker
+runs it, sleeping S seconds per job instead of training; --worker-loop sdk: the SDK's loop unmodified), and trials = 3N sent through the real RunPod client by one of two
 drivers:
 
     plain          N threads, each submitting its next job the moment the last one is noticed: the dispatch path
@@ -30,8 +30,10 @@ It prints, per N:
 
 With --driver both a summary follows: each N's efficiency through the plain client and through hpo.optimize,
 measured minutes apart on the same machine, their ratio, and noticed->next of the orchestrator path. The plain client
-is the ceiling: the unmodified SDK loop takes a worker's next job up to a second after it answered the last (it
-looks once a second while busy), so even a plain client loses about 1 s per job (0.92 at S = 10 s, N = 32).
+is the ceiling. The unmodified SDK loop takes a worker's next job up to a second after it answered the last (it
+looks once a second while busy), so with it even a plain client loses about 1 s per job (0.92 at S = 10 s, N = 32);
+hpo's worker asks the moment a job ends (runpod_worker/handler.py: prompt_job_scaler). `--worker-loop sdk` measures
+the unmodified loop.
 
 Never a timed assert in a test: numbers depend on the machine. Reference points (unmodified SDK loop, one job per
 worker, a plain client, S = 10 s): polling every 2 s 0.83 at N = 6; every 0.1 s 0.934 at N = 6, 0.923 at N = 32.
@@ -240,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=int, default=1,
                         help="K orchestrator processes with N/K workers each sharing one study (needs "
                              "--storage postgres); efficiency is the aggregate")
+    parser.add_argument("--worker-loop", choices=("prompt", "sdk"), default="prompt",
+                        help="prompt (default, hpo's worker): a worker asks for its next job the moment one ends; "
+                             "sdk: the SDK's unmodified loop, which looks once a second while busy (the baseline)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -249,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                      "client is measured with N threads)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ns = [int(x) for x in args.workers.split(",") if x.strip()]
-    env: dict[str, str] = {}
+    env: dict[str, str] = {"HPO_WORKER_PROMPT_TAKE": "1" if args.worker_loop == "prompt" else "0"}
+    print(f"worker loop: {args.worker_loop}")
     print(f"S = {args.sleep:g} s, trials = {args.trials_per_worker}N, {args.epochs} progress updates per job, "
           f"queue_ahead = "
           f"{'default (1 + N // 5)' if args.queue_ahead is None else args.queue_ahead} (orchestrator driver)")
