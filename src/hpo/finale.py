@@ -137,7 +137,8 @@ class Finale:
         training is off and the search goes on). ``source``: the running trial whose configuration to train (no
         room for a search, :meth:`no_room`)."""
         trials = study.get_trials(deepcopy=False)
-        chosen = [(source, dict(trials[source].params))] if source is not None else self.choose(trials)
+        # no room for a search: the first configuration once per worker (each trial has its own seed), the better kept
+        chosen = [(source, dict(trials[source].params))] * self.count if source is not None else self.choose(trials)
         if not chosen:
             return None
         trained = {t.number: int(t.user_attrs.get("epochs_trained", 0)) for t in trials}
