@@ -79,6 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hpo-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra hpo option for hpo-1/hpo-2 (experiments; stated in the report)")
     p.add_argument("--out", help="output folder (default bench/results/protocol-<date>)")
+    p.add_argument("--reuse", metavar="RESULTS_JSON",
+                   help="take the method-runs recorded in an earlier run's results.json instead of running them "
+                        "again (same dataset, seed, method and T; their models stay where they were); e.g. to run "
+                        "only hpo again after a change to hpo, with --methods listing every method of the report")
     args = p.parse_args(argv)
     args.datasets = _csv(args.datasets) if args.datasets else (
         ["mnist1d" if _mnist1d_available() else settings.FALLBACKS[0]] if args.quick else list(FULL_DATASETS))
@@ -151,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seeds}, T={args.budget_s:.0f}s, methods {','.join(args.methods)}; output {out}", flush=True)
     started, load_before = time.time(), _load()
     results = []
+    reused = {(r["dataset"], r["seed"], r["method"], r["budget_s"]): r
+              for r in (json.loads(Path(args.reuse).read_text())["runs"] if args.reuse else [])}
     for i, (dataset, seed, method, budget) in enumerate(runs_planned, 1):
+        if (dataset, seed, method, budget) in reused:
+            results.append(dict(reused[dataset, seed, method, budget], reused_from=args.reuse))
+            print(f"[{i}/{len(runs_planned)}] {dataset} seed {seed} {method} T={budget:.0f}s: reused", flush=True)
+            continue
         run_dir = out / "runs" / dataset / f"T{budget:.0f}" / method / f"seed{seed}"
         r = run_method(method=method, plan=plans[dataset], seed=seed, budget_s=budget, run_dir=run_dir,
                        hpo_options=args.hpo_options if method in settings.HPO_METHODS else None)
@@ -175,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": date, "mode": "quick" if args.quick else "full" if argv_is_full(args) else "custom",
             "budget_s": args.budget_s, "seeds": args.seeds, "cores": os.cpu_count(), "load_before": load_before,
             "load_after": _load(), "total_s": time.time() - started, "plots": plots,
-            "hpo_options": args.hpo_options}
+            "hpo_options": args.hpo_options, "reused_from": args.reuse,
+            "reused_runs": sum(1 for r in results if r.get("reused_from"))}
     text, summary = build_report(results, correct, plans, meta)
     (out / "report.md").write_text(text)
     import numpy as np

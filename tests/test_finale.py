@@ -41,11 +41,12 @@ def test_the_best_configuration_found_is_trained_again_on_a_schedule_spanning_th
     assert final.params == source.params
     job = backend.jobs[-1]
     assert job.trial_id.endswith(f"#{final.number}") and job.params == source.params
-    assert job.max_epochs == final.user_attrs["final_epochs"] > 4
+    assert job.max_epochs == final.user_attrs["job"]["max_epochs"] > 4
     assert job.patience == job.max_epochs and job.schedule_epochs == job.max_epochs  # no early stop, its own cosine
     assert final.state.name == "COMPLETE" and final.user_attrs["epochs_trained"] > 4
     assert result.best_trial_number == final.number  # it trained longest, and longer is better here
-    assert any(n.startswith(f"final training: trial {source.number} trained again") for n in result.notes)
+    assert any(n.startswith(f"final training: trial {final.number} trains trial {source.number}'s configuration "
+                            f"again for {job.max_epochs} epochs") for n in result.notes), result.notes
     # no search trial started after the final training began
     assert [j for j in backend.jobs if j.max_epochs > 4] == [job]
 

@@ -112,6 +112,9 @@ def build_report(runs: list[dict], correct: dict, plans: dict[str, dict], meta: 
             "Trials ending after T never count. Test accuracies in %, median [min-max] over seeds; '(k none)': k "
             "seeds had no model yet (they count as 0 % -- every test example wrong -- in ranks and bootstrap "
             "intervals).", ""]
+    if meta.get("reused_runs"):
+        out += [f"{meta['reused_runs']} method-runs were taken from an earlier run of the same protocol "
+                f"({meta['reused_from']}); the others ran again in this one.", ""]
     out += ["| dataset | train | val | test | trial epochs | max epochs (SH/HB) |", "| --- | --- | --- | --- | --- | --- |"]
     for name, p in plans.items():
         n_test = next((r["n_test"] for r in runs if r["dataset"] == name and "n_test" in r), "?")

@@ -190,8 +190,7 @@ class Dispatcher:
             return
         with self._tokens_lock:
             tokens = dict(self._tokens)
-        wait_s = search.finale.longest_epoch(list(tokens))
-        self._finale_later = search.begin_finale(wait_s, source) is None
+        self._finale_later = search.begin_finale(source) is None
         if not search.finale.begun:
             return
         self._dispose_ready(FINAL_CUT)

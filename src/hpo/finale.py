@@ -54,6 +54,7 @@ class Finale:
         self._elapsed: dict[int, dict[int, float]] = {}  # trial -> epoch -> seconds of training at its end
         self._train_seconds: dict[int, float] = {}  # trial -> seconds from start to answer
         self._room_checked = False
+        self._notes: list[str] = []
         self._lock = threading.Lock()
 
     # -- what the trials measured ---------------------------------------------------------------------------------
@@ -125,39 +126,38 @@ class Finale:
         per_epoch, overhead = timing
         return max(self._min_epochs, math.floor(_MARGIN * (left - overhead) / per_epoch))
 
-    def longest_epoch(self, numbers: list[int]) -> float:
-        """The longest seconds per epoch of the running trials ``numbers``: how long a stop at an epoch's end takes."""
-        spans = [t[0] for t in (self.timing(n) for n in numbers) if t is not None]
-        return max(spans, default=0.0)
-
-    def queue(self, study: Any, wait_s: float, notes: list[str], source: int | None = None) -> list[int] | None:
-        """The search phase is over: the best configurations (:meth:`choose`) are queued in ``study`` to train again
-        for the time left after ``wait_s``, each only if that is longer than it trained; their source trials'
-        numbers. None: no trial completed yet (asked again later); [] when none would train longer (the final
-        training is off and the search goes on). ``source``: the running trial whose configuration to train (no
-        room for a search, :meth:`no_room`)."""
+    def queue(self, study: Any, notes: list[str], source: int | None = None) -> list[int] | None:
+        """The search phase is over: the best configurations (:meth:`choose`) are queued in ``study`` to train again,
+        each only if the time left is enough to train longer than it did; their source trials' numbers. None: no
+        trial completed yet (asked again later); [] when none would train longer (the final training is off and the
+        search goes on). ``source``: the running trial whose configuration to train (no room for a search,
+        :meth:`no_room`). A final's epochs are counted when it is asked (:meth:`asked`), from the time left then."""
         trials = study.get_trials(deepcopy=False)
         # no room for a search: the first configuration once per worker (each trial has its own seed), the better kept
         chosen = [(source, dict(trials[source].params))] * self.count if source is not None else self.choose(trials)
         if not chosen:
             return None
         trained = {t.number: int(t.user_attrs.get("epochs_trained", 0)) for t in trials}
-        plan = [(n, p, e) for n, p in chosen if (e := self.epochs(n, wait_s)) > trained.get(n, 0)]
-        for number, params, epochs in plan:
-            study.enqueue_trial(params, user_attrs={"final_of": number, "final_epochs": epochs}, skip_if_exists=False)
+        plan = [(n, p) for n, p in chosen if self.epochs(n) > trained.get(n, 0)]
+        for number, params in plan:
+            study.enqueue_trial(params, user_attrs={"final_of": number}, skip_if_exists=False)
         with self._lock:
-            self.begun, self.pending, self.active = bool(plan), len(plan), bool(plan)
-        notes.append(f"final training: trial {', '.join(str(n) for n, _, _ in plan)} trained again for "
-                     f"{', '.join(str(e) for _, _, e in plan)} epochs (measured: "
-                     f"{', '.join('%.2f s per epoch + %.1f s' % (self.timing(n) or (0, 0)) for n, _, _ in plan)}; "
-                     f"{(self._budget.time_left() or 0):.0f} s left)" if plan else
-                     "final training: none, too little time left to train longer than the search did")
-        return [n for n, _, _ in plan]
+            self.begun, self.pending, self.active, self._notes = bool(plan), len(plan), bool(plan), notes
+        if not plan:
+            notes.append("final training: none, too little time left to train longer than the search did")
+        return [n for n, _ in plan]
 
-    def asked(self, number: int, epochs: int) -> None:
+    def asked(self, number: int, source: int) -> int:
+        """Final trial ``number`` (of trial ``source``'s configuration) starts: its epochs, from the time left now."""
+        epochs = self.epochs(source)
+        per_epoch, overhead = self.timing(source) or (0.0, 0.0)
         with self._lock:
             self.epochs_of[number] = epochs
             self.pending = max(0, self.pending - 1)
+            self._notes.append(f"final training: trial {number} trains trial {source}'s configuration again for "
+                               f"{epochs} epochs ({(self._budget.time_left() or 0):.0f} s left; trial {source} "
+                               f"measured {per_epoch:.2f} s per epoch + {overhead:.1f} s)")
+        return epochs
 
     @property
     def closed(self) -> bool:

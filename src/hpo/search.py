@@ -221,10 +221,10 @@ class Search:
                 self.stop_reason = why or f"timeout_minutes={self.config.timeout_minutes:g} reached"
         return True
 
-    def begin_finale(self, wait_s: float, source: int | None = None) -> list[int] | None:
+    def begin_finale(self, source: int | None = None) -> list[int] | None:
         """The search phase is over: the best configurations are queued to train long (:meth:`Finale.queue`)."""
         with self.lock:
-            return self.finale.queue(self.study, wait_s, self.notes, source)
+            return self.finale.queue(self.study, self.notes, source)
 
     def stop(self, reason: str, *, aborted: bool = False) -> None:
         with self.lock:
@@ -248,8 +248,8 @@ class Search:
                 trial = studies.ask_trial(self.study, self.storage,
                                           new=self._neighbour if self._warm_start_number is not None else None)
                 self._last_number = trial.number
-                if self.finale.begun and "final_epochs" in trial.user_attrs:
-                    self.finale.asked(trial.number, int(trial.user_attrs["final_epochs"]))
+                if self.finale.begun and "final_of" in trial.user_attrs:  # its epochs from the time left now
+                    self.finale.asked(trial.number, int(trial.user_attrs["final_of"]))
                 if (self._near_limit and not trial.user_attrs.keys() & {"retry_of", "warm_start"}  # those run
                         and studies.surplus(self.study, self.storage, trial._trial_id, self.config.trial_limit)):
                     studies.reject(self.study, trial, "one too many: other processes took the study's last trials",
