@@ -79,10 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hpo-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra hpo option for hpo-1/hpo-2 (experiments; stated in the report)")
     p.add_argument("--out", help="output folder (default bench/results/protocol-<date>)")
-    p.add_argument("--reuse", metavar="RESULTS_JSON",
-                   help="take the method-runs recorded in an earlier run's results.json instead of running them "
-                        "again (same dataset, seed, method and T; their models stay where they were); e.g. to run "
-                        "only hpo again after a change to hpo, with --methods listing every method of the report")
+    p.add_argument("--reuse", metavar="OUT_DIR",
+                   help="take the method-runs an earlier run recorded in OUT_DIR (runs/.../record.json: same "
+                        "dataset, seed, method and T) instead of running them again; delete a run's folder there to "
+                        "run it again (e.g. hpo's, after a change to hpo)")
     args = p.parse_args(argv)
     args.datasets = _csv(args.datasets) if args.datasets else (
         ["mnist1d" if _mnist1d_available() else settings.FALLBACKS[0]] if args.quick else list(FULL_DATASETS))
@@ -155,14 +155,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seeds}, T={args.budget_s:.0f}s, methods {','.join(args.methods)}; output {out}", flush=True)
     started, load_before = time.time(), _load()
     results = []
-    reused = {(r["dataset"], r["seed"], r["method"], r["budget_s"]): r
-              for r in (json.loads(Path(args.reuse).read_text())["runs"] if args.reuse else [])}
     for i, (dataset, seed, method, budget) in enumerate(runs_planned, 1):
-        if (dataset, seed, method, budget) in reused:
-            results.append(dict(reused[dataset, seed, method, budget], reused_from=args.reuse))
+        where = Path("runs") / dataset / f"T{budget:.0f}" / method / f"seed{seed}"
+        record = Path(args.reuse) / where / "record.json" if args.reuse else None
+        if record is not None and record.exists():
+            results.append(dict(json.loads(record.read_text()), reused_from=args.reuse))
             print(f"[{i}/{len(runs_planned)}] {dataset} seed {seed} {method} T={budget:.0f}s: reused", flush=True)
             continue
-        run_dir = out / "runs" / dataset / f"T{budget:.0f}" / method / f"seed{seed}"
+        run_dir = out / where
         r = run_method(method=method, plan=plans[dataset], seed=seed, budget_s=budget, run_dir=run_dir,
                        hpo_options=args.hpo_options if method in settings.HPO_METHODS else None)
         results.append(r)

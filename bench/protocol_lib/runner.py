@@ -106,5 +106,7 @@ def run_method(*, method: str, plan: dict[str, Any], seed: int, budget_s: float,
             raise
     wall = time.time() - spec["start"]
     trials, notes = read_run(run_dir)
-    return {"method": method, "dataset": plan["name"], "seed": seed, "budget_s": budget_s, "run_dir": str(run_dir),
-            "wall_s": wall, "returncode": proc.returncode, "killed": killed, "trials": trials, "notes": notes}
+    record = {"method": method, "dataset": plan["name"], "seed": seed, "budget_s": budget_s, "run_dir": str(run_dir),
+              "wall_s": wall, "returncode": proc.returncode, "killed": killed, "trials": trials, "notes": notes}
+    (run_dir / "record.json").write_text(json.dumps(record, default=str) + "\n")  # protocol.py --reuse
+    return record
