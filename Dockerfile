@@ -42,9 +42,11 @@ COPY runpod_worker/ runpod_worker/
 COPY --from=usercode / /app/user_code/
 ENV PYTHONPATH=/app/user_code
 
-# One trial at a time per worker (bit-reproducible numbers); TensorFlow is imported before the first job is taken.
+# One trial at a time per worker (bit-reproducible numbers); TensorFlow is imported before the first job is taken;
+# the next job is asked for the moment one ends (not by the SDK's once-a-second look).
 ENV HPO_WORKER_CONCURRENCY=1 \
     HPO_WORKER_WARMUP=1 \
+    HPO_WORKER_PROMPT_TAKE=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     RUNPOD_LOG_LEVEL=INFO
 
