@@ -143,3 +143,15 @@ def test_without_room_for_a_search_the_first_configuration_trains_long_at_once(t
     assert first.user_attrs["reason"].startswith(FINAL_CUT) and first.user_attrs["epochs_trained"] < 10
     assert len(backend.jobs) == 2 and backend.jobs[1].max_epochs > 10  # nothing else was searched
     assert finals[0].params == first.params and result.best_trial_number == 1
+
+
+def test_without_room_and_with_two_workers_each_trains_the_first_configuration_with_its_own_seed(tmp_path):
+    backend = Paced(0.2)
+    hpo.optimize(trials=500, max_epochs_per_trial=10, time_budget_minutes=0.15, final_training_share=0.5,
+                 concurrent_workers=2, backend=backend, output_dir=str(tmp_path), run_name="s", **RUN)
+    study = _study(tmp_path, "s")
+    finals = _finals(study)
+    assert len(finals) == 2 and finals[0].user_attrs["final_of"] == finals[1].user_attrs["final_of"]
+    assert finals[0].params == finals[1].params == study.trials[finals[0].user_attrs["final_of"]].params
+    seeds = {j.seed for j in backend.jobs if j.trial_id.endswith((f"#{finals[0].number}", f"#{finals[1].number}"))}
+    assert len(seeds) == 2  # two chances at the same configuration; the better one is the run's best
