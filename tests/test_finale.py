@@ -21,15 +21,21 @@ def _study(tmp_path, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / name / 'study.db'}")
 
 
+def _budgeted(tmp_path, name, backend, *, workers, epochs, minutes, share=0.5):
+    """A run of up to 500 trials of ``epochs`` under a time budget of ``minutes``; (result, study)."""
+    result = hpo.optimize(trials=500, max_epochs_per_trial=epochs, time_budget_minutes=minutes,
+                          final_training_share=share, concurrent_workers=workers, backend=backend,
+                          output_dir=str(tmp_path), run_name=name, **RUN)
+    return result, _study(tmp_path, name)
+
+
 def _finals(study):
     return [t for t in study.trials if "final_of" in t.user_attrs]
 
 
 def test_the_best_configuration_found_is_trained_again_on_a_schedule_spanning_the_time_left(tmp_path):
     backend = Paced(0.05)  # accuracy grows with epochs and learning_rate: longer training of the best one wins
-    result = hpo.optimize(trials=500, max_epochs_per_trial=4, time_budget_minutes=0.15, final_training_share=0.5,
-                          concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="f", **RUN)
-    study = _study(tmp_path, "f")
+    result, study = _budgeted(tmp_path, "f", backend, workers=1, epochs=4, minutes=0.15)
     finals = _finals(study)
     assert len(finals) == 1, [t.user_attrs for t in study.trials]
     final = finals[0]
@@ -53,9 +59,7 @@ def test_the_best_configuration_found_is_trained_again_on_a_schedule_spanning_th
 
 def test_a_search_trial_running_when_the_search_ends_is_cut_at_its_epoch_and_kept(tmp_path):
     backend = Paced(0.05, honour=False)  # search trials of 1.5 s back to back: one is running when the search ends
-    hpo.optimize(trials=500, max_epochs_per_trial=30, time_budget_minutes=0.25, final_training_share=0.5,
-                 concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="g", **RUN)
-    study = _study(tmp_path, "g")
+    _, study = _budgeted(tmp_path, "g", backend, workers=1, epochs=30, minutes=0.25)
     cut = [t for t in study.trials if (t.user_attrs.get("reason") or "").startswith(FINAL_CUT)]
     assert cut, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in study.trials]
     assert len(cut) == 1 and cut[0].number == _finals(study)[0].number - 1  # the one running then
@@ -65,9 +69,7 @@ def test_a_search_trial_running_when_the_search_ends_is_cut_at_its_epoch_and_kep
 
 def test_with_two_workers_the_two_best_distinct_configurations_are_trained_again(tmp_path):
     backend = Paced(0.04)
-    hpo.optimize(trials=500, max_epochs_per_trial=3, time_budget_minutes=0.15, final_training_share=0.5,
-                 concurrent_workers=2, backend=backend, output_dir=str(tmp_path), run_name="h", **RUN)
-    study = _study(tmp_path, "h")
+    _, study = _budgeted(tmp_path, "h", backend, workers=2, epochs=3, minutes=0.25)  # room for a search under load
     finals = _finals(study)
     assert len(finals) == MAX_FINALS
     sources = [study.trials[t.user_attrs["final_of"]] for t in finals]
@@ -80,9 +82,8 @@ def test_with_two_workers_the_two_best_distinct_configurations_are_trained_again
 
 def test_off_with_share_zero_and_without_a_time_budget(tmp_path):
     backend = Paced(0.05)
-    hpo.optimize(trials=500, max_epochs_per_trial=4, time_budget_minutes=0.08, final_training_share=0.0,
-                 concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="o", **RUN)
-    assert not _finals(_study(tmp_path, "o")) and all(j.max_epochs == 4 for j in backend.jobs)
+    _, study = _budgeted(tmp_path, "o", backend, workers=1, epochs=4, minutes=0.08, share=0.0)
+    assert not _finals(study) and all(j.max_epochs == 4 for j in backend.jobs)
     backend = Paced(0.01)
     hpo.optimize(trials=3, max_epochs_per_trial=4, concurrent_workers=1, backend=backend, output_dir=str(tmp_path),
                  run_name="p", **RUN)
@@ -124,9 +125,8 @@ def test_the_final_epochs_come_from_the_source_trials_measured_epoch_time(monkey
 def test_a_final_is_not_planned_when_it_would_not_train_longer_than_the_search_did(tmp_path):
     backend = Paced(0.05)
     # a share of 0.15 leaves about 1.3 s for the final: fewer epochs than the 30 (1.5 s) the search trials train
-    result = hpo.optimize(trials=500, max_epochs_per_trial=30, time_budget_minutes=0.2, final_training_share=0.15,
-                          concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="n", **RUN)
-    assert not _finals(_study(tmp_path, "n"))
+    result, study = _budgeted(tmp_path, "n", backend, workers=1, epochs=30, minutes=0.2, share=0.15)
+    assert not _finals(study)
     assert any(n.startswith("final training: none") for n in result.notes), result.notes
 
 
@@ -134,9 +134,7 @@ def test_without_room_for_a_search_the_first_configuration_trains_long_at_once(t
     # 0.2 s per epoch: the search phase (about 3 s) has no room for 3 trials of 10 epochs (6 s), so at its second
     # epoch the first trial is cut and its configuration trained again on one schedule spanning the time left
     backend = Paced(0.2)
-    result = hpo.optimize(trials=500, max_epochs_per_trial=10, time_budget_minutes=0.15, final_training_share=0.5,
-                          concurrent_workers=1, backend=backend, output_dir=str(tmp_path), run_name="r", **RUN)
-    study = _study(tmp_path, "r")
+    result, study = _budgeted(tmp_path, "r", backend, workers=1, epochs=10, minutes=0.15)
     finals = _finals(study)
     assert [f.user_attrs["final_of"] for f in finals] == [0] and finals[0].number == 1
     first = study.trials[0]
@@ -147,9 +145,7 @@ def test_without_room_for_a_search_the_first_configuration_trains_long_at_once(t
 
 def test_without_room_and_with_two_workers_each_trains_the_first_configuration_with_its_own_seed(tmp_path):
     backend = Paced(0.2)
-    hpo.optimize(trials=500, max_epochs_per_trial=10, time_budget_minutes=0.15, final_training_share=0.5,
-                 concurrent_workers=2, backend=backend, output_dir=str(tmp_path), run_name="s", **RUN)
-    study = _study(tmp_path, "s")
+    _, study = _budgeted(tmp_path, "s", backend, workers=2, epochs=10, minutes=0.15)
     finals = _finals(study)
     assert len(finals) == 2 and finals[0].user_attrs["final_of"] == finals[1].user_attrs["final_of"]
     assert finals[0].params == finals[1].params == study.trials[finals[0].user_attrs["final_of"]].params
