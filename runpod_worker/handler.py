@@ -2,8 +2,9 @@
 
 RunPod glue only. A request is parsed, trained and answered by the worker core (:mod:`hpo.worker`), which the local
 worker loop uses too, with :func:`hpo.training.run_trial`, the function local workers run: a trial gives the same
-numbers, and a bad job the same refusal, wherever it runs. The SDK is used through its public API only:
-``runpod.serverless.start`` (a handler and a concurrency modifier) and ``runpod.serverless.progress_update``.
+numbers, and a bad job the same refusal, wherever it runs. The SDK is used through its public API
+(``runpod.serverless.start`` with a handler and a concurrency modifier, ``runpod.serverless.progress_update``) and
+one hook of its worker loop (:func:`install_prompt_take`, below).
 
     request input                         answer (the job's output)
     {TrialJob as JSON}                    {"trial_result": {TrialResult as JSON}}      (a failed trial is a result too)

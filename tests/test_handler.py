@@ -332,7 +332,8 @@ PUBLIC_SDK = {"runpod.serverless.start", "runpod.serverless.progress_update"}
 
 def test_the_handler_uses_only_the_sdks_public_api():
     """Every use of the ``runpod`` package in handler.py: ``import runpod`` and attributes in the SDK's public
-    ``runpod.serverless.__all__`` -- never ``runpod.serverless.modules`` (worker_state, JobsProgress, ...)."""
+    ``runpod.serverless.__all__`` -- and one documented exception: ``install_prompt_take`` subclasses the SDK's
+    ``rp_scale.JobScaler`` (tests/test_worker_loop.py), nowhere else (worker_state, JobsProgress, ... never)."""
     import runpod.serverless
 
     tree = ast.parse((ROOT / "runpod_worker" / "handler.py").read_text())
@@ -349,7 +350,10 @@ def test_the_handler_uses_only_the_sdks_public_api():
                 value = value.value
             if isinstance(value, ast.Name) and value.id == "runpod":
                 used.add(".".join(["runpod", *reversed(parts)]))
-    assert imported == {"runpod"}, imported
+    assert imported == {"runpod", "runpod.serverless.modules:rp_scale"}, imported
+    internal = [f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                and any(isinstance(n, ast.ImportFrom) and n.module == "runpod.serverless.modules" for n in ast.walk(f))]
+    assert internal == ["install_prompt_take"], internal
     calls = {u for u in used if u.count(".") == 2}  # runpod.serverless.<name>
     assert calls == PUBLIC_SDK and all(c.split(".")[-1] in runpod.serverless.__all__ for c in calls), used
     assert used <= PUBLIC_SDK | {"runpod.serverless"}, used
