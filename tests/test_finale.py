@@ -10,7 +10,7 @@ import pytest
 import hpo
 from hpo.budget import TimeBudget
 from hpo.config import OptimizationConfig
-from hpo.finale import FINAL_CUT, MAX_FINALS, Finale
+from hpo.finale import FINAL_CUT, FINAL_LATE, MAX_FINALS, Finale
 
 from .test_time_budget import Paced
 
@@ -42,7 +42,7 @@ def test_the_best_configuration_found_is_trained_again_on_a_schedule_spanning_th
     source = study.trials[final.user_attrs["final_of"]]
     # the best search trial when the search phase ended (trials cut for the final training ended after the choice)
     before = [t for t in study.trials if t.state.name == "COMPLETE" and t.number < final.number
-              and not (t.user_attrs.get("reason") or "").startswith(FINAL_CUT)]
+              and not (t.user_attrs.get("reason") or "").startswith((FINAL_CUT, FINAL_LATE))]
     assert source.value == max(t.value for t in before)
     assert final.params == source.params
     job = backend.jobs[-1]
@@ -75,9 +75,14 @@ def test_with_two_workers_the_two_best_distinct_configurations_are_trained_again
     sources = [study.trials[t.user_attrs["final_of"]] for t in finals]
     assert sources[0].params != sources[1].params
     assert all(f.params == s.params for f, s in zip(finals, sources))
+    # every search trial that ended before the choice is no better than the chosen (a trial that ended after it,
+    # finishing its last epoch as the search closed, says so: it was not considered)
     others = [t for t in study.trials if t.state.name == "COMPLETE" and "final_of" not in t.user_attrs
               and t.number < min(f.number for f in finals) and t not in sources]
-    assert all(t.value <= min(s.value for s in sources) for t in others if "reason" not in t.user_attrs)
+    considered = [t for t in others if not (t.user_attrs.get("reason") or "").startswith((FINAL_CUT, FINAL_LATE))]
+    assert all(t.value <= min(s.value for s in sources) for t in considered)
+    assert all(t.user_attrs["reason"] == f"{FINAL_LATE}: trained 3 epochs" for t in others
+               if (t.user_attrs.get("reason") or "").startswith(FINAL_LATE))
 
 
 def test_off_with_share_zero_and_without_a_time_budget(tmp_path):
@@ -117,9 +122,25 @@ def test_the_final_epochs_come_from_the_source_trials_measured_epoch_time(monkey
     # the fastest epoch; overhead: 1 s to answer, 2 s before the first epoch and its 0.7 s of tracing
     assert per_epoch == pytest.approx(0.5) and overhead == pytest.approx(1.0 + 3.2 - 0.5)
     monkeypatch.setattr(budget, "time_left", lambda: 53.0)
-    assert finale.epochs(7, wait_s=0.0) == int((53.0 - 3.7) / 0.5)
-    assert finale.epochs(7, wait_s=10.0) == int((43.0 - 3.7) / 0.5)
+    assert finale.epochs(7) == int((53.0 - 3.7) / 0.5)
+    monkeypatch.setattr(budget, "time_left", lambda: 43.0)  # counted from the time left when asked
+    assert finale.epochs(7) == int((43.0 - 3.7) / 0.5)
     assert finale.epochs(8) == config.min_epochs_per_trial  # nothing measured
+
+
+def test_a_completed_trial_says_why_its_value_is_qualified():
+    config = OptimizationConfig(dataset="synthetic_images", plot_generation="none", time_budget_minutes=2.0)
+    finale = Finale(config, TimeBudget(config))
+    search = type("T", (), {"user_attrs": {}})()
+    final = type("T", (), {"user_attrs": {"final_of": 3}})()
+    assert finale.reason(search, None, out_of_time=False) is None  # trained as asked
+    assert finale.reason(search, None, out_of_time=True) == "time_budget_minutes"
+    assert finale.reason(search, FINAL_CUT, out_of_time=True) == FINAL_CUT
+    finale.begun = True  # the configurations to train again are chosen
+    assert finale.reason(search, FINAL_CUT, out_of_time=False) == FINAL_LATE  # it finished its last epoch anyway
+    assert finale.reason(search, None, out_of_time=False) == FINAL_LATE
+    assert finale.reason(final, None, out_of_time=False) is None
+    assert finale.reason(final, None, out_of_time=True) == "time_budget_minutes"
 
 
 def test_a_final_is_not_planned_when_it_would_not_train_longer_than_the_search_did(tmp_path):

@@ -24,10 +24,12 @@ from typing import Any
 from .budget import TimeBudget
 from .config import OptimizationConfig
 
-__all__ = ["Finale", "FINAL_CUT", "MAX_FINALS", "MIN_SEARCH_TRIALS"]
+__all__ = ["Finale", "FINAL_CUT", "FINAL_LATE", "MAX_FINALS", "MIN_SEARCH_TRIALS"]
 
 #: the cancel reason of a search trial still running when the final training begins
 FINAL_CUT = "cut for the final training"
+#: the reason of a search trial that ended after the configurations to train again were chosen (it was not considered)
+FINAL_LATE = "ended after the final training was chosen"
 #: the most configurations trained again (one per worker)
 MAX_FINALS = 2
 #: the search phase must have room for this many trials of max_epochs_per_trial, else the final begins at once
@@ -115,12 +117,20 @@ class Finale:
                 break
         return chosen
 
-    def epochs(self, source: int, wait_s: float = 0.0) -> int:
-        """Epochs a final of trial ``source``'s configuration can train in the time left after ``wait_s``, at the
+    def reason(self, trial: Any, cancel_reason: str | None, out_of_time: bool) -> str | None:
+        """Why a completed trial's value is qualified: cut for the final training (``FINAL_CUT``) or by the time budget
+        at an epoch's end, or a search trial that ended after the final training was chosen (``FINAL_LATE``: it was
+        not considered); None when it trained as asked."""
+        if out_of_time:
+            return FINAL_CUT if cancel_reason == FINAL_CUT else "time_budget_minutes"
+        return FINAL_LATE if self.begun and "final_of" not in trial.user_attrs else None
+
+    def epochs(self, source: int) -> int:
+        """Epochs a final of trial ``source``'s configuration can train in the time left now, at the
         seconds per epoch and the overhead ``source`` measured. No margin: counting too many costs little (the
         trainer stops at the job's time limit, and a cosine schedule cut at 90 % has decayed to 2.4 % of its rate),
         counting too few leaves the end of the budget unused."""
-        left = (self._budget.time_left() or 0.0) - wait_s
+        left = self._budget.time_left() or 0.0
         timing = self.timing(source)
         if timing is None:
             return self._min_epochs

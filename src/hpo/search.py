@@ -391,8 +391,8 @@ class Search:
                         values, outcome.reason = None, str(exc)
                     if values is not None and all(math.isfinite(v) for v in values):
                         trial.set_user_attr("counted", True)
-                        if result.details.get("out_of_time"):
-                            why = cancel_reason if cancel_reason == FINAL_CUT else "time_budget_minutes"
+                        why = self.finale.reason(trial, cancel_reason, bool(result.details.get("out_of_time")))
+                        if why is not None:  # cut at an epoch's end, or ended after the final training was chosen
                             trial.set_user_attr("reason", f"{why}: trained {result.epochs_run} epochs")
                         tell: dict[str, Any] = {"values": values if len(values) > 1 else values[0]}
                         self.counted += 1
