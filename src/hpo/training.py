@@ -22,7 +22,7 @@ from . import datasets
 from .exceptions import DatasetError
 from .protocol import CUSTOM_DATASET, TrialJob, TrialResult
 
-__all__ = ["run_trial", "configure_tensorflow"]
+__all__ = ["run_trial", "configure_tensorflow", "TimedCosine"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 StopCheck = Callable[[], bool]
@@ -74,6 +74,36 @@ def _strategy(job: TrialJob, devices: list[str] | None) -> tuple[Any, str]:
     return tf.distribute.get_strategy(), "1x GPU" if gpus else "CPU"
 
 
+class TimedCosine:
+    """A cosine learning-rate schedule over ``steps`` optimizer steps that a time limit can shorten (and lengthen
+    again, never past ``steps``): :meth:`replan` re-aims the rest of the curve at a new end step from wherever it is,
+    so the rate stays continuous and reaches 0 where training will end. A job with a time limit (a final of
+    final_training_share, the last trials of time_budget_minutes) thereby always ends its schedule, however far its
+    epoch time strays from the estimate its epochs were counted with; a step-based cosine cut at 60 % of its steps
+    would have ended at 35 % of its rate. Pure Python: the trainer assigns :meth:`rate` before each batch."""
+
+    def __init__(self, learning_rate: float, steps: int) -> None:
+        self.learning_rate, self.steps = float(learning_rate), max(1, int(steps))
+        self._p0, self._s0, self._per_step = 0.0, 0, 1.0 / self.steps  # progress = p0 + (step - s0) * per_step
+
+    def progress(self, step: int) -> float:
+        return min(1.0, self._p0 + (step - self._s0) * self._per_step)
+
+    def rate(self, step: int) -> float:
+        return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
+
+    def end(self) -> int:
+        """The step at which the rate reaches 0."""
+        return self._s0 + math.ceil(round((1.0 - self._p0) / self._per_step, 9)) if self._per_step > 0 else self.steps
+
+    def replan(self, step: int, steps_left: int) -> None:
+        """From ``step`` on, end the curve after ``steps_left`` more steps (at most the planned ``steps``)."""
+        p = self.progress(step)
+        end = min(self.steps, step + max(1, int(steps_left)))
+        self._p0, self._s0 = p, step
+        self._per_step = (1.0 - p) / (end - step) if end > step else 0.0
+
+
 def _finite(x: Any) -> float | None:
     try:
         value = float(x)
@@ -83,7 +113,7 @@ def _finite(x: Any) -> float | None:
 
 
 def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: StopCheck | None,
-                   started: float) -> Any:
+                   started: float, timed: TimedCosine | None = None, steps_per_epoch: int = 1) -> Any:
     import keras
 
     class TrialCallback(keras.callbacks.Callback):
@@ -102,9 +132,15 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             self.out_of_time = False
             self._epoch_began = 0.0
             self._lengths: list[float] = []
+            self._step = 0  # optimizer steps taken (the timed schedule's clock)
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._epoch_began = time.perf_counter()
+
+        if timed is not None:  # only then a batch-level hook: the rate of the timed cosine, set before each step
+            def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+                self.model.optimizer.learning_rate = timed.rate(self._step)
+                self._step += 1
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             # NaN/inf is checked once per epoch (the epoch's mean loss is NaN if any batch was): a batch-level hook
@@ -144,6 +180,10 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
                 if now - started + 1.5 * max(self._lengths) > job.time_limit_s:
                     self.out_of_time = True
                     self.model.stop_training = True
+                elif timed is not None:  # the schedule ends where the rule above will stop: the epochs that fit
+                    pace = max(self._lengths)
+                    fit = math.floor((job.time_limit_s - (now - started) - 0.5 * pace) / pace)
+                    timed.replan(self._step, min(fit, job.max_epochs - self.epochs_run) * steps_per_epoch)
 
     return TrialCallback()
 
@@ -200,10 +240,14 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         strategy, device = _strategy(job, devices)
         replicas = strategy.num_replicas_in_sync
         batch_size = int(job.params.get("batch_size", 64)) * replicas
-        decay_steps = None
+        decay_steps, timed, steps_per_epoch = None, None, math.ceil(len(data.x_train) / batch_size)
         if job.lr_schedule == "cosine":
             horizon = job.schedule_epochs or job.max_epochs  # the run's fidelity, not this trial's leftover allowance
-            decay_steps = horizon * math.ceil(len(data.x_train) / batch_size)
+            decay_steps = horizon * steps_per_epoch
+            if job.time_limit_s is not None and job.model is None and horizon == job.max_epochs:
+                # a time limit may end training before max_epochs: the schedule follows the time (own models
+                # compiled by the user keep theirs)
+                timed, decay_steps = TimedCosine(float(job.params.get("learning_rate", 1e-3)), decay_steps), None
         if job.model is not None:  # the user's build function, compiled as the built-in models when it is not
             from .user_model import build_user_model
 
@@ -213,7 +257,7 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
             model = models.build_model(dict(job.params), modality=info.modality, input_shape=info.input_shape,
                                        num_classes=info.num_classes, vocab_size=info.vocab_size, strategy=strategy,
                                        decay_steps=decay_steps)
-        callback = _make_callback(job, on_epoch, should_stop, started)
+        callback = _make_callback(job, on_epoch, should_stop, started, timed, steps_per_epoch)
         model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=job.max_epochs,
                   validation_data=(data.x_val, data.y_val), callbacks=[callback], shuffle=True, verbose=0)
         seconds = time.perf_counter() - started
