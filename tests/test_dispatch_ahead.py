@@ -74,7 +74,8 @@ class Remote(Backend):
 
 
 class Asks:
-    """Counts Search.ask calls (and what the study held at each), so a test can wait for a number of them."""
+    """Counts the trials Search.ask returns (and what the study held when each was asked), so a test can wait for a
+    number of them."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
@@ -85,9 +86,9 @@ class Asks:
         def ask(search, *args, **kwargs):
             finished = sum(t.state.is_finished() for t in search.study.get_trials(deepcopy=False))
             asked = original(search, *args, **kwargs)
-            with self.changed:
-                self.count += 1
-                self.finished_at_ask.append(finished)
+            with self.changed:  # trials asked (several at once for remote workers)
+                self.count += len(asked)
+                self.finished_at_ask += [finished] * len(asked)
                 self.changed.notify_all()
             return asked
 

@@ -9,13 +9,12 @@ touches the study (the execution side of a run; KerasTuner's tuner).
     trial threads    (concurrent_workers + the backend's queue_ahead) take a ready trial, run it on the backend, hand
                      the result back to the study thread, and take the next one at once
 
-So nothing that writes to the study sits between a trial's result and the next trial's submission: with many remote
-workers finishing together, each freed thread submits a trial that was asked before it was needed. How many are asked
-ahead (:func:`default_ask_ahead`) follows the backend's ``queue_ahead``: none for local workers (each trial is asked
-when a worker is free, after the results before it are recorded, so the sampler knows them), enough for remote ones to
-cover several results arriving at once. Trials asked ahead are RUNNING trials of the study (their slot and epochs
-reserved, their heartbeat beaten), so the run's and the study's limits hold as before; a run that stops before
-starting them records them as interrupted (not counted, retried when the run resumes).
+So nothing that writes to the study sits between a trial's result and the next trial's submission: each freed thread
+submits a trial asked before it was needed. How many are asked ahead (:func:`default_ask_ahead`) follows the backend's
+``queue_ahead``: none for local workers (a trial is asked when a worker is free, after the results before it are
+recorded, so the sampler knows them); for remote ones enough to cover many results at once, asked up to ``ASK_BATCH``
+per transaction. Trials asked ahead are RUNNING trials of the study (slot and epochs reserved, heartbeat beaten), so
+limits hold as before; a run that stops before starting them records them as interrupted (retried on resume).
 
 A trial's fate is decided in one place, :meth:`hpo.search.Search.finish`, from its result: the backend reports a
 trial's own failure as a failed TrialResult; any exception out of the backend makes a failed result here; a cancel
@@ -46,6 +45,9 @@ from .search import Search
 __all__ = ["Dispatcher", "default_ask_ahead"]
 
 log = logging.getLogger(__name__)
+
+
+ASK_BATCH = 16  #: the most trials asked in one transaction (remote workers)
 
 
 def default_ask_ahead(workers: int, queue_ahead: int) -> int:
@@ -241,7 +243,7 @@ class Dispatcher:
                 if step == "stop":
                     self._dispose_ready()
                 elif step == "ask":
-                    self._ask_one()
+                    self._ask_some()
                 else:
                     step()  # type: ignore[operator]
         except BaseException:  # noqa: BLE001 - never leave trial threads waiting for a thread that is gone
@@ -253,37 +255,43 @@ class Dispatcher:
         finally:
             self._study_done.set()
 
-    def _ask_one(self) -> None:
-        search = self.search
+    def _ask_some(self) -> None:
+        """Reserve and ask the trials needed now: one for local workers (the sampler knows every result before it);
+        for remote ones, those awaited plus those kept ahead, up to ``ASK_BATCH`` in one transaction."""
+        with self._lock:
+            want = 1 if self.ask_ahead <= 0 else min(ASK_BATCH, self._waiting + self.ask_ahead - len(self._ready))
+        search, allowances = self.search, list[int]()
         try:
-            allowance = search.reserve()
+            for i in range(max(1, want)):
+                allowance = search.reserve(refresh=i == 0)  # the shared totals read once for the batch
+                if not allowance:
+                    break
+                allowances.append(allowance)
         except Exception as exc:  # noqa: BLE001 - e.g. the shared database went away
             log.exception("could not reserve a trial")
             search.stop(f"internal error: {type(exc).__name__}: {exc}", aborted=True)
-            return
-        if allowance is None or allowance == 0:
+            allowance = None
+        if not allowances:
             with self._lock:
                 if allowance is None:
                     self._exhausted = True
                 else:  # running trials hold the rest of the budget; they may give some back (shared: others' too)
                     self._retry_at = time.monotonic() + (0.5 if search.shared else 3600.0)
             return
-        jobs: list[TrialJob] = []
-        try:  # the trial's job (an attribute) written with its params, in one commit
-            asked = search.ask(prepare=lambda trial, params: jobs.append(search.job(trial, params, allowance)))
-            if asked is None:
-                search.release(allowance)
-                return
-            trial, params = asked
-            job = jobs[-1]
+        jobs: list[TrialJob] = []  # each trial's job (an attribute) written with its params, all in one commit
+        try:
+            asked = search.ask(lambda t, params: jobs.append(search.job(t, params, allowances[len(jobs)])),
+                               count=len(allowances))
         except Exception as exc:  # noqa: BLE001 - a bug or a storage failure must not hang the trial threads
             log.exception("unexpected error while asking for a trial")  # (a trial asked stays RUNNING: recovered
             search.stop(f"internal error: {type(exc).__name__}: {exc}", aborted=True)  # as a killed run's would be)
+            asked = []
+        for allowance in allowances[len(asked):]:  # fewer asked (the run stopped, a limit near): slots given back
             search.release(allowance)
-            return
         with self._lock:
-            self._ready.append(_Ready(trial, params, job, allowance))
-            self._threads_cv.notify()
+            for (trial, params), job, allowance in zip(asked, jobs, allowances):
+                self._ready.append(_Ready(trial, params, job, allowance))
+            self._threads_cv.notify(len(asked))
 
     def _dispose_ready(self, reason: str = "interrupted") -> None:
         """The run stopped before these trials started: interrupted, not counted (retried when the run resumes); or

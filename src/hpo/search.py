@@ -12,6 +12,7 @@ Every method that touches the study holds :attr:`Search.lock`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -166,23 +167,23 @@ class Search:
         return 0 if self.epochs_reserved + self._others_reserved > 0 else None
 
     def _refresh_shared(self) -> None:
-        """A shared study's totals, as every process has them: trials with a verdict, epochs trained, and what the
-        other processes' running trials hold (under the lock), read with a few column queries
-        (:func:`hpo.study.shared_totals`). Between this read and the ask another process may start a trial too, so a
-        limit may be overshot by at most one trial per process."""
+        """A shared study's totals (trials with a verdict, epochs trained, what other processes' running trials hold),
+        from a few column queries, under the lock. Another process may start a trial between this read and the ask, so
+        a limit may be overshot by at most one trial per process."""
         self.counted, self.epochs_spent, self._others_running, self._others_reserved = studies.shared_totals(
             self.study, self.storage, set(self._beating), epochs_of_running=self.config.epoch_budget is not None,
             default_epochs=self.config.max_epochs_per_trial)
 
-    def reserve(self) -> int | None:
-        """A slot for one more trial: its epochs (> 0), 0 to wait for running trials, None when the run is done."""
+    def reserve(self, *, refresh: bool = True) -> int | None:
+        """A slot for one more trial: its epochs (> 0), 0 to wait for running trials, None when the run is done.
+        ``refresh``: read a shared study's totals first (False: one more slot of several reserved together)."""
         with self.lock:
             if self.stop_reason is not None or self.finale.closed:
                 return None
             if self.finale.begun:  # a final trial: beyond trials and epoch_budget, its epochs set by the time left
                 self.running += 1
                 return self.config.max_epochs_per_trial
-            if self.shared:
+            if self.shared and refresh:
                 self.fail_stale_trials()  # a dead process's trials go back to the queue (retried once)
                 self._refresh_shared()
             left = self.config.trial_limit - self.counted - self.running - self._others_running
@@ -234,78 +235,77 @@ class Search:
             self.aborted = self.aborted or aborted
 
     # -- asking ------------------------------------------------------------------------------------------------------
-    def ask(self, prepare: Callable[[Any, dict[str, Any]], Any] | None = None) -> tuple[Any, dict[str, Any]] | None:
-        """The next trial and its params; configurations over max_params are rejected (not counted) and redrawn.
-        ``prepare(trial, params)`` (e.g. :meth:`job`) runs for the trial returned, its attributes written in the same
-        commit as the trial's params."""
+    def ask(self, prepare: Callable[[Any, dict[str, Any]], Any] | None = None,
+            count: int = 1) -> list[tuple[Any, dict[str, Any]]]:
+        """Up to ``count`` next trials and their params, asked in one transaction (remote workers freed together);
+        none only when the run stopped. Configurations over max_params are rejected (not counted) and redrawn.
+        ``prepare(trial, params)`` (e.g. :meth:`job`) runs for each trial returned, its attributes written in the
+        same commit as its params."""
         while True:
             with self.lock:
                 if self.stop_reason is not None:
-                    return None
+                    return []
                 if self.config.storage is not None:  # shared study: find trials of dead processes
                     self.fail_stale_trials()
                 # Study.ask without its read of every trial; while the warm start trains, a new trial is a neighbour
-                trial = studies.ask_trial(self.study, self.storage,
-                                          new=self._neighbour if self._warm_start_number is not None else None)
-                self._last_number = trial.number
+                trials = studies.ask_trials(self.study, self.storage, 1 if self._near_limit else count,
+                                            new=self._neighbour if self._warm_start_number is not None else None)
+                self._last_number, trial = trials[-1].number, trials[0]
                 if self.finale.begun and "final_of" in trial.user_attrs:  # its epochs from the time left now
                     self.finale.asked(trial.number, int(trial.user_attrs["final_of"]))
                 if (self._near_limit and not trial.user_attrs.keys() & {"retry_of", "warm_start"}  # those run
                         and studies.surplus(self.study, self.storage, trial._trial_id, self.config.trial_limit)):
                     studies.reject(self.study, trial, "one too many: other processes took the study's last trials",
                                    process=self.process)
-                    return None
-                self._beating[trial.number] = trial._trial_id
-                with studies.gathered_writes(trial, first=True):  # one commit: params, attributes, first heartbeat
-                    trial.set_user_attr("process", self.process)  # who ran it, for the aggregate view
-                    params = search_space.suggest(trial, self.space, self.config.pins, input_shape=self.shape)
-                    if self.config.model is not None:  # an own model: its size is known once it is built
-                        if prepare is not None:
+                    return []
+                asked, too_big = [], []
+                with studies.gathered_writes(*trials, first=True):  # one commit: params, attributes, heartbeats
+                    for trial in trials:
+                        self._beating[trial.number] = trial._trial_id
+                        trial.set_user_attr("process", self.process)  # who ran it, for the aggregate view
+                        params = search_space.suggest(trial, self.space, self.config.pins, input_shape=self.shape)
+                        n = 0 if self.config.model is not None else search_space.count_params(
+                            params, self.info.modality, self.info.input_shape, self.info.num_classes,
+                            self.info.vocab_size)
+                        if self.config.model is None:  # an own model: its size is known once it is built
+                            trial.set_user_attr("param_count", n)
+                        (asked if n <= self.config.max_params else too_big).append((trial, params, n))
+                        if n <= self.config.max_params and prepare is not None:
                             prepare(trial, params)
-                        return trial, params
-                    n = search_space.count_params(params, self.info.modality, self.info.input_shape,
-                                                  self.info.num_classes, self.info.vocab_size)
-                    trial.set_user_attr("param_count", n)
-                    if n <= self.config.max_params and prepare is not None:
-                        prepare(trial, params)
-                if n <= self.config.max_params:
-                    self._consecutive_rejections = 0
-                    return trial, params
-                if trial.number == self._warm_start_number:  # pins made the default too big: no neighbours of it
-                    self._warm_start_number = None
-                studies.reject(self.study, trial, f"{n} parameters > max_params={self.config.max_params}")
-                self._beating.pop(trial.number, None)
-                self._consecutive_rejections += 1
-                if self._consecutive_rejections >= MAX_CONSECUTIVE_REJECTIONS:
-                    self.stop_reason = (f"{MAX_CONSECUTIVE_REJECTIONS} sampled configurations in a row exceeded "
-                                        f"max_params={self.config.max_params}; raise max_params or pin smaller "
-                                        "layers")
-                    return None
+                for trial, _, n in too_big:
+                    if trial.number == self._warm_start_number:  # pins made the default too big: no neighbours
+                        self._warm_start_number = None
+                    studies.reject(self.study, trial, f"{n} parameters > max_params={self.config.max_params}")
+                    self._beating.pop(trial.number, None)
+                    self._consecutive_rejections += 1
+                    if self._consecutive_rejections >= MAX_CONSECUTIVE_REJECTIONS:
+                        self.stop_reason = (f"{MAX_CONSECUTIVE_REJECTIONS} sampled configurations in a row exceeded "
+                                            f"max_params={self.config.max_params}; raise max_params or pin smaller "
+                                            "layers")
+                if asked or self.stop_reason is not None:
+                    self._consecutive_rejections = 0 if asked else self._consecutive_rejections
+                    return [(t, p) for t, p, _ in asked]
 
-    def _neighbour(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _neighbour(self, offset: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
         """The default configuration with two parameters redrawn at random, and its attributes (under the lock).
 
         While the warm-start trial trains, the sampler knows nothing good yet: TPE's random start-up trials land
         anywhere (in a short run, a network at 20x the default's epoch time, or a 15 %-accuracy one), and with
         several workers TPE counts the running warm start as a bad result (constant liar). Neighbours of the default
         explore where sound configurations are; once its result is in, TPE takes over. (Queued trials go first.)"""
-        # the study's size (trials are numbered from 0, and the newest is the one this process asked last): a read
-        # of every trial would cost one of every running trial
-        size = self._last_number + 1 if self._last_number is not None else len(self.study.get_trials(deepcopy=False))
+        # the study's size (numbered from 0; the newest: the one this process asked last) + the offset-th asked together
+        last = self._last_number if self._last_number is not None else len(self.study.get_trials(deepcopy=False)) - 1
+        size = last + 1 + offset
         rng = random.Random(f"{self.config.seed}-neighbour-{size}")
         return search_space.neighbour_params(self.space, rng, self.config.pins, self.shape), {"near_default": True}
 
     #: own data: where trials read the prepared data file (file:// here, s3:// for remote workers); the session sets it
     data_uri: str | None = None
 
-    @property
+    @functools.cached_property
     def space(self) -> Any:
         """What to sample: the modality's built-in space (its name) or the user's SearchSpace."""
-        if self._space is None:
-            self._space = self.config.search_space
-        return self._space
-
-    _space: Any = None
+        return self.config.search_space
 
     def _data_fields(self) -> dict[str, Any]:
         c = self.config

@@ -17,11 +17,12 @@ from typing import Any
 from ..config import OptimizationConfig
 from ..exceptions import ConfigError
 from ..redact import mask_text, mask_url
+from .batch import ask_trials
 from .rdb import ask_trial, gathered_writes, reject, shared_totals, surplus, tell, waiting_trials
 
 __all__ = ["open_storage", "create_study", "make_pruner", "expected_trials", "startup_trials", "tune_sqlite",
-           "study_signature", "STUDY_DEFINING", "ask_trial", "waiting_trials", "shared_totals", "surplus", "reject",
-           "gathered_writes", "tell", "retry_stale_trial"]
+           "study_signature", "STUDY_DEFINING", "ask_trial", "ask_trials", "waiting_trials", "shared_totals", "surplus",
+           "reject", "gathered_writes", "tell", "retry_stale_trial"]
 
 # hpo drives the study with ask/tell and beats each trial's heartbeat itself; Optuna warns about heartbeats outside
 # Study.optimize and about the experimental heartbeat API on every call.

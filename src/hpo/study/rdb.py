@@ -239,101 +239,110 @@ class _Gathered:
 
 
 @contextlib.contextmanager
-def gathered_writes(trial: Any, *, first: bool = False) -> Iterator[None]:
-    """The trial's parameter draws (``trial.suggest_*``), ``set_user_attr`` and ``report`` calls inside the block are
-    written in one transaction at its end (Optuna writes each in its own: a dozen commits per trial asked). Values are
-    checked as Optuna checks them. If the block raises, nothing is written.
+def gathered_writes(*trials: Any, first: bool = False) -> Iterator[None]:
+    """The trials' parameter draws (``trial.suggest_*``), ``set_user_attr`` and ``report`` calls inside the block are
+    written in one transaction at its end (Optuna writes each in its own: a dozen commits per trial asked), for all
+    the trials given (they belong to one study). Values are checked as Optuna checks them. If the block raises,
+    nothing is written.
 
-    ``first``: the trial's first writes, right after it was asked: its first heartbeat goes with them, and it is not
-    looked up to see whether it is still running (nothing else finishes a trial without a heartbeat)."""
-    storage = trial.storage
-    gathered = _Gathered(storage, first)
-    trial.storage = gathered
+    ``first``: the trials' first writes, right after they were asked: their first heartbeats go with them, and they
+    are not looked up to see whether they are still running (nothing else finishes a trial without a heartbeat)."""
+    storages = [trial.storage for trial in trials]
+    gathered = [_Gathered(storage, first) for storage in storages]
+    for trial, stand_in in zip(trials, gathered):
+        trial.storage = stand_in
     try:
         yield
     finally:
-        trial.storage = storage
-    if gathered.params or gathered.attrs or gathered.steps or first:
-        _write_gathered(trial, storage, gathered)
+        for trial, storage in zip(trials, storages):
+            trial.storage = storage
+    items = [(t, g) for t, g in zip(trials, gathered) if g.params or g.attrs or g.steps or first]
+    if items:
+        _write_gathered(storages[0], items)
 
 
-def _write_gathered(trial: Any, storage: Any, gathered: _Gathered) -> None:
+def _write_gathered(storage: Any, items: list[tuple[Any, _Gathered]]) -> None:
     try:
-        _write_in_one(trial, storage, gathered)
+        _write_in_one(storage, items)
         return
     except Exception:  # noqa: BLE001 - not the storage this module knows (or a real error, which the writes below
-        log.debug("gathered writes of trial %s: one by one", trial.number, exc_info=True)  # raise again)
-    trial_id = trial._trial_id
-    for name, value, distribution in gathered.params:
-        storage.set_trial_param(trial_id, name, value, distribution)
-    for key, value in gathered.attrs.items():
-        storage.set_trial_user_attr(trial_id, key, value)
-    for step, value in gathered.steps.items():
-        storage.set_trial_intermediate_value(trial_id, step, value)
-    if gathered.first:
-        storage.record_heartbeat(trial_id)
+        log.debug("gathered writes of trials %s: one by one", [t.number for t, _ in items], exc_info=True)
+    for trial, gathered in items:  # (raise again)
+        trial_id = trial._trial_id
+        for name, value, distribution in gathered.params:
+            storage.set_trial_param(trial_id, name, value, distribution)
+        for key, value in gathered.attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        for step, value in gathered.steps.items():
+            storage.set_trial_intermediate_value(trial_id, step, value)
+        if gathered.first:
+            storage.record_heartbeat(trial_id)
 
 
-def _write_in_one(trial: Any, storage: Any, gathered: _Gathered) -> None:
-    """As Optuna's cached RDB storage writes each (its checks included), in one transaction."""
+def _write_in_one(storage: Any, items: list[tuple[Any, _Gathered]]) -> None:
+    """As Optuna's cached RDB storage writes each (its checks included), in one transaction, with one statement per
+    kind of row for all the trials where the database can (an upsert)."""
     import optuna
     import sqlalchemy
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    trial_id = trial._trial_id
     rdb, lock = storage._backend, storage._lock
-    known = storage._studies[trial.study._study_id].param_distribution
+    known = storage._studies[items[0][0].study._study_id].param_distribution
     new: dict[str, Any] = {}
+    attr, beat, step = models.TrialUserAttributeModel, models.TrialHeartbeatModel, models.TrialIntermediateValueModel
+    upsert_attr = _upsert(rdb.engine.name, attr, (attr.trial_id, attr.key), "value_json")
+    upsert_step = _upsert(rdb.engine.name, step, (step.trial_id, step.step), "intermediate_value",
+                          more=("intermediate_value_type",))
+    upsert_beat = _upsert(rdb.engine.name, beat, (beat.trial_id,), "heartbeat", sqlalchemy.func.now())
     with lock, _create_scoped_session(rdb.scoped_session) as session, session.no_autoflush:
-        if not gathered.first:  # the trial looked up once, not per write
-            rdb.check_trial_is_updatable(trial_id, models.TrialModel.find_or_raise_by_id(trial_id, session).state)
-        rows = []
-        for name, value, distribution in gathered.params:
-            previous = known.get(name)
-            if previous is None:  # new to the study: the storage's own way, which reads the study's records of it
-                rdb._set_trial_param_without_commit(session, trial_id, name, value, distribution)
-                session.flush()
-                new[name] = distribution
-                continue
-            optuna.distributions.check_distribution_compatibility(previous, distribution)
-            rows.append({"trial_id": trial_id, "param_name": name, "param_value": value,
-                         "distribution_json": optuna.distributions.distribution_to_json(distribution)})
-        if rows:  # one statement for all
-            session.execute(sqlalchemy.insert(models.TrialParamModel), rows)
-        attr, beat = models.TrialUserAttributeModel, models.TrialHeartbeatModel
-        rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in gathered.attrs.items()]
-        upsert = _upsert(rdb.engine.name, attr, (attr.trial_id, attr.key), "value_json")
-        if rows and upsert is not None:  # one statement for all
-            session.execute(upsert, rows)
-        elif rows:  # those the trial has are updated, the others inserted in one statement
-            have = dict(session.query(attr.key, attr.trial_user_attribute_id)
-                        .filter(attr.trial_id == trial_id, attr.key.in_(list(gathered.attrs))).all())
-            for row in rows:
-                if row["key"] in have:
-                    session.execute(sqlalchemy.update(attr).where(attr.trial_user_attribute_id == have[row["key"]])
-                                    .values(value_json=row["value_json"]))
-            if fresh := [row for row in rows if row["key"] not in have]:
-                session.execute(sqlalchemy.insert(attr), fresh)
-        step = models.TrialIntermediateValueModel
-        upsert = _upsert(rdb.engine.name, step, (step.trial_id, step.step), "intermediate_value",
-                         more=("intermediate_value_type",))
-        if gathered.steps and upsert is not None:  # one statement for all, as Optuna stores each
-            session.execute(upsert, [dict(zip(("intermediate_value", "intermediate_value_type"),
-                                              step.intermediate_value_to_stored_repr(value)), trial_id=trial_id,
-                                          step=number) for number, value in gathered.steps.items()])
-        else:
-            for number, value in gathered.steps.items():
-                rdb._set_trial_intermediate_value_without_commit(session, trial_id, number, value)
-        upsert = _upsert(rdb.engine.name, beat, (beat.trial_id,), "heartbeat", sqlalchemy.func.now())
-        if gathered.first and upsert is not None:  # as RDBStorage.record_heartbeat
-            session.execute(upsert, {"trial_id": trial_id})
-        elif gathered.first:
-            if session.query(beat.trial_heartbeat_id).filter(beat.trial_id == trial_id).first() is None:
-                session.execute(sqlalchemy.insert(beat).values(trial_id=trial_id))
+        params, attrs, steps, beats = [], [], [], []
+        for trial, gathered in items:
+            trial_id = trial._trial_id
+            if not gathered.first:  # the trial looked up once, not per write
+                rdb.check_trial_is_updatable(trial_id,
+                                             models.TrialModel.find_or_raise_by_id(trial_id, session).state)
+            for name, value, distribution in gathered.params:
+                previous = known.get(name) or new.get(name)
+                if previous is None:  # new to the study: the storage's own way, which reads the study's records
+                    rdb._set_trial_param_without_commit(session, trial_id, name, value, distribution)
+                    session.flush()
+                    new[name] = distribution
+                    continue
+                optuna.distributions.check_distribution_compatibility(previous, distribution)
+                params.append({"trial_id": trial_id, "param_name": name, "param_value": value,
+                               "distribution_json": optuna.distributions.distribution_to_json(distribution)})
+            rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in gathered.attrs.items()]
+            if upsert_attr is not None:
+                attrs += rows
+            elif rows:  # those the trial has are updated, the others inserted in one statement
+                have = dict(session.query(attr.key, attr.trial_user_attribute_id)
+                            .filter(attr.trial_id == trial_id, attr.key.in_(list(gathered.attrs))).all())
+                for row in rows:
+                    if row["key"] in have:
+                        session.execute(sqlalchemy.update(attr).where(attr.trial_user_attribute_id == have[row["key"]])
+                                        .values(value_json=row["value_json"]))
+                if fresh := [row for row in rows if row["key"] not in have]:
+                    session.execute(sqlalchemy.insert(attr), fresh)
+            if upsert_step is not None:  # as Optuna stores each
+                steps += [dict(zip(("intermediate_value", "intermediate_value_type"),
+                                   step.intermediate_value_to_stored_repr(value)), trial_id=trial_id, step=number)
+                          for number, value in gathered.steps.items()]
             else:
-                session.execute(sqlalchemy.update(beat).where(beat.trial_id == trial_id)
-                                .values(heartbeat=sqlalchemy.func.now()))
+                for number, value in gathered.steps.items():
+                    rdb._set_trial_intermediate_value_without_commit(session, trial_id, number, value)
+            if gathered.first and upsert_beat is not None:  # as RDBStorage.record_heartbeat
+                beats.append({"trial_id": trial_id})
+            elif gathered.first:
+                if session.query(beat.trial_heartbeat_id).filter(beat.trial_id == trial_id).first() is None:
+                    session.execute(sqlalchemy.insert(beat).values(trial_id=trial_id))
+                else:
+                    session.execute(sqlalchemy.update(beat).where(beat.trial_id == trial_id)
+                                    .values(heartbeat=sqlalchemy.func.now()))
+        for statement, rows in ((sqlalchemy.insert(models.TrialParamModel), params), (upsert_attr, attrs),
+                                (upsert_step, steps), (upsert_beat, beats)):
+            if rows:  # one statement for all
+                session.execute(statement, rows)
     for name, distribution in new.items():
         known.setdefault(name, distribution)
 
