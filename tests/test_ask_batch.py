@@ -8,28 +8,15 @@ import collections
 import threading
 
 import optuna
-import pytest
 from sqlalchemy import event, text
 
 import hpo
 from hpo import study as studies
 from hpo.dispatch import ASK_BATCH
 from hpo.search import Search
-from hpo.testing.postgres import postgres_cluster
 
-from .test_dispatch_ahead import FAST, Remote, _draw, _new_study, _trials
-
-
-@pytest.fixture(scope="module")
-def pg():
-    with postgres_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def storage(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'study.db'}" if request.param == "sqlite" else request.getfixturevalue("pg")["url"]
-    return studies.open_storage(url, heartbeat_grace_s=60)
+# the storage fixture: each test on SQLite and on a throw-away PostgreSQL 15 cluster (pg, one per module)
+from .test_dispatch_ahead import FAST, Remote, _draw, _new_study, _trials, pg, storage  # noqa: F401
 
 
 class Statements:
