@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .rdb import _Created, ask_trial, waiting_trials
+from .rdb import ask_trial, trial_of, waiting_trials
 
 __all__ = ["ask_trials"]
 
@@ -45,7 +45,7 @@ def ask_trials(study: Any, storage: Any, count: int, *, new: NewTrial | None = N
     with cached._lock:
         cached._add_trials_to_cache(study_id, frozen)
     local.cached_all_trials = None  # the sampler reads the study afresh, as after Study.ask
-    return [_trial(study, cached, f) for f in frozen]
+    return [trial_of(study, cached, f) for f in frozen]
 
 
 def _create(backend: Any, study_id: int, templates: list[tuple[dict[str, Any], dict[str, Any]] | None]) -> list[Any]:
@@ -90,16 +90,3 @@ def _create(backend: Any, study_id: int, templates: list[tuple[dict[str, Any], d
                                   intermediate_values={}, trial_id=trial_id))
     return frozen
 
-
-def _trial(study: Any, cached: Any, frozen: Any) -> Any:
-    """An Optuna Trial for ``frozen``, just created, without reading it back from the database."""
-    import copy
-
-    import optuna
-
-    def get_trial(trial_id: int) -> Any:
-        return copy.deepcopy(frozen) if trial_id == frozen._trial_id else cached.get_trial(trial_id)
-
-    trial = optuna.Trial(_Created(study, _storage=_Created(cached, get_trial=get_trial)), frozen._trial_id)
-    trial.study, trial.storage = study, cached
-    return trial

@@ -88,19 +88,22 @@ def ask_trial(study: Any, storage: Any, *,
 
 def _created_trial(study: Any, cached: Any, study_id: int, template: Any) -> Any:
     """``optuna.Trial(study, cached.create_new_trial(study_id, template))`` without reading the new trial back from the
-    database: the storage returns it when it creates it (as _CachedStorage.create_new_trial, which keeps only its id);
-    the Trial is built from it through a stand-in study whose storage answers ``get_trial`` for it."""
+    database: the storage returns it when it creates it (as _CachedStorage.create_new_trial, which keeps only its id)."""
+    if study_id not in cached._studies:
+        raise KeyError(study_id)
+    frozen = cached._backend._create_new_trial(study_id, template)
+    with cached._lock:
+        cached._add_trials_to_cache(study_id, [frozen])
+    return trial_of(study, cached, frozen)
+
+
+def trial_of(study: Any, cached: Any, frozen: Any) -> Any:
+    """An Optuna Trial for ``frozen``, just created, built through a stand-in study whose storage answers
+    ``get_trial`` for it (no read back from the database)."""
     import copy
 
     import optuna
 
-    backend, studies = cached._backend, cached._studies
-    add = cached._add_trials_to_cache
-    if study_id not in studies:
-        raise KeyError(study_id)
-    frozen = backend._create_new_trial(study_id, template)
-    with cached._lock:
-        add(study_id, [frozen])
     def get_trial(trial_id: int) -> Any:
         return copy.deepcopy(frozen) if trial_id == frozen._trial_id else cached.get_trial(trial_id)
 
