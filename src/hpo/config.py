@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import catalog, own, scoring
+from . import catalog, own, portfolio, scoring
 from .catalog import LrSchedule
 from .exceptions import ConfigError
 from .option_types import (STORAGE_DIALECTS, check_endpoint_url, check_extras, check_range,  # noqa: F401
@@ -117,6 +117,12 @@ class OptimizationConfig:
     warm_start: bool = _opt(True, "the first trial trains the search space's default configuration (a sound, "
                             "generic CNN or LSTM; pins apply); trials started while it trains are its neighbours "
                             "(two parameters redrawn), then the sampler takes over")
+    portfolio_size: int = _opt(3, "with warm_start: how many configurations of the built-in portfolio (strong "
+                               "configurations chosen on other datasets, the default first) the first trials train "
+                               "before the sampler takes over; 1 = the default only", low=1, high=3)
+    initial_configs: str | None = _opt(None, "a JSON file holding a list of configurations (objects of parameter "
+                                       "values; missing ones take the default's) trained first, after the default "
+                                       "and before the portfolio")
     lr_schedule: LrSchedule = _opt("cosine", "learning rate within each trial: cosine = decays from the trial's "
                                    "learning_rate to 0 over its max epochs (better final accuracy for short "
                                    "trials); constant = stays at learning_rate")
@@ -258,6 +264,9 @@ class OptimizationConfig:
             return  # pins are checked once the data is prepared (its modality decides the space)
         info = self.dataset_info  # validates dataset options
         object.__setattr__(self, "pins", _check_pins(dict(self.pins), info, self.search_space))
+        if self.initial_configs is not None:  # ConfigError naming the file's bad entry
+            portfolio.load_configs(self.initial_configs, self.search_space,
+                                   info.input_shape if info.modality == "image" else None)
 
     # -- derived -------------------------------------------------------------------------------------------------
     @property

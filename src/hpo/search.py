@@ -4,9 +4,8 @@
 epoch_budget, timeout), asks Optuna for the next configuration (warm start, its neighbours, configurations over
 max_params rejected), feeds every epoch's validation accuracy to the pruner, and turns a finished trial's
 :class:`~hpo.protocol.TrialResult` into its fate in one place (:meth:`Search.finish`): completed, pruned, failed, or
-interrupted (retried later, never a failure). It never runs a trial: :mod:`hpo.dispatch` does.
-
-Every method that touches the study holds :attr:`Search.lock`.
+interrupted (retried later, never a failure). It never runs a trial: :mod:`hpo.dispatch` does. Every method that
+touches the study holds :attr:`Search.lock`.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import catalog, search_space
+from . import search_space
 from . import study as studies
 from .budget import BUDGET_CUT, TimeBudget
 from .config import OptimizationConfig
@@ -113,11 +112,12 @@ class Search:
         trials = self.study.get_trials(deepcopy=False)
         self.counted = sum(1 for t in trials if t.user_attrs.get("counted"))
         self.epochs_spent = sum(int(t.user_attrs.get("epochs_trained") or 0) for t in trials)
-        if (self.config.warm_start and not trials and (created or owns_storage)
-                and catalog.defaults_for(self.space)):  # a user's space without defaults has no warm start
-            self.study.enqueue_trial(search_space.default_params(self.space, self.config.pins, self.shape),
-                                     user_attrs={"warm_start": True})
-            self._warm_start_number = self.study.get_trials(deepcopy=False)[-1].number
+        if not trials and (created or owns_storage):  # a new study: default, initial configs, portfolio (once)
+            c = self.config
+            for params, attrs in search_space.start_queue(self.space, c.pins, self.shape, warm_start=c.warm_start,
+                                                          portfolio_size=c.portfolio_size, initial=c.initial_configs):
+                self.study.enqueue_trial(params, user_attrs=attrs)  # the warm start: trial 0 of the new study
+                self._warm_start_number = 0 if attrs.get("warm_start") else self._warm_start_number
         done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         if done and self.config.mode != "pareto":
             best = max(done, key=lambda t: t.value)

@@ -14,8 +14,10 @@ dispatched.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+from . import portfolio
 from .catalog import (CNN_SPACE, DEFAULTS, LSTM_SPACE, SEQUENCE_SPACE, Modality, Param, all_param_names, coerce_pin,
                       conv1d_pools, is_active, max_conv_blocks, param_bounds, space_for, validate_params)
 from .catalog import SearchSpace, defaults_for, missing_defaults
@@ -34,6 +36,7 @@ __all__ = [
     "coerce_pin",
     "suggest",
     "default_params",
+    "start_queue",
     "neighbour_params",
     "count_params",
     "validate_params",
@@ -86,17 +89,17 @@ def _middle(p: Param) -> Any:
 
 
 def default_params(modality: str | SearchSpace, pins: dict[str, Any] | None = None,
-                   input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """The space's default configuration (the warm start) with ``pins`` applied, fitted to ``input_shape`` (conv
-    blocks capped so pooling never collapses the image); inactive parameters (dense_units without dense layers) are
-    left out. ConfigError for a user's space without defaults (:func:`hpo.catalog.defaults_for` is empty: no warm
-    start)."""
+                   input_shape: tuple[int, ...] | None = None, *, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The space's default configuration (the warm start) with ``base``'s values over it (a portfolio member, a
+    user's initial configuration) and ``pins`` over both, fitted to ``input_shape`` (conv blocks capped so pooling
+    never collapses the image); inactive parameters (dense_units without dense layers) are left out. ConfigError for
+    a user's space without defaults and no ``base`` (:func:`hpo.catalog.defaults_for` is empty: no warm start)."""
     defaults = defaults_for(modality)
-    if not defaults and isinstance(modality, SearchSpace):
+    if not defaults and base is None and isinstance(modality, SearchSpace):
         missing = ", ".join(missing_defaults(modality))
         raise ConfigError(f"{_label(modality)} has no warm start: {missing} have no default", field="space")
     input_shape = _shape(modality, input_shape)
-    values = dict(defaults, **(pins or {}))
+    values = dict(defaults, **(base or {}), **(pins or {}))
     params: dict[str, Any] = {}
     for p in space_for(modality):
         if not is_active(p, params):
@@ -106,6 +109,33 @@ def default_params(modality: str | SearchSpace, pins: dict[str, Any] | None = No
             value = min(int(value), max_conv_blocks(input_shape))
         params[p.name] = coerce_pin(p, value, input_shape)
     return params
+
+
+def start_queue(modality: str | SearchSpace, pins: dict[str, Any] | None = None,
+                input_shape: tuple[int, ...] | None = None, *, warm_start: bool = True, portfolio_size: int = 1,
+                initial: str | Sequence[dict[str, Any]] | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """A new study's first trials as (params, user attributes), in order: the default (``warm_start``), the user's
+    ``initial`` configurations (a list, or the ``initial_configs`` JSON file holding one), then the built-in portfolio's members after the default (``portfolio_size`` counts
+    the default), each with ``pins`` applied and fitted to the input; a configuration equal to an earlier one is
+    dropped. The portfolio follows ``warm_start``; a user's own space has none, and its default only when every
+    parameter has one."""
+    out: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def add(base: dict[str, Any] | None, attrs: dict[str, Any]) -> None:
+        params = default_params(modality, pins, input_shape, base=base)
+        if all(params != queued for queued, _ in out):
+            out.append((params, attrs))
+
+    if warm_start and defaults_for(modality):
+        add(None, {"warm_start": True})
+    if isinstance(initial, str):
+        initial = portfolio.load_configs(initial, modality, _shape(modality, input_shape))
+    for i, config in enumerate(initial or (), 1):
+        add(config, {"initial_config": i})
+    if warm_start:
+        for i, member in enumerate(portfolio.builtin(modality)[:max(portfolio_size - 1, 0)], 2):
+            add(member, {"portfolio": i})
+    return out
 
 
 def _draw(p: Param, rng: Any, input_shape: tuple[int, ...] | None) -> Any:
