@@ -115,8 +115,9 @@ class OptimizationConfig:
                                     "given more epochs than remain, and epochs saved by pruning and early stopping "
                                     "go to further trials", low=1)
     warm_start: bool = _opt(True, "the first trial trains the search space's default configuration (a sound, "
-                            "generic CNN or LSTM; pins apply); trials started while it trains are its neighbours "
-                            "(two parameters redrawn), then the sampler takes over")
+                            "generic CNN or LSTM; pins apply), the next ones the portfolio (portfolio_size); trials "
+                            "started while the default trains and nothing is queued are its neighbours (two "
+                            "parameters redrawn), then the sampler takes over")
     portfolio_size: int = _opt(3, "with warm_start: how many configurations of the built-in portfolio (strong "
                                "configurations chosen on other datasets, the default first) the first trials train "
                                "before the sampler takes over; 1 = the default only", low=1, high=3)
