@@ -89,7 +89,7 @@ def test_pruned_trials_give_their_epochs_back(tmp_path):
     backend = Epochs()
     result = hpo.optimize(dataset="synthetic_images", epoch_budget=30, trials=100, max_epochs_per_trial=9,
                           pruner="median", sampler="random", output_dir=str(tmp_path), run_name="p",
-                          backend=backend, **FAST)
+                          portfolio_size=1, backend=backend, **FAST)  # the default, then the sampler
     assert sum(backend.trained.values()) == 30
     assert result.pruned >= 1
     assert len(backend.jobs) > 30 // 9 + 1
@@ -332,7 +332,7 @@ def test_trials_started_while_the_warm_start_trains_are_its_neighbours(tmp_path)
     other worker (asked before, started after) is still a neighbour, and the sampler picks the rest."""
     workers = 2
     backend = SlowWarmStart()
-    hpo.optimize(dataset="synthetic_images", trials=16, max_epochs_per_trial=3, pruner="none",
+    hpo.optimize(dataset="synthetic_images", trials=16, max_epochs_per_trial=3, pruner="none", portfolio_size=1,
                  concurrent_workers=workers, output_dir=str(tmp_path), run_name="n", backend=backend, **FAST)
     ended = backend.events.index(("end", 0))
     during = {n for kind, n in backend.events[:ended] if kind == "start"} - {0}

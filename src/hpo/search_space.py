@@ -99,7 +99,7 @@ def default_params(modality: str | SearchSpace, pins: dict[str, Any] | None = No
         missing = ", ".join(missing_defaults(modality))
         raise ConfigError(f"{_label(modality)} has no warm start: {missing} have no default", field="space")
     input_shape = _shape(modality, input_shape)
-    values = dict(defaults, **(base or {}), **(pins or {}))
+    values = {**defaults, **(base or {}), **(pins or {})}
     params: dict[str, Any] = {}
     for p in space_for(modality):
         if not is_active(p, params):
