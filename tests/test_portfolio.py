@@ -165,3 +165,13 @@ def test_a_run_trains_default_initial_configs_and_portfolio_first_then_resumes_w
     assert len(study.trials) == 7
     assert sum(1 for t in study.trials if t.user_attrs.keys() & {"warm_start", "initial_config", "portfolio"}) == 4
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+
+
+def test_a_short_run_queues_no_more_than_it_trains(tmp_path, members):
+    """trials=2 with a three-member portfolio: two trials queued and trained, none left waiting in the study."""
+    backend = Epochs()
+    result = hpo.optimize(dataset="synthetic_images", trials=2, max_epochs_per_trial=2, pruner="none",
+                          portfolio_size=3, output_dir=str(tmp_path), run_name="s", backend=backend, **FAST)
+    assert [t["state"] for t in result.trials] == ["complete", "complete"]
+    study = _study(tmp_path, "s")
+    assert len(study.trials) == 2 and study.trials[1].user_attrs.get("portfolio") == 2

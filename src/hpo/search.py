@@ -20,7 +20,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from . import search_space
@@ -39,7 +38,7 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_REJECTIONS = 100
 
 
-@dataclass
+@dataclasses.dataclass
 class Outcome:
     """A finished trial's fate for the progress display: state None means interrupted (not counted)."""
 
@@ -112,10 +111,11 @@ class Search:
         trials = self.study.get_trials(deepcopy=False)
         self.counted = sum(1 for t in trials if t.user_attrs.get("counted"))
         self.epochs_spent = sum(int(t.user_attrs.get("epochs_trained") or 0) for t in trials)
-        if not trials and (created or owns_storage):  # a new study: default, initial configs, portfolio (once)
+        if not trials and (created or owns_storage):  # new study: default, initial configs, portfolio, once
             c = self.config
-            for params, attrs in search_space.start_queue(self.space, c.pins, self.shape, warm_start=c.warm_start,
-                                                          portfolio_size=c.portfolio_size, initial=c.initial_configs):
+            queue = search_space.start_queue(self.space, c.pins, self.shape, warm_start=c.warm_start,
+                                             portfolio_size=c.portfolio_size, initial=c.initial_configs)
+            for params, attrs in queue[:c.trial_limit]:  # never more than the run trains
                 self.study.enqueue_trial(params, user_attrs=attrs)  # the warm start: trial 0 of the new study
                 self._warm_start_number = 0 if attrs.get("warm_start") else self._warm_start_number
         done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
