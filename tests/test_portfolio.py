@@ -175,3 +175,17 @@ def test_a_short_run_queues_no_more_than_it_trains(tmp_path, members):
     assert [t["state"] for t in result.trials] == ["complete", "complete"]
     study = _study(tmp_path, "s")
     assert len(study.trials) == 2 and study.trials[1].user_attrs.get("portfolio") == 2
+
+
+def test_initial_configs_are_refused_over_the_rest_api(tmp_path):
+    """A path on the server: its parameter names would tell a caller what the file holds."""
+    from hpo.run_options import EndpointPolicy, server_owned_options
+
+    secret = tmp_path / "secret.json"
+    secret.write_text('[{"db_password": 1}]')
+    options = {"dataset": "synthetic_images", "initial_configs": str(secret)}
+    errors = server_owned_options(options, tmp_path, EndpointPolicy(env={}))
+    assert [e["loc"] for e in errors] == [["body", "initial_configs"]]
+    assert "initial_configs" not in options
+    text = json.dumps(errors)
+    assert "not allowed over the API" in text and "db_password" not in text

@@ -1,6 +1,6 @@
 """What a POST /runs body may ask for: the CLI's options, validated by the CLI's code, minus what is the operator's.
 
-- ``output_dir`` is the server's; a ``sqlite`` storage URL (a file on the server) is refused.
+- ``output_dir`` is the server's; a ``sqlite`` storage URL and ``initial_configs`` (files on the server) are refused.
 - The RunPod endpoint is the operator's (:class:`EndpointPolicy`): the server's own RUNPOD_ENDPOINT_URL /
   RUNPOD_ENDPOINT_ID (environment or ``.env``) or an allow-list given to ``hpo serve runpod_endpoints=URL1,URL2``.
   A body naming any other endpoint gets a 422 entry for that field; ``use_runpod_service=true`` on a server without
@@ -161,6 +161,10 @@ def server_owned_options(options: dict[str, Any], output_dir: Path, endpoints: E
             options.pop(key)
             errors.append(_error([key], f"{key}: not allowed over the API; an own model (model=, space=) runs the "
                                         "caller's code, so it is for the command line and notebooks"))
+    if "initial_configs" in options:  # a file on this server: its parameter names would tell a caller what it holds
+        options.pop("initial_configs")
+        errors.append(_error(["initial_configs"], "initial_configs: not allowed over the API (it names a file on the "
+                                                  "server); it is for the command line and notebooks"))
     dataset = options.get("dataset")
     if isinstance(dataset, str) and not own.is_builtin(dataset):
         # own data is a file or folder on this server: over HTTP that would let a caller read any file as data
