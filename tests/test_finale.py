@@ -10,7 +10,7 @@ import pytest
 import hpo
 from hpo.budget import TimeBudget
 from hpo.config import OptimizationConfig
-from hpo.finale import FINAL_CUT, FINAL_LATE, MAX_FINALS, Finale
+from hpo.finale import FINAL_CUT, FINAL_DROPPED, FINAL_LATE, MAX_FINALS, Finale
 
 from .test_time_budget import Paced
 
@@ -21,11 +21,11 @@ def _study(tmp_path, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / name / 'study.db'}")
 
 
-def _budgeted(tmp_path, name, backend, *, workers, epochs, minutes, share=0.5):
+def _budgeted(tmp_path, name, backend, *, workers, epochs, minutes, share=0.5, **options):
     """A run of up to 500 trials of ``epochs`` under a time budget of ``minutes``; (result, study)."""
     result = hpo.optimize(trials=500, max_epochs_per_trial=epochs, time_budget_minutes=minutes,
                           final_training_share=share, concurrent_workers=workers, backend=backend,
-                          output_dir=str(tmp_path), run_name=name, **RUN)
+                          output_dir=str(tmp_path), run_name=name, **{**RUN, **options})
     return result, _study(tmp_path, name)
 
 
@@ -172,3 +172,21 @@ def test_without_room_and_with_two_workers_each_trains_the_first_configuration_w
     assert finals[0].params == finals[1].params == study.trials[finals[0].user_attrs["final_of"]].params
     seeds = {j.seed for j in backend.jobs if j.trial_id.endswith((f"#{finals[0].number}", f"#{finals[1].number}"))}
     assert len(seeds) == 2  # two chances at the same configuration; the better one is the run's best
+
+
+def test_configurations_still_queued_when_the_search_ends_are_dropped_not_trained_before_the_final(tmp_path):
+    # the default and the built-in portfolio's members are queued; the search phase has no room for them (as above),
+    # so the first configuration trains long at once and the members still queued never start
+    backend = Paced(0.2)
+    result, study = _budgeted(tmp_path, "q", backend, workers=1, epochs=10, minutes=0.15, warm_start=True)
+    finals = _finals(study)
+    assert [f.user_attrs["final_of"] for f in finals] == [0], [t.user_attrs for t in study.trials]
+    assert study.trials[0].user_attrs.get("warm_start") is True
+    assert len(backend.jobs) == 2 and backend.jobs[1].max_epochs > 10, [j.params for j in backend.jobs]
+    dropped = [t for t in study.trials if t.user_attrs.get("portfolio")]
+    assert dropped and all(t.state.name == "PRUNED" and t.user_attrs.get("rejected") for t in dropped)
+    assert all(t.user_attrs["reason"] == FINAL_DROPPED for t in dropped)
+    assert result.best_trial_number == finals[0].number
+    # the dropped configurations are not trials of the run (left out of its records and counts)
+    assert [t["number"] for t in result.trials] == [0, finals[0].number]
+    assert result.completed + result.pruned + result.failed == 2

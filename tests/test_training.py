@@ -183,6 +183,36 @@ def test_a_time_limit_ends_training_in_time_and_the_trial_is_complete_at_its_bes
     assert "out_of_time" not in unlimited.details and unlimited.epochs_run == 2
 
 
+@pytest.mark.parametrize("evaluated_share, stops_after", [(2.0, 9), (51.0, 4)])
+def test_a_time_limit_keeps_room_for_the_evaluation_at_the_end_at_the_rate_validation_ran(
+        monkeypatch, evaluated_share, stops_after):
+    """Epochs of 1 s, each with a 0.1 s validation pass, a 10 s limit. With the test set as large as the validation set
+    (share 2) the end takes max(0.5 epoch, 2 x 0.1 + 0.5 s) = 0.7 s: no epoch starts after 10 - 1 - 0.7 s. With a
+    test set 50x the validation set the end takes 51 x 0.1 + 0.5 = 5.6 s: training stops after epoch 4, where half an
+    epoch of room would have let it go on to epoch 9 and the end (5.6 s) run far past the limit."""
+    import types
+
+    import hpo.training as training
+
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    callback = training._make_callback(job(max_epochs=100, patience=100, time_limit_s=10.0), None, None, 0.0,
+                                       evaluated_share=evaluated_share)
+    model = types.SimpleNamespace(stop_training=False, get_weights=lambda: [], optimizer=None)
+    callback.set_model(model)
+    epoch = 0
+    while not model.stop_training:
+        callback.on_epoch_begin(epoch)
+        clock[0] += 0.9
+        callback.on_test_begin()
+        clock[0] += 0.1
+        callback.on_test_end()
+        callback.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+        epoch += 1
+    assert callback.out_of_time and callback.epochs_run == stops_after
+    assert clock[0] + callback.end_s(1.0) <= 10.0  # what the end is expected to take fits
+
+
 def test_a_time_limit_out_of_range_is_refused_naming_the_field():
     from hpo.exceptions import ProtocolError
 

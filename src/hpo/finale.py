@@ -24,10 +24,13 @@ from typing import Any
 from .budget import TimeBudget
 from .config import OptimizationConfig
 
-__all__ = ["Finale", "FINAL_CUT", "FINAL_LATE", "MAX_FINALS", "MIN_SEARCH_TRIALS"]
+__all__ = ["Finale", "FINAL_CUT", "FINAL_DROPPED", "FINAL_LATE", "MAX_FINALS", "MIN_SEARCH_TRIALS"]
 
 #: the cancel reason of a search trial still running when the final training begins
 FINAL_CUT = "cut for the final training"
+#: why a configuration still queued when the search ended (the default, an initial config, a portfolio member) never
+#: trained: the finals are asked first, so these are rejected (not trials of the run, left out of its records)
+FINAL_DROPPED = "dropped: the final training began before it started"
 #: the reason of a search trial that ended after the configurations to train again were chosen (it was not considered)
 FINAL_LATE = "ended after the final training was chosen"
 #: the most configurations trained again (one per worker)

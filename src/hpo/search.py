@@ -27,7 +27,7 @@ from . import study as studies
 from .budget import BUDGET_CUT, TimeBudget
 from .config import OptimizationConfig
 from .exceptions import HPOError
-from .finale import FINAL_CUT, Finale
+from .finale import FINAL_CUT, FINAL_DROPPED, Finale
 from .protocol import CUSTOM_DATASET, EpochReport, TrialJob, TrialResult
 from .results import ModelFiles
 
@@ -52,12 +52,8 @@ class Search:
 
     def __init__(self, config: OptimizationConfig, study: Any, storage: Any, *, pruner: Any, models: ModelFiles,
                  notes: list[str], started: float | None = None) -> None:
-        self.config = config
-        self.study = study
-        self.storage = storage
-        self.pruner = pruner
-        self.models = models
-        self.notes = notes
+        self.config, self.study, self.storage, self.pruner, self.models, self.notes = (config, study, storage, pruner,
+                                                                                      models, notes)
         self.info = config.dataset_info
         self.lock = threading.RLock()
         self.counted = 0  # trials with a verdict (completed, pruned, failed)
@@ -67,13 +63,11 @@ class Search:
         self.best_value: float | None = None
         self.best_number: int | None = None
         self.stop_reason: str | None = None
-        self.aborted = False
-        self.interrupted = False
+        self.aborted = self.interrupted = False
         self.deadline = time.monotonic() + config.timeout_minutes * 60 if config.timeout_minutes else None
         self.budget = TimeBudget(config, started)  # time_budget_minutes (``started``: when the run began)
         self.finale = Finale(config, self.budget)  # search short, then train the best long (final_training_share)
-        self._consecutive_failures = 0
-        self._consecutive_rejections = 0
+        self._consecutive_failures = self._consecutive_rejections = 0
         #: number of the warm-start trial while it trains; new trials meanwhile are neighbours of its configuration
         self._warm_start_number: int | None = None
         self._beating: dict[int, int] = {}  # trial number -> storage id of this process's running trials
@@ -251,7 +245,11 @@ class Search:
                 trials = studies.ask_trials(self.study, self.storage, 1 if self._near_limit else count,
                                             new=self._neighbour if self._warm_start_number is not None else None)
                 self._last_number, trial = trials[-1].number, trials[0]
-                if self.finale.begun and "final_of" in trial.user_attrs:  # its epochs from the time left now
+                if self.finale.begun and "final_of" not in trial.user_attrs:  # queued before the search ended
+                    for t in trials:  # (default, initial configs, portfolio): the finals go first, these never run
+                        studies.reject(self.study, t, FINAL_DROPPED, process=self.process)
+                    continue
+                if self.finale.begun:  # a final: its epochs from the time left now
                     self.finale.asked(trial.number, int(trial.user_attrs["final_of"]))
                 if (self._near_limit and not trial.user_attrs.keys() & {"retry_of", "warm_start"}  # those run
                         and studies.surplus(self.study, self.storage, trial._trial_id, self.config.trial_limit)):

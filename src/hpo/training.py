@@ -112,8 +112,15 @@ def _finite(x: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+#: seconds the end of a trial takes besides evaluating (best weights restored, the model file written)
+END_FIXED_S = 0.5
+
+
 def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: StopCheck | None,
-                   started: float, timed: TimedCosine | None = None, steps_per_epoch: int = 1) -> Any:
+                   started: float, timed: TimedCosine | None = None, steps_per_epoch: int = 1,
+                   evaluated_share: float = 1.0) -> Any:
+    """``evaluated_share``: examples evaluated at the end (validation and test) per validation example, so that the
+    end's duration is estimated from the validation pass each epoch makes."""
     import keras
 
     class TrialCallback(keras.callbacks.Callback):
@@ -132,10 +139,22 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             self.out_of_time = False
             self._epoch_began = 0.0
             self._lengths: list[float] = []
+            self._validation_began, self._validation_s = 0.0, 0.0  # the last epoch's validation pass
             self._step = 0  # optimizer steps taken (the timed schedule's clock)
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._epoch_began = time.perf_counter()
+
+        def on_test_begin(self, logs: dict | None = None) -> None:
+            self._validation_began = time.perf_counter()
+
+        def on_test_end(self, logs: dict | None = None) -> None:
+            self._validation_s = time.perf_counter() - self._validation_began
+
+        def end_s(self, epoch_s: float) -> float:
+            """Seconds the end of the trial will take: validation and test evaluated at the rate this epoch's
+            validation pass ran, and the model file; at least half an epoch."""
+            return max(0.5 * epoch_s, evaluated_share * self._validation_s + END_FIXED_S)
 
         if timed is not None:  # only then a batch-level hook: the rate of the timed cosine, set before each step
             def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
@@ -173,16 +192,16 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
                   and self.epochs_run - self.best_epoch >= job.patience):
                 self.model.stop_training = True
             elif job.time_limit_s is not None and self.epochs_run < job.max_epochs:
-                # another epoch, then the evaluation and the model file (about half an epoch), must end in time; an
+                # another epoch, then the evaluation and the model file (:meth:`end_s`), must end in time; an
                 # epoch's length is the longer of the last two (epochs vary on a shared machine)
                 now = time.perf_counter()
                 self._lengths = [*self._lengths[-1:], now - self._epoch_began]
-                if now - started + 1.5 * max(self._lengths) > job.time_limit_s:
+                pace = max(self._lengths)
+                if now - started + pace + self.end_s(pace) > job.time_limit_s:
                     self.out_of_time = True
                     self.model.stop_training = True
                 elif timed is not None:  # the schedule ends where the rule above will stop: the epochs that fit
-                    pace = max(self._lengths)
-                    fit = math.floor((job.time_limit_s - (now - started) - 0.5 * pace) / pace)
+                    fit = math.floor((job.time_limit_s - (now - started) - self.end_s(pace)) / pace)
                     timed.replan(self._step, min(fit, job.max_epochs - self.epochs_run) * steps_per_epoch)
 
     return TrialCallback()
@@ -257,7 +276,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
             model = models.build_model(dict(job.params), modality=info.modality, input_shape=info.input_shape,
                                        num_classes=info.num_classes, vocab_size=info.vocab_size, strategy=strategy,
                                        decay_steps=decay_steps)
-        callback = _make_callback(job, on_epoch, should_stop, started, timed, steps_per_epoch)
+        evaluated = (len(data.x_val) + len(data.x_test)) / max(1, len(data.x_val))
+        callback = _make_callback(job, on_epoch, should_stop, started, timed, steps_per_epoch, evaluated)
         model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=job.max_epochs,
                   validation_data=(data.x_val, data.y_val), callbacks=[callback], shuffle=True, verbose=0)
         seconds = time.perf_counter() - started
