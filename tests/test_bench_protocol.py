@@ -202,6 +202,22 @@ def test_epoch_guard_stops_when_the_next_epoch_would_miss_the_deadline(lib):
     assert guard.can_start()
 
 
+def test_epoch_guard_keeps_room_for_the_longest_end_a_trial_measured(lib):
+    clock = _Clock(100.0)
+    guard = lib["record"].EpochGuard(clock, reserve_s=1.5)
+    guard.start_trial()
+    for elapsed in (6.0, 8.0, 10.0):
+        guard.on_epoch(elapsed)
+    guard.ended(13.5)  # 3.5 s from its last epoch to its result (a large test set evaluated, the model file)
+    assert guard.end_s == pytest.approx(3.5)
+    clock.value = 5.4
+    assert guard.out_of_time()  # 2 s epoch + 3.5 s end do not fit
+    clock.value = 5.6
+    assert not guard.out_of_time()
+    guard.ended(11.0)  # a shorter end later does not shrink the room kept
+    assert guard.end_s == pytest.approx(3.5)
+
+
 def test_hpo_budget_option_is_found_by_name_else_none(lib):
     find = lib["hpo_method"].budget_option
     assert find(["epoch_budget", "timeout_minutes", "trials"], 120.0) is None

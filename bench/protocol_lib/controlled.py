@@ -71,6 +71,7 @@ def _train(run: MethodRun, guard: EpochGuard, n: int, params: dict[str, Any], ma
         return guard.out_of_time()
 
     result = run_trial(job, on_epoch=on_epoch, should_stop=should_stop, save_model_to=str(run.model_path(n)))
+    guard.ended(result.train_seconds)
     return result, pruned
 
 
@@ -93,7 +94,8 @@ def run_default(run: MethodRun) -> None:
         return
     per_epoch = max(1e-3, times[1] - times[0])
     overhead = max(0.0, times[0] - per_epoch)
-    epochs = int((run.left() - overhead - max(guard.reserve_s, 0.3 * per_epoch)) // per_epoch)
+    guard.end_s = probe.end_s  # the end the probe took (evaluation, model file): kept free at the deadline
+    epochs = int((run.left() - overhead - guard._reserve(per_epoch)) // per_epoch)
     run.note(probe_epoch_s=per_epoch, probe_overhead_s=overhead, default_epochs=epochs)
     if epochs < 1:
         return

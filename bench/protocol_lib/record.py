@@ -69,11 +69,14 @@ class MethodRun:
 
 class EpochGuard:
     """Ends a trial after an epoch when the next one would not finish by the deadline (with ``reserve`` seconds
-    left for the final evaluation and saving), and tells whether a new trial can still end one epoch in time."""
+    left for the final evaluation and saving, or the longest end a trial measured), and tells whether a new trial can
+    still end one epoch in time."""
 
     def __init__(self, run: MethodRun, reserve_s: float = 1.5) -> None:
         self.run = run
         self.reserve_s = reserve_s
+        #: the longest end a trial took (seconds from its last epoch to its result: evaluation, model file)
+        self.end_s = 0.0
         self.first_epoch: list[float] = []  # seconds to a trial's first epoch (data, model, tracing, one epoch)
         self.times: list[float] = []
         self.epoch_s: float | None = None
@@ -91,8 +94,13 @@ class EpochGuard:
             last = self.times[-1] - self.times[-2]
             self.epoch_s = last if self.epoch_s is None else 0.5 * (self.epoch_s + last)
 
+    def ended(self, train_seconds: float | None) -> None:
+        """A trial ended ``train_seconds`` after its trainer started: its end (from the last epoch) is measured."""
+        if train_seconds and self.times:
+            self.end_s = max(self.end_s, float(train_seconds) - self.times[-1])
+
     def _reserve(self, per: float) -> float:
-        return max(self.reserve_s, 0.3 * per)
+        return max(self.reserve_s, 0.3 * per, self.end_s)
 
     def out_of_time(self) -> bool:
         per = self.epoch_s if self.epoch_s is not None else (self.times[0] if self.times else 0.0)
