@@ -190,3 +190,20 @@ def test_configurations_still_queued_when_the_search_ends_are_dropped_not_traine
     # the dropped configurations are not trials of the run (left out of its records and counts)
     assert [t["number"] for t in result.trials] == [0, finals[0].number]
     assert result.completed + result.pruned + result.failed == 2
+
+
+def test_with_fewer_distinct_configurations_than_workers_the_best_fills_every_final(tmp_path):
+    import types
+
+    finale = Finale(OptimizationConfig(dataset="synthetic_images", time_budget_minutes=1, concurrent_workers=2),
+                    TimeBudget(OptimizationConfig(dataset="synthetic_images", time_budget_minutes=1)))
+
+    def trial(number, value, params, state="COMPLETE"):
+        return types.SimpleNamespace(number=number, value=value, params=params, user_attrs={},
+                                     state=types.SimpleNamespace(name=state))
+
+    a, b = {"learning_rate": 0.01}, {"learning_rate": 0.001}
+    pruned = trial(1, 0.9, b, state="PRUNED")
+    assert finale.choose([trial(0, 0.8, a), pruned]) == [(0, a), (0, a)]  # one completed: it trains on both workers
+    assert finale.choose([trial(0, 0.8, a), trial(2, 0.85, b)]) == [(2, b), (0, a)]  # two distinct: one each
+    assert finale.choose([pruned]) == []

@@ -109,7 +109,8 @@ class Finale:
 
     def choose(self, trials: list[Any]) -> list[tuple[int, dict[str, Any]]]:
         """The configurations to train again: the best completed trials by value (maximized), distinct parameters,
-        at most :attr:`count`; each as (its trial number, its parameters)."""
+        at most :attr:`count`; each as (its trial number, its parameters). Fewer distinct ones than :attr:`count`
+        (workers): the best fills the rest (each final has its own seed), so no worker idles through the final."""
         done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None and t.params
                 and "final_of" not in t.user_attrs]
         chosen: list[tuple[int, dict[str, Any]]] = []
@@ -118,7 +119,7 @@ class Finale:
                 chosen.append((t.number, dict(t.params)))
             if len(chosen) == self.count:
                 break
-        return chosen
+        return chosen + chosen[:1] * (self.count - len(chosen)) if chosen else chosen
 
     def reason(self, trial: Any, cancel_reason: str | None, out_of_time: bool) -> str | None:
         """Why a completed trial's value is qualified: cut for the final training (``FINAL_CUT``) or by the time budget
