@@ -95,7 +95,7 @@ def run_default(run: MethodRun) -> None:
     per_epoch = max(1e-3, times[1] - times[0])
     overhead = max(0.0, times[0] - per_epoch)
     guard.end_s = probe.end_s  # the end the probe took (evaluation, model file): kept free at the deadline
-    epochs = int((run.left() - overhead - guard._reserve(per_epoch)) // per_epoch)
+    epochs = int((run.left() - overhead - guard.reserve(per_epoch)) // per_epoch)
     run.note(probe_epoch_s=per_epoch, probe_overhead_s=overhead, default_epochs=epochs)
     if epochs < 1:
         return

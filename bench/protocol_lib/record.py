@@ -99,12 +99,13 @@ class EpochGuard:
         if train_seconds and self.times:
             self.end_s = max(self.end_s, float(train_seconds) - self.times[-1])
 
-    def _reserve(self, per: float) -> float:
+    def reserve(self, per: float) -> float:
+        """Seconds kept free at the deadline after an epoch of ``per`` seconds (the end of a trial)."""
         return max(self.reserve_s, 0.3 * per, self.end_s)
 
     def out_of_time(self) -> bool:
         per = self.epoch_s if self.epoch_s is not None else (self.times[0] if self.times else 0.0)
-        return self.run.left() < per + self._reserve(per)
+        return self.run.left() < per + self.reserve(per)
 
     def can_start(self) -> bool:
         if self.run.left() <= self.reserve_s:
@@ -112,4 +113,4 @@ class EpochGuard:
         if not self.first_epoch:
             return True
         need = min(self.first_epoch)
-        return self.run.left() >= need + self._reserve(self.epoch_s or need)
+        return self.run.left() >= need + self.reserve(self.epoch_s or need)

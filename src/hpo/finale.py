@@ -119,7 +119,7 @@ class Finale:
                 chosen.append((t.number, dict(t.params)))
             if len(chosen) == self.count:
                 break
-        return chosen + chosen[:1] * (self.count - len(chosen)) if chosen else chosen
+        return chosen + chosen[:1] * (self.count - len(chosen))
 
     def reason(self, trial: Any, cancel_reason: str | None, out_of_time: bool) -> str | None:
         """Why a completed trial's value is qualified: cut for the final training (``FINAL_CUT``) or by the time budget
