@@ -264,6 +264,22 @@ def test_slow_configurations_are_judged_in_training_time_too(tmp_path):
     assert not any("in time" in (t["reason"] or "") for t in result.trials if t["params"]["dropout"] <= 0.25)
 
 
+def test_a_trial_is_never_pruned_at_its_last_epoch(tmp_path):
+    """As above, but every trial has 2 epochs and is judged from epoch 2 on, with a margin (1 %) that the slow
+    configurations miss at epoch 2 (a higher dropout gives a lower value): that is their last epoch, they have
+    trained everything, so they complete instead of being pruned (pruning would only discard a finished result)."""
+    backend = Epochs(seconds_per_epoch=lambda p: 48.0 if p["dropout"] > 0.25 else 4.0)
+    result = hpo.optimize(dataset="synthetic_images", trials=10, max_epochs_per_trial=2, min_epochs_per_trial=2,
+                          pruner="median", prune_below_best=0.01, prune_behind_in_time=0.01,
+                          early_stopping_patience=2, conv_blocks=2, sampler="random",
+                          output_dir=str(tmp_path), run_name="last", backend=backend, **FAST)
+    slow = [t for t in result.trials if t["params"]["dropout"] > 0.25]
+    fast = [t for t in result.trials if t["params"]["dropout"] <= 0.25]
+    assert slow and fast and min(t["number"] for t in fast) < max(t["number"] for t in slow)  # judged against one
+    assert result.pruned == 0 and result.completed == 10, [(t["number"], t["reason"]) for t in result.trials]
+    assert all(t["state"] == "complete" and t["epochs"] == 2 for t in result.trials)
+
+
 @pytest.mark.parametrize("budget, workers, min_epochs, expected", [
     (None, 1, 1, 10), (None, 4, 12, 12),  # no budget: 10 (or min_epochs_per_trial)
     (36, 1, 1, 18), (36, 2, 1, 18),  # half the budget

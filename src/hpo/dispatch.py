@@ -413,7 +413,7 @@ class Dispatcher:
                         self._epochs.append(running)
                         self._study_cv.notify()
                 return
-            reason = search.report(trial, report)
+            reason = search.report(trial, report, job.max_epochs)
             if reason is not None:
                 running.pruned_at.append(report.epoch)
                 token.cancel(reason)
