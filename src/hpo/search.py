@@ -329,7 +329,7 @@ class Search:
         return job
 
     # -- epochs --------------------------------------------------------------------------------------------------------
-    def report(self, trial: Any, report: EpochReport, max_epochs: int | None = None) -> str | None:
+    def report(self, trial: Any, report: EpochReport, max_epochs: int) -> str | None:
         """Feed one epoch's validation accuracy to the pruner; the reason to prune now, or None. A trial at its last
         epoch (``max_epochs``) is never pruned: it has trained everything, and pruning would only discard its result."""
         acc = report.metrics.get("val_accuracy")
@@ -340,8 +340,8 @@ class Search:
             seconds = report.metrics.get("elapsed_s")  # measured by the trainer
             if self.pruner is not None and seconds is not None:
                 self.pruner.record_time(trial.number, report.epoch, float(seconds))
-            last = max_epochs is not None and report.epoch >= max_epochs
-            if not last and trial.number not in self.finale.epochs_of and trial.should_prune():  # nor is a final
+            final = trial.number in self.finale.epochs_of  # a final trial is never pruned either
+            if report.epoch < max_epochs and not final and trial.should_prune():
                 reasons = self.pruner.reasons if self.pruner is not None else {}
                 return reasons.get(trial.number) or f"pruned at epoch {report.epoch}"
         return None
