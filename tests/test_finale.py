@@ -207,3 +207,44 @@ def test_with_fewer_distinct_configurations_than_workers_the_best_fills_every_fi
     assert finale.choose([trial(0, 0.8, a), pruned]) == [(0, a), (0, a)]  # one completed: it trains on both workers
     assert finale.choose([trial(0, 0.8, a), trial(2, 0.85, b)]) == [(2, b), (0, a)]  # two distinct: one each
     assert finale.choose([pruned]) == []
+
+
+class _Noisy(Paced):
+    """Accuracy set by the learning rate only (longer training does not help); a final answers ``dip`` below what its
+    configuration reached in the search (the search's best is a lucky estimate), measured on 1,000 examples. Each
+    trial writes its model file (its trial id), as hpo's trainer does."""
+
+    def __init__(self, dip: float) -> None:
+        super().__init__(0.05)
+        self.dip = dip
+
+    def run(self, job, *, on_epoch=None, cancel=None, timeout_s=None, save_model_to=None):
+        result = super().run(job, on_epoch=on_epoch, cancel=cancel, timeout_s=timeout_s)
+        if result.status != "completed":
+            return result
+        acc = 0.5 + job.params["learning_rate"] - (self.dip if job.max_epochs > 4 else 0.0)
+        if save_model_to:
+            with open(save_model_to, "w") as fh:
+                fh.write(job.trial_id)
+        return result.replace(val_metrics={"accuracy": acc, "loss": 1 - acc}, details={"val_examples": 1000})
+
+
+@pytest.mark.parametrize("dip, final_wins", [(0.004, True), (0.05, False)])
+def test_the_final_is_the_best_unless_a_search_trial_beats_it_by_more_than_one_standard_error(tmp_path, dip,
+                                                                                                final_wins):
+    import json
+
+    snaps = []
+    backend = _Noisy(dip)
+    result, study = _budgeted(tmp_path, "sel", backend, workers=1, epochs=4, minutes=0.15,
+                              progress=lambda event, snap: snaps.append(snap))
+    final = _finals(study)[0]
+    top = max((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: (t.value, -t.number))
+    assert top.number == final.user_attrs["final_of"] and final.value == pytest.approx(top.value - dip)
+    chosen = final.number if final_wins else top.number  # one standard error at ~0.5 on 1,000 examples: 1.6 pp
+    assert result.best_trial_number == chosen and result.best_value == study.trials[chosen].value
+    best = json.loads((tmp_path / "sel" / "best.json").read_text())
+    assert best["number"] == chosen and (best["final_of"] is not None) == final_wins
+    assert ("a final training within one standard error" in best["selected_by"]) == final_wins
+    assert (tmp_path / "sel" / "best_model.keras").read_text().endswith(f"#{chosen}")  # the chosen trial's model
+    assert snaps[-1]["best_trial"] == chosen  # the live display names the same trial
