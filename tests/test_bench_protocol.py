@@ -89,19 +89,6 @@ def test_best_so_far_counts_only_candidates_that_had_ended(lib):
     assert s.best_so_far(trials, 100.0)["n"] == 4
 
 
-def test_a_method_that_names_its_own_best_is_taken_at_its_word(lib):
-    s = lib["stats"]
-    trials = [dict(trial(0, 10.0, 0.80), chosen=True), dict(trial(1, 20.0, 0.893), chosen=True),
-              dict(trial(2, 30.0, 0.70), chosen=False),
-              dict(trial(3, 60.0, 0.888), chosen=True)]  # hpo's final, within noise of 0.893: hpo returns it
-    assert s.best_so_far(trials, 15.0)["n"] == 0
-    assert s.best_so_far(trials, 40.0)["n"] == 1  # not replaced by a trial it did not name
-    assert s.best_so_far(trials, 60.0)["n"] == 3  # below trial 1's validation accuracy, but hpo's choice
-    assert s.time_to_reach(trials, 0.89) == 20.0 and s.time_to_reach(trials, 0.895) is None
-    curve = s.best_so_far_curve(trials, [10, 20, 60])
-    assert list(curve) == [0.80, 0.893, 0.888]
-
-
 def test_best_so_far_curve_steps_up_and_is_nan_before_the_first_trial(lib):
     trials = [trial(1, 40.0, 0.6), trial(0, 20.0, 0.5), trial(2, 60.0, 0.4)]  # any order
     curve = lib["stats"].best_so_far_curve(trials, [0, 19, 20, 45, 61])

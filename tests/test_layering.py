@@ -59,7 +59,7 @@ GROUPS: dict[str, str] = {
     "hpo.exceptions": "core", "hpo.config": "core", "hpo.option_types": "core", "hpo.catalog": "core",
     "hpo.datafiles": "core", "hpo.scoring": "core", "hpo.redact": "core", "hpo.runlock": "core", "hpo.version": "core",
     "hpo.own": "core", "hpo.user_space": "core", "hpo.config_docs": "core", "hpo.spaces": "core",
-    "hpo.portfolio": "core", "hpo.selection": "core",
+    "hpo.portfolio": "core",
     # reporting: results files, progress, plots, report.html
     "hpo.results": "reporting", "hpo.progress": "reporting", "hpo.tracking": "reporting", "hpo.plots": "reporting",
     "hpo.report": "reporting",

@@ -89,20 +89,6 @@ def _best_json(run_dir):
     return json.loads((run_dir / "best.json").read_text())
 
 
-def test_the_star_and_the_red_line_mark_the_runs_best_a_final_within_noise_of_the_highest_value():
-    def rec(number, value, final_of=None):
-        return {"number": number, "state": "complete", "value": value, "val_accuracy": value, "final_of": final_of,
-                "val_examples": 1000, "params": {"learning_rate": 0.001 * (number + 1)}}
-
-    records = [rec(0, 0.85), rec(1, 0.893), rec(2, 0.888, final_of=1)]  # 0.5 pp below, within 1 s.e. (0.98 pp)
-    data = plots.history_data(records, "simple")
-    assert data["best_so_far"][-1] == 0.893  # the line: the highest value so far
-    assert (data["best_number"], data["best_value"]) == (2, 0.888)  # the star: the run's best (hpo.selection)
-    assert plots.parallel_data(records, "simple")["best_number"] == 2
-    records[2]["value"] = 0.88  # beyond one standard error: the search trial is the best
-    assert plots.history_data(records, "simple")["best_number"] == 1
-
-
 @pytest.mark.parametrize("mode", ["simple", "health", "pareto"])
 def test_history_best_so_far_is_monotonic_and_matches_best_json(tmp_path, mode):
     run_dir, study = make_run(tmp_path, mode=mode)

@@ -7,7 +7,7 @@ ends in ``_s`` or ``_seconds``), given the time left of T when ``optimize`` is c
 trials that end after T never count at T. ``--hpo-option key=value`` adds or overrides options.
 
 What is recorded: every finished trial (hpo's progress events: number, state, objective = validation accuracy in
-mode=simple, and whether hpo now names it the run's best: a final training may be preferred to a higher value), and each trial's saved model: hpo keeps only the best one (best_model.keras), so the model file of
+mode=simple), and each trial's saved model: hpo keeps only the best one (best_model.keras), so the model file of
 every trial is hard-linked here by wrapping :class:`hpo.results.ModelFiles` before hpo moves or deletes it.
 """
 
@@ -76,8 +76,7 @@ def run_hpo(run: MethodRun, workers: int, extra: dict[str, str]) -> None:
             return
         n = int(event["trial"])
         state = str(event.get("state"))
-        run.record(n, event.get("value"), candidate=state == "completed", state=state, model=run.model_path(n),
-                   chosen=state == "completed" and snap.get("best_trial") == n)  # hpo's own choice (hpo.selection)
+        run.record(n, event.get("value"), candidate=state == "completed", state=state, model=run.model_path(n))
 
     options: dict[str, Any] = dict(dataset=run.dataset, seed=run.seed, concurrent_workers=workers,
                                    validation_split=run.plan["validation_split"],

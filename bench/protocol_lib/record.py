@@ -2,7 +2,7 @@
 process start, imports and data loading count), its deadline, and its trial records.
 
 Every finished trial is appended at once to ``trials.jsonl`` as ``{"n", "end_s", "val", "model", "candidate",
-"state", "epochs", "params"}`` (and ``"chosen"`` when the method names its own best) -- the parent may kill a run that overstays, and what was recorded stays.
+"state", "epochs", "params"}`` -- the parent may kill a run that overstays, and what was recorded stays.
 """
 
 from __future__ import annotations
@@ -44,9 +44,8 @@ class MethodRun:
 
     def record(self, n: int, val: float | None, *, candidate: bool, state: str, epochs: int | None = None,
                params: dict[str, Any] | None = None, model: str | Path | None = None,
-               end_s: float | None = None, chosen: bool | None = None) -> None:
-        """Append one finished trial (end time = now unless given). ``chosen``: the method names its own best (hpo:
-        whether this trial is the run's best now); None: the best is the highest validation accuracy."""
+               end_s: float | None = None) -> None:
+        """Append one finished trial (end time = now unless given)."""
         if model is None:
             path = self.model_path(n)
             model = path if path.exists() else None
@@ -54,8 +53,6 @@ class MethodRun:
         line = {"n": n, "end_s": self.elapsed() if end_s is None else end_s, "val": float(val) if ok else None,
                 "model": str(model) if model else None, "candidate": bool(candidate and ok and model), "state": state,
                 "epochs": epochs, "params": params or {}}
-        if chosen is not None:
-            line["chosen"] = bool(chosen and line["candidate"])
         with open(self.log, "a", encoding="utf-8") as f:
             f.write(json.dumps(line, default=str) + "\n")
             f.flush()

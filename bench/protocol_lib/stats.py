@@ -4,9 +4,8 @@ A method-run is a list of trial records ``{"end_s": seconds from the method's st
 "model": saved model path, "candidate": bool}``; only candidates (trials the method itself would return: completed,
 or cut by the budget with their best epoch kept -- never pruned or failed ones) can be the best so far.
 
-- :func:`best_so_far`: the trial that was best (highest validation accuracy, the earlier on ties; or the method's own
-  choice when it names one) among the candidates that had *ended* by time ``t`` -- what the method would have handed
-  over had it been stopped at ``t``.
+- :func:`best_so_far`: the trial that was best (highest validation accuracy, the earlier on ties) among the
+  candidates that had *ended* by time ``t`` -- what the method would have handed over had it been stopped at ``t``.
 - :func:`checkpoint_trials`: the best-so-far trial at T/4, T/2, T (whose saved model is then tested).
 - :func:`best_so_far_curve`: its validation accuracy on a time grid (NaN before the first candidate).
 - :func:`summary`: median, min and max over seeds (missing values left out, counted).
@@ -39,16 +38,12 @@ def _candidates(trials: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 def best_so_far(trials: Iterable[Mapping[str, Any]], t: float) -> Mapping[str, Any] | None:
     """The candidate with the highest validation accuracy among those ended by ``t`` (inclusive); on equal accuracy
-    the one that ended first (a later tie does not replace the best). None when none had ended. A method that names
-    its own best (records with ``"chosen"``: hpo, whose final training may be preferred to a higher value) is taken
-    at its word: the last candidate it named by ``t``."""
+    the one that ended first (a later tie does not replace the best). None when none had ended."""
     best = None
     for trial in _candidates(trials):
         if float(trial["end_s"]) > t:
             break
-        if "chosen" in trial:  # the method names its own best (hpo): the last one it named
-            best = trial if trial["chosen"] else best
-        elif best is None or float(trial["val"]) > float(best["val"]):
+        if best is None or float(trial["val"]) > float(best["val"]):
             best = trial
     return best
 
@@ -73,10 +68,8 @@ def best_so_far_curve(trials: Iterable[Mapping[str, Any]], grid: Sequence[float]
 
 def time_to_reach(trials: Iterable[Mapping[str, Any]], target: float) -> float | None:
     """The first end time at which the best-so-far validation accuracy is >= ``target`` (None: never)."""
-    cands = _candidates(trials)
-    for trial in cands:
-        best = best_so_far(cands, float(trial["end_s"]))
-        if best is not None and float(best["val"]) >= target:
+    for trial in _candidates(trials):
+        if float(trial["val"]) >= target:
             return float(trial["end_s"])
     return None
 

@@ -327,7 +327,7 @@ class Dispatcher:
                     self.progress.trial_discarded(item.trial.number)
                 else:
                     self.progress.trial_finished(item.trial.number, outcome.state, value=outcome.value,
-                                                 where=result.executed_on, reason=outcome.reason, best=outcome.best)
+                                                 where=result.executed_on, reason=outcome.reason)
             if self.after_trial is not None:
                 self.after_trial()
             if self._finale_later:

@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import selection
-
 __all__ = [
     "OptimizationResult",
     "trial_records",
@@ -147,8 +145,6 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
             "retry_of": attrs.get("retry_of"),
             "process": attrs.get("process"),
             "epochs_trained": attrs.get("epochs_trained"),
-            "final_of": attrs.get("final_of"),  # a final training: the trial whose configuration it trained again
-            "val_examples": (result.get("details") or {}).get("val_examples"),
         }
         records.append(record)
     return records
@@ -182,7 +178,7 @@ def write_trials_csv(run_dir: Path, records: list[dict[str, Any]]) -> Path:
 
 def _best_entry(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("number", "value", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "overall_health",
-            "epochs", "best_epoch", "param_count", "executed_on", "device", "params", "health", "final_of")
+            "epochs", "best_epoch", "param_count", "executed_on", "device", "params", "health")
     return {k: record[k] for k in keys}
 
 
@@ -198,8 +194,8 @@ def best_records(study: Any, records: list[dict[str, Any]], mode: str) -> tuple[
                        key=lambda r: r["number"])
         best = max(front, key=lambda r: (r["val_accuracy"] or 0.0)) if front else None
         return best, front
-    best = selection.choose_best(selection.of_record(r) for r in complete if r["value"] is not None)
-    return (by_number[best.number] if best else None), []
+    best_trial = study.best_trial
+    return by_number.get(best_trial.number), []
 
 
 def write_best(run_dir: Path, study: Any, records: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
@@ -212,8 +208,6 @@ def write_best(run_dir: Path, study: Any, records: list[dict[str, Any]], mode: s
     doc = _best_entry(best)
     doc["selected_by"] = {"simple": "validation accuracy", "health": "validation accuracy blended with health",
                           "pareto": "highest validation accuracy on the Pareto front"}[mode]
-    if best.get("final_of") is not None:  # hpo.selection: the longer training, unless beaten beyond noise
-        doc["selected_by"] += "; a final training within one standard error of the highest value is preferred"
     if mode == "pareto":
         doc["pareto_front"] = [_best_entry(r) for r in front]
     _atomic_write(path, json.dumps(doc, indent=2) + "\n")

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import search_space, selection
+from . import search_space
 from . import study as studies
 from .budget import BUDGET_CUT, TimeBudget
 from .config import OptimizationConfig
@@ -41,10 +41,10 @@ MAX_CONSECUTIVE_REJECTIONS = 100
 @dataclasses.dataclass
 class Outcome:
     """A finished trial's fate for the progress display: state None means interrupted (not counted)."""
+
     state: str | None
     value: float | None
     reason: str | None
-    best: bool | None = None  #: the run's best now (:func:`hpo.selection.choose_best`; None: pareto)
 
 
 class Search:
@@ -62,7 +62,6 @@ class Search:
         self.epochs_reserved = 0  # epochs granted to running trials and not yet trained
         self.best_value: float | None = None
         self.best_number: int | None = None
-        self._done: list[selection.Candidate] = []  # completed trials (single objective), for choose_best
         self.stop_reason: str | None = None
         self.aborted = self.interrupted = False
         self.deadline = time.monotonic() + config.timeout_minutes * 60 if config.timeout_minutes else None
@@ -79,7 +78,6 @@ class Search:
         self._next_stale_check = 0.0
         self._last_number: int | None = None  # the trial this process asked last
         self._near_limit = False  # other processes may take the last slots (shared study)
-        self.data_uri: str | None = None  # own data: where trials read it (file://, s3://); the session sets it
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -114,10 +112,10 @@ class Search:
             for params, attrs in queue[:c.trial_limit]:  # never more than the run trains
                 self.study.enqueue_trial(params, user_attrs=attrs)  # the warm start: trial 0 of the new study
                 self._warm_start_number = 0 if attrs.get("warm_start") else self._warm_start_number
-        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        self._done = [selection.of_trial(t) for t in done] if self.config.mode != "pareto" else []
-        best = selection.choose_best(self._done)
-        self.best_value, self.best_number = (best.value, best.number) if best else (None, None)
+        done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if done and self.config.mode != "pareto":
+            best = max(done, key=lambda t: t.value)
+            self.best_value, self.best_number = best.value, best.number
 
     def fail_stale_trials(self, *, force: bool = False) -> None:
         """Fail (as interrupted) and re-queue the trials of dead processes, at most every quarter grace period."""
@@ -204,7 +202,8 @@ class Search:
 
     def release(self, allowance: int) -> None:
         with self.lock:
-            self.running, self.epochs_reserved = self.running - 1, self.epochs_reserved - allowance
+            self.running -= 1
+            self.epochs_reserved -= allowance
 
     def past_deadline(self) -> bool:
         """Whether timeout_minutes has passed, or time_budget_minutes leaves too little time for another trial (the
@@ -224,7 +223,8 @@ class Search:
 
     def stop(self, reason: str, *, aborted: bool = False) -> None:
         with self.lock:
-            self.stop_reason = reason if self.stop_reason is None else self.stop_reason
+            if self.stop_reason is None:
+                self.stop_reason = reason
             self.interrupted = self.interrupted or reason == "interrupted"
             self.aborted = self.aborted or aborted
 
@@ -297,18 +297,22 @@ class Search:
         rng = random.Random(f"{self.config.seed}-neighbour-{size}")
         return search_space.neighbour_params(self.space, rng, self.config.pins, self.shape), {"near_default": True}
 
+    #: own data: where trials read the prepared data file (file:// here, s3:// for remote workers); the session sets it
+    data_uri: str | None = None
+
     @functools.cached_property
     def space(self) -> Any:
         """What to sample: the modality's built-in space (its name) or the user's SearchSpace."""
         return self.config.search_space
 
     def _data_fields(self) -> dict[str, Any]:
-        c, info = self.config, self.info
+        c = self.config
         if not c.own_data:
             return {"dataset": c.dataset, "dataset_options": c.dataset_options}
+        info = self.info
         return {"dataset": CUSTOM_DATASET, "data_uri": self.data_uri, "data_sha256": c.data_sha256, "modality":
-                info.modality, "input_shape": list(info.input_shape), "num_classes": info.num_classes,
-                "vocab_size": info.vocab_size}
+                info.modality, "input_shape": list(info.input_shape), "num_classes": info.num_classes, "vocab_size":
+                info.vocab_size}
 
     def job(self, trial: Any, params: dict[str, Any], max_epochs: int) -> TrialJob:
         c, final = self.config, self.finale.epochs_of.get(trial.number)  # a final: its epochs, no early stopping
@@ -394,13 +398,9 @@ class Search:
                         self.counted += 1
                         self._consecutive_failures = 0
                         outcome = Outcome("completed", values[0], None)
-                        if self.config.mode != "pareto":  # the run's best now? (a final is preferred)
-                            self._done.append(selection.Candidate(trial.number, values[0], trial.number in
-                                              self.finale.epochs_of, result.details.get("val_examples")))
-                            outcome.best = selection.choose_best(self._done) == self._done[-1]
-                            if outcome.best:
-                                self.best_value, self.best_number = values[0], trial.number
-                                self.models.promote(trial.number)
+                        if self.config.mode != "pareto" and (self.best_value is None or values[0] > self.best_value):
+                            self.best_value, self.best_number = values[0], trial.number
+                            self.models.promote(trial.number)
                     else:
                         tell = self._fail(trial, outcome.reason or "the objective could not be computed")
                 elif (result.status == "stopped" and pruned) or cancel_reason in (BUDGET_CUT, FINAL_CUT):  # cut

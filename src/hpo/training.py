@@ -305,7 +305,6 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                 model, history=callback.history, best_epoch=callback.best_epoch,
                 val_accuracy=val_metrics.get("accuracy"), num_classes=info.num_classes, x_val=data.x_val,
                 x_train=data.x_train, y_train=data.y_train, param_count=common["param_count"])
-        details = dict(details, val_examples=len(data.x_val))  # the run's best is chosen within its noise
         if callback.out_of_time:  # complete at fewer epochs than asked: the job's time limit (time_budget_minutes)
             details = dict(details, out_of_time=True)
         return TrialResult(status="stopped" if callback.stopped_on_request else "completed",

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import catalog, selection
+from .. import catalog
 from ..results import MODEL_FILE, best_records, trial_records
 from ..scoring import COMPONENTS
 
@@ -146,11 +146,6 @@ def _complete(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r["state"] == "complete" and r.get("value") is not None]
 
 
-def _chosen(done: list[dict[str, Any]]) -> selection.Candidate:
-    """The run's best among completed single-objective records (:func:`hpo.selection.choose_best`)."""
-    return selection.choose_best(selection.of_record(r) for r in done)  # type: ignore[return-value]
-
-
 # -- data extraction --------------------------------------------------------------------------------------------------
 
 def history_data(records: list[dict[str, Any]], mode: str) -> dict[str, Any]:
@@ -166,9 +161,6 @@ def history_data(records: list[dict[str, Any]], mode: str) -> dict[str, Any]:
         if v > best:
             best, best_number = v, n
         best_so_far.append(best)
-    if mode != "pareto":  # the run's best (a final training may be preferred to a higher value): the star
-        chosen = _chosen(done)
-        best, best_number = chosen.value, chosen.number
     pruned = []
     if mode == "simple":  # only here is a pruned trial's validation accuracy on the objective's scale
         pruned = [(r["number"], r["val_accuracy"]) for r in records
@@ -268,8 +260,7 @@ def parallel_data(records: list[dict[str, Any]], mode: str, distributions: dict[
                  "ticks": [(0.0, f"{lo:.3f}"), (0.5, f"{(lo + hi) / 2:.3f}"), (1.0, f"{hi:.3f}")]})
     rows = [{"number": r["number"], "value": v, "coords": [c[i] for c in columns]}
             for i, (r, v) in enumerate(zip(done, values))]
-    best_number = (min(zip(values, done), key=lambda vr: (-vr[0], vr[1]["number"]))[1]["number"]
-                   if mode == "pareto" else _chosen(done).number)
+    best_number = min(zip(values, done), key=lambda vr: (-vr[0], vr[1]["number"]))[1]["number"]
     return {"axes": axes, "rows": rows, "best_number": best_number, "objective": objective_label(mode)}
 
 

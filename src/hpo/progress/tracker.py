@@ -100,9 +100,7 @@ class ProgressTracker:
             self._emit({"event": "fell_back", "trial": number, "reason": reason, "where": where})
 
     def trial_finished(self, number: int, state: str, *, value: float | None = None, where: str = "",
-                       reason: str | None = None, best: bool | None = None) -> None:
-        """``best``: whether it is the run's best now (the search decides: a final training may be preferred to a
-        higher value, :mod:`hpo.selection`); None: the highest value is."""
+                       reason: str | None = None) -> None:
         if state not in FINAL_STATES:
             raise ValueError(f"unknown final state {state!r}; allowed: {', '.join(FINAL_STATES)}")
         with self._lock:
@@ -112,8 +110,7 @@ class ProgressTracker:
             trial.state, trial.value, trial.reason, trial.ended_at = state, value, reason, self.clock()
             if where:
                 trial.where = where
-            if best or (best is None and state == "completed" and value is not None
-                        and (self.best is None or value > self.best)):
+            if state == "completed" and value is not None and (self.best is None or value > self.best):
                 self.best, self.best_trial = value, number
             self._emit({"event": "finished", "trial": number, "state": state, "value": value,
                         "where": trial.where, "reason": reason})
