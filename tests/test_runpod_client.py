@@ -318,6 +318,40 @@ def test_close_cancels_jobs_still_in_flight(sim):
     assert sim.jobs()[0]["status"] == "CANCELLED"
 
 
+def _held_submission(b):
+    """The backend's submissions reach the endpoint (the job exists there) and their answer is held back until
+    ``release`` is set: close() then runs while a job id is on its way."""
+    submitted, release = threading.Event(), threading.Event()
+    real = b._submit
+
+    def held(*args, **kwargs):
+        job_id = real(*args, **kwargs)
+        submitted.set()
+        release.wait(10)
+        return job_id
+
+    b._submit = held
+    return submitted, release
+
+
+@pytest.mark.parametrize("answer_after_s, close_wait_s", [(0.3, 5.0), (0.5, 0.1)])
+def test_close_cancels_a_job_whose_submission_was_under_way(sim, answer_after_s, close_wait_s):
+    """Before close() returns it waits for submissions under way and cancels the jobs they created; a job id that
+    comes back after close() stopped waiting (close_wait_s) is cancelled by its own thread."""
+    b = backend(sim)
+    b.close_wait_s = close_wait_s
+    submitted, release = _held_submission(b)
+    run = Run(b, job(13))
+    assert submitted.wait(10) and sim.jobs()[0]["status"] == "IN_QUEUE"
+    threading.Timer(answer_after_s, release.set).start()
+    b.close()
+    if close_wait_s > answer_after_s:  # close() waited for the answer: the job is cancelled when close() returns
+        assert sim.jobs()[0]["status"] == "CANCELLED"
+    result = run.wait()
+    assert sim.jobs()[0]["status"] == "CANCELLED"
+    assert result.status == "stopped" and result.error
+
+
 def test_make_runpod_backend_uses_the_endpoint_id_and_the_key_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
     config = OptimizationConfig(dataset="synthetic_images", use_runpod_service=True, runpod_endpoint_id="abc123",

@@ -111,6 +111,11 @@ class RunPodBackend(Backend):
         self._queue_ahead = max(0, int(queue_ahead))
         self._lock = threading.Lock()
         self._inflight: dict[str, str] = {}  # remote job id -> trial id
+        self._submitting = 0  # submissions whose answer (the job id) has not come back yet
+        self._settled = threading.Condition(self._lock)  # notified when one comes back
+        self._swept = False  # close() has cancelled what was in flight: a job id coming back later cancels itself
+        #: how long close() waits for submissions under way, so that it cancels the jobs they create
+        self.close_wait_s = 5.0
         self._started = False
         self._closed = False
         self.record_timeline = record_timeline
@@ -168,7 +173,8 @@ class RunPodBackend(Backend):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            leftover = list(self._inflight)
+            self._settled.wait_for(lambda: self._submitting == 0, timeout=self.close_wait_s)
+            leftover, self._swept = list(self._inflight), True
         for job_id in leftover:  # e.g. Ctrl-C while a thread was between calls: nothing keeps running remotely
             self._cancel(job_id)
         self.http.close()
@@ -227,13 +233,24 @@ class RunPodBackend(Backend):
                   timeout_s: float | None, forwarded: dict[str, int]) -> TrialResult:
         if cancel is not None and cancel.cancelled:
             return TrialResult(trial_id=job.trial_id, status="stopped", error=cancel.reason or "cancelled")
+        with self._lock:
+            self._submitting += 1
+        job_id = None
         try:
             job_id = self._submit(job, timeout_s, cancel)
         except Cancelled as exc:
             return TrialResult(trial_id=job.trial_id, status="stopped", error=str(exc))
+        finally:
+            with self._lock:  # in flight from here: close() cancels it, or it is cancelled here when close() has swept
+                self._submitting -= 1
+                if job_id is not None and not self._swept:
+                    self._inflight[job_id] = job.trial_id
+                swept = job_id is not None and self._swept
+                self._settled.notify_all()
+        if swept:
+            self._cancel(job_id)  # type: ignore[arg-type]
+            return TrialResult(trial_id=job.trial_id, status="stopped", error="the RunPod backend is closed")
         submitted_wall = time.time()
-        with self._lock:
-            self._inflight[job_id] = job.trial_id
         now = time.monotonic()
         attempt = Attempt(job_id=job_id, submitted=now, queued_since=now, last_change=now)
         record: dict[str, Any] = {"trial_id": job.trial_id, "job_id": job_id, "thread": threading.get_ident(),
