@@ -207,3 +207,41 @@ def test_with_fewer_distinct_configurations_than_workers_the_best_fills_every_fi
     assert finale.choose([trial(0, 0.8, a), pruned]) == [(0, a), (0, a)]  # one completed: it trains on both workers
     assert finale.choose([trial(0, 0.8, a), trial(2, 0.85, b)]) == [(2, b), (0, a)]  # two distinct: one each
     assert finale.choose([pruned]) == []
+
+
+def test_every_trial_keeps_its_predictions_and_the_final_may_average_final_ensemble_models(tmp_path):
+    backend = Paced(0.05)
+    _, study = _budgeted(tmp_path, "e", backend, workers=1, epochs=4, minutes=0.15)
+    final = _finals(study)[0]
+    assert backend.jobs and all(j.keep_predictions for j in backend.jobs)
+    assert [j.ensemble for j in backend.jobs if j.trial_id.endswith(f"#{final.number}")] == [3]
+    assert all(j.ensemble == 0 for j in backend.jobs if not j.trial_id.endswith(f"#{final.number}"))
+
+
+@pytest.mark.parametrize("options", [{"final_ensemble": 1}, {"final_training_share": 0.0}])
+def test_no_predictions_kept_when_no_final_may_average(tmp_path, options):
+    backend = Paced(0.05)
+    hpo.optimize(trials=500, max_epochs_per_trial=4, time_budget_minutes=0.08, concurrent_workers=1, backend=backend,
+                 output_dir=str(tmp_path), run_name="n", **{**RUN, **options})
+    assert backend.jobs and not any(j.keep_predictions or j.ensemble for j in backend.jobs)
+
+
+@pytest.mark.parametrize("options, size", [
+    ({"time_budget_minutes": 2.0}, 3),
+    ({"time_budget_minutes": 2.0, "final_ensemble": 5}, 5),
+    ({}, 1),
+    ({"time_budget_minutes": 2.0, "mode": "pareto"}, 1),
+    ({"time_budget_minutes": 2.0, "own_model": True}, 1),
+])
+def test_when_a_final_may_average_models(options, size):
+    import dataclasses
+    import types
+
+    from hpo.finale import ensemble_size
+
+    own = options.pop("own_model", False)
+    config = OptimizationConfig(dataset="synthetic_images", plot_generation="none", **options)
+    if own:  # a user's build function: its layers may not combine into one saved model
+        config = types.SimpleNamespace(**{**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+                                          "model": "my_net:build"})
+    assert ensemble_size(config) == size

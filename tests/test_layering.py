@@ -52,14 +52,14 @@ GROUPS: dict[str, str] = {
     "hpo.worker": "worker", "hpo.backends._worker": "worker", "runpod_worker.handler": "worker",
     # trainer: the only users of TensorFlow / Keras
     "hpo.training": "trainer", "hpo.models": "trainer", "hpo.health": "trainer", "hpo.datasets": "trainer",
-    "hpo.prefetch": "trainer", "hpo.user_model": "trainer",
+    "hpo.prefetch": "trainer", "hpo.user_model": "trainer", "hpo.ensemble": "trainer",
     # data: own data prepared into one file (numpy, PIL), object storage (boto3) and trained models coming back
     "hpo.userdata": "data", "hpo.objectstore": "data", "hpo.artifacts": "data",
     # core: imported by every group, imports nothing heavy
     "hpo.exceptions": "core", "hpo.config": "core", "hpo.option_types": "core", "hpo.catalog": "core",
     "hpo.datafiles": "core", "hpo.scoring": "core", "hpo.redact": "core", "hpo.runlock": "core", "hpo.version": "core",
     "hpo.own": "core", "hpo.user_space": "core", "hpo.config_docs": "core", "hpo.spaces": "core",
-    "hpo.portfolio": "core",
+    "hpo.portfolio": "core", "hpo.kept": "core",
     # reporting: results files, progress, plots, report.html
     "hpo.results": "reporting", "hpo.progress": "reporting", "hpo.tracking": "reporting", "hpo.plots": "reporting",
     "hpo.report": "reporting",

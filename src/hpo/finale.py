@@ -10,6 +10,11 @@ A final trial is an ordinary trial of the study (queued with its parameters; use
 whose configuration it trains again), so its result competes for the best model like any other: when a longer
 schedule does not help, the search's best stays the best.
 
+The final's model may be an ensemble (``final_ensemble``, :mod:`hpo.ensemble`): when the run keeps its best models
+(local trainers, built-in models), every trial leaves its validation and test predictions beside its model file, the
+search keeps the best completed ones (:class:`hpo.results.ModelFiles`), and a final averages itself with those of them
+that raise its validation accuracy.
+
 Not used: without ``time_budget_minutes``, with ``mode=pareto`` (no single best) and in a shared study (``storage``:
 each process would train its own finals of the same configurations).
 """
@@ -24,7 +29,7 @@ from typing import Any
 from .budget import TimeBudget
 from .config import OptimizationConfig
 
-__all__ = ["Finale", "FINAL_CUT", "FINAL_DROPPED", "FINAL_LATE", "MAX_FINALS", "MIN_SEARCH_TRIALS"]
+__all__ = ["Finale", "ensemble_size", "FINAL_CUT", "FINAL_DROPPED", "FINAL_LATE", "MAX_FINALS", "MIN_SEARCH_TRIALS"]
 
 #: the cancel reason of a search trial still running when the final training begins
 FINAL_CUT = "cut for the final training"
@@ -39,6 +44,14 @@ MAX_FINALS = 2
 MIN_SEARCH_TRIALS = 3
 
 
+def ensemble_size(config: OptimizationConfig) -> int:
+    """The most models a final's ensemble averages under ``config`` (1: no ensemble). Built-in models only (a user's
+    build function may hold layers a combined model could not save); pareto and shared studies have no finals."""
+    if config.time_budget_minutes is None or config.final_training_share <= 0 or config.model is not None:
+        return 1
+    return config.final_ensemble if config.mode != "pareto" and config.storage is None else 1
+
+
 class Finale:
     """When the final training begins, what it trains and for how many epochs (thread-safe)."""
 
@@ -48,6 +61,8 @@ class Finale:
         self.begins_at = (budget.started + (1 - share) * (budget.end_by - budget.started)  # type: ignore[operator]
                           if self.active else None)
         self.count = min(MAX_FINALS, config.concurrent_workers)
+        #: models a final may average (1: none); trials then keep their predictions for it
+        self.ensemble = ensemble_size(config) if self.active else 1
         self._budget = budget
         self._min_epochs = config.min_epochs_per_trial
         self.begun = False
@@ -173,6 +188,12 @@ class Finale:
                                f"{epochs} epochs ({(self._budget.time_left() or 0):.0f} s left; trial {source} "
                                f"measured {per_epoch:.2f} s per epoch + {overhead:.1f} s)")
         return epochs
+
+    def job_fields(self, number: int) -> dict[str, Any]:
+        """What trial ``number``'s job carries for the final's ensemble: keep its predictions; a final: average."""
+        if self.ensemble <= 1:
+            return {}
+        return {"keep_predictions": True, "ensemble": self.ensemble if number in self.epochs_of else 0}
 
     @property
     def closed(self) -> bool:

@@ -28,22 +28,9 @@ from .catalog import LrSchedule  # re-exported: the schedule names live with the
 from .exceptions import ConfigError, DatasetError, ProtocolError
 from .own import MAX_MODEL_REF, MODEL_REF
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "TrialJob",
-    "TrialResult",
-    "EpochReport",
-    "TrialStatus",
-    "LrSchedule",
-    "MAX_JOB_BYTES",
-    "MAX_JOB_INPUT_BYTES",
-    "MAX_JSON_DEPTH",
-    "MAX_SEED",
-    "MAX_EPOCHS",
-    "check_json_bounds",
-    "CUSTOM_DATASET",
-    "MODEL_REF",
-]
+__all__ = ["SCHEMA_VERSION", "TrialJob", "TrialResult", "EpochReport", "TrialStatus", "LrSchedule", "MAX_JOB_BYTES",
+           "MAX_JOB_INPUT_BYTES", "MAX_JSON_DEPTH", "MAX_SEED", "MAX_EPOCHS", "MAX_ENSEMBLE", "check_json_bounds",
+           "CUSTOM_DATASET", "MODEL_REF"]
 
 SCHEMA_VERSION = 1
 #: RunPod jobs are small: the dataset is baked into the worker image, only names and numbers travel.
@@ -60,6 +47,8 @@ MAX_EPOCHS = 100_000
 MAX_TRIAL_ID = 200
 #: Most GPUs a job may ask for (0 = all the worker sees).
 MAX_TARGET_GPUS = 1024
+#: Most models a final's ensemble may average (config.final_ensemble).
+MAX_ENSEMBLE = 5
 MAX_TIME_LIMIT_S = 7 * 24 * 3600.0  # a job's time limit: at most a week
 #: The dataset name of a job on the user's own data (described by data_uri, data_sha256, modality, ...).
 CUSTOM_DATASET = "custom"
@@ -301,6 +290,10 @@ class TrialJob(_Message):
     #: seconds the trainer may use, start to answer (time_budget_minutes): it starts no epoch that would not end in
     #: time; the trial is complete at the epochs it trained. None: no limit
     time_limit_s: float | None = None
+    #: a local trainer leaves the model's validation and test predictions beside its model file (final_ensemble)
+    keep_predictions: bool = False
+    #: a final: average at most this many models, itself and the run's kept ones (hpo.ensemble); 0 or 1: none
+    ensemble: int = 0
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -347,9 +340,11 @@ class TrialJob(_Message):
                                                   and 0 < self.time_limit_s <= MAX_TIME_LIMIT_S):
             raise ProtocolError(f"TrialJob: time_limit_s={_preview(self.time_limit_s)} is out of range; allowed: null "
                                 f"or seconds in (0, {MAX_TIME_LIMIT_S}]")
-        if self.target_gpus > MAX_TARGET_GPUS:
-            raise ProtocolError(f"TrialJob: target_gpus={_preview(self.target_gpus)} is out of range; allowed: "
-                                f"integer in [0, {MAX_TARGET_GPUS}] (0 = all visible)")
+        for name, high, note in (("target_gpus", MAX_TARGET_GPUS, " (0 = all visible)"),
+                                 ("ensemble", MAX_ENSEMBLE, "")):
+            if not 0 <= getattr(self, name) <= high:
+                raise ProtocolError(f"TrialJob: {name}={_preview(getattr(self, name))} is out of range; allowed: "
+                                    f"integer in [0, {high}]{note}")
         info = self.dataset_info()
         if self.model is not None:
             if not isinstance(self.model, str) or len(self.model) > MAX_MODEL_REF or not MODEL_REF.match(self.model):

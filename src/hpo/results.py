@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import kept
+
 __all__ = [
     "OptimizationResult",
     "trial_records",
@@ -145,9 +147,16 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
             "retry_of": attrs.get("retry_of"),
             "process": attrs.get("process"),
             "epochs_trained": attrs.get("epochs_trained"),
+            #: a final that averages models (final_ensemble): {"members", "weights", "alone": its own metrics}
+            "ensemble": _ensemble(result),
         }
         records.append(record)
     return records
+
+
+def _ensemble(result: dict[str, Any]) -> dict[str, Any] | None:
+    found = (result.get("details") or {}).get("ensemble")
+    return found if isinstance(found, dict) else None
 
 
 _CSV_FIXED = ["number", "state", "value", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "overall_health",
@@ -178,7 +187,7 @@ def write_trials_csv(run_dir: Path, records: list[dict[str, Any]]) -> Path:
 
 def _best_entry(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("number", "value", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "overall_health",
-            "epochs", "best_epoch", "param_count", "executed_on", "device", "params", "health")
+            "epochs", "best_epoch", "param_count", "executed_on", "device", "params", "health", "ensemble")
     return {k: record[k] for k in keys}
 
 
@@ -280,14 +289,27 @@ class RunFilesWriter:
         self.write_now()
 
 
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` the same file as ``src`` (a hard link; a copy where links are not possible)."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 class ModelFiles:
     """Each trial saves its model to models/trial-N.keras; the best one becomes best_model.keras.
 
     Single objective: the best-so-far model replaces best_model.keras as results come in. Pareto: every completed
-    trial's model is kept until the end, when the selected one is moved."""
+    trial's model is kept until the end, when the selected one is moved. ``keep`` > 0 (a final may average models,
+    ``final_ensemble``): the ``keep`` best completed trials' own models and predictions are also linked into
+    models/kept/ (:mod:`hpo.kept`), where a final's trainer reads them."""
 
-    def __init__(self, run_dir: Path, *, pareto: bool, enabled: bool = True) -> None:
-        self.run_dir, self.pareto, self.enabled = Path(run_dir), pareto, enabled
+    def __init__(self, run_dir: Path, *, pareto: bool, enabled: bool = True, keep: int = 0) -> None:
+        self.run_dir, self.pareto, self.enabled, self.keep_count = Path(run_dir), pareto, enabled, keep
+        self._kept: dict[int, float] = {}
+        self._lock = threading.Lock()
 
     def path(self, number: int) -> Path | None:
         if not self.enabled:
@@ -295,6 +317,27 @@ class ModelFiles:
         folder = self.run_dir / "models"
         folder.mkdir(exist_ok=True)
         return folder / f"trial-{number}.keras"
+
+    def keep(self, number: int, value: float) -> None:
+        """Completed trial ``number`` (objective ``value``) joins the kept models if it is among the ``keep`` best and
+        left its predictions; the one that falls out is unlinked."""
+        path = self.path(number) if self.keep_count > 0 else None
+        if path is None or not kept.predictions_path(path).exists():
+            return
+        single = kept.single_path(path) if kept.single_path(path).exists() else path
+        if not single.exists():
+            return
+        folder = kept.kept_dir(path)
+        with self._lock:
+            folder.mkdir(exist_ok=True)
+            for src, name in ((single, path.name), (kept.predictions_path(path), kept.predictions_path(path).name)):
+                _link(src, folder / name)
+            self._kept[number] = value
+            ranked = sorted(self._kept, key=lambda n: (-self._kept[n], n))
+            for out in ranked[self.keep_count:]:
+                del self._kept[out]
+                for name in (f"trial-{out}.keras", f"trial-{out}.npz"):
+                    (folder / name).unlink(missing_ok=True)
 
     def promote(self, number: int) -> None:
         """Trial ``number`` is the new best (single objective): its model becomes best_model.keras."""
@@ -304,8 +347,9 @@ class ModelFiles:
 
     def drop(self, number: int) -> None:
         path = self.path(number)
-        if path is not None and path.exists() and not self.pareto:
-            path.unlink()
+        if path is not None and not self.pareto:
+            for leftover in (path, kept.predictions_path(path), kept.single_path(path)):
+                leftover.unlink(missing_ok=True)
 
     def finalize(self, best_number: int | None) -> None:
         folder = self.run_dir / "models"

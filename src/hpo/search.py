@@ -2,10 +2,9 @@
 
 :class:`Search` owns the study. It decides whether another trial may start and with how many epochs (trials,
 epoch_budget, timeout), asks Optuna for the next configuration (warm start, its neighbours, configurations over
-max_params rejected), feeds every epoch's validation accuracy to the pruner, and turns a finished trial's
-:class:`~hpo.protocol.TrialResult` into its fate in one place (:meth:`Search.finish`): completed, pruned, failed, or
-interrupted (retried later, never a failure). It never runs a trial: :mod:`hpo.dispatch` does. Every method that
-touches the study holds :attr:`Search.lock`.
+max_params rejected), feeds every epoch's validation accuracy to the pruner, and turns a finished trial's result into
+its fate in one place (:meth:`Search.finish`): completed, pruned, failed, or interrupted (retried later, never a
+failure). It never runs a trial: :mod:`hpo.dispatch` does. Every method touching the study holds :attr:`Search.lock`.
 """
 
 from __future__ import annotations
@@ -322,6 +321,7 @@ class Search:
                        seed=(c.seed + trial.number) % 2**32, split_seed=c.seed, validation_split=c.validation_split,
                        data_fraction=c.data_fraction, use_multi_gpu=c.use_multi_gpu, lr_schedule=c.lr_schedule,
                        target_gpus=c.target_gpus_per_worker, compute_health=c.mode != "simple",
+                       **self.finale.job_fields(trial.number),
                        schedule_epochs=(final or max(c.max_epochs_per_trial, max_epochs)) if c.lr_schedule == "cosine"
                        else None)
         with self.lock:
@@ -354,7 +354,6 @@ class Search:
         from optuna.trial import TrialState
 
         from . import scoring
-
         from .backends._checks import check_result
         from .exceptions import TrialFailed
 
@@ -398,6 +397,7 @@ class Search:
                         self.counted += 1
                         self._consecutive_failures = 0
                         outcome = Outcome("completed", values[0], None)
+                        self.models.keep(trial.number, values[0])  # before promote(): it links the trial's file
                         if self.config.mode != "pareto" and (self.best_value is None or values[0] > self.best_value):
                             self.best_value, self.best_number = values[0], trial.number
                             self.models.promote(trial.number)

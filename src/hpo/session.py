@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import own_run
+from . import kept, own_run
 from .backends import Backend
 from .config import OptimizationConfig
 from .exceptions import ConfigError
+from .finale import ensemble_size
 from .progress import ProgressTracker
 from .results import ModelFiles, OptimizationResult, RunFilesWriter, build_result
 from .rundir import check_output_dir, prepare_run_dir, storage_url, write_config
@@ -140,7 +141,8 @@ class Session:
         self.study, created = studies.create_study(config, storage, self.notes)
         write_config(self.run_dir, config)
         pruner = self.study.pruner if isinstance(self.study.pruner, FarBehindPruner) else None
-        models = ModelFiles(self.run_dir, pareto=config.mode == "pareto")
+        models = ModelFiles(self.run_dir, pareto=config.mode == "pareto",
+                            keep=kept.CANDIDATES if ensemble_size(config) > 1 else 0)
         self.search = Search(config, self.study, storage, pruner=pruner, models=models, notes=self.notes,
                              started=self.started)
         self.search.data_uri = self.data_uri

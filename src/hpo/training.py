@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import datasets
@@ -117,11 +118,14 @@ def _finite(x: Any) -> float | None:
 #: of a Fashion-MNIST trial (1,000 validation, 10,000 test images) took 2.0-3.4 s against 2.7 s estimated without them,
 #: and a trial still running when the time budget's finishing reserve is cut is lost
 END_MARGIN, END_FIXED_S = 1.5, 1.0
+#: a final that may average models (final_ensemble) also reads the kept predictions, loads the members it chooses
+#: and saves them as one model: this many seconds more
+ENSEMBLE_FIXED_S = 3.0
 
 
 def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: StopCheck | None,
                    started: float, timed: TimedCosine | None = None, steps_per_epoch: int = 1,
-                   evaluated_share: float = 1.0) -> Any:
+                   evaluated_share: float = 1.0, end_fixed_s: float = END_FIXED_S) -> Any:
     """``evaluated_share``: examples evaluated at the end (validation and test) per validation example, so that the
     end's duration is estimated from the validation pass each epoch makes."""
     import keras
@@ -158,7 +162,7 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             """Seconds the end of the trial may take: validation and test evaluated at the rate this epoch's
             validation pass ran, and the model file (:data:`END_MARGIN`, :data:`END_FIXED_S`); at least half an
             epoch."""
-            return max(0.5 * epoch_s, END_MARGIN * evaluated_share * self._validation_s + END_FIXED_S)
+            return max(0.5 * epoch_s, END_MARGIN * evaluated_share * self._validation_s + end_fixed_s)
 
         if timed is not None:  # only then a batch-level hook: the rate of the timed cosine, set before each step
             def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
@@ -281,7 +285,10 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                                        num_classes=info.num_classes, vocab_size=info.vocab_size, strategy=strategy,
                                        decay_steps=decay_steps)
         evaluated = (len(data.x_val) + len(data.x_test)) / max(1, len(data.x_val))
-        callback = _make_callback(job, on_epoch, should_stop, started, timed, steps_per_epoch, evaluated)
+        end_fixed = END_FIXED_S
+        if job.keep_predictions and save_model_to and job.model is None:  # predicted once more (final_ensemble)
+            evaluated, end_fixed = 2 * evaluated, END_FIXED_S + (ENSEMBLE_FIXED_S if job.ensemble > 1 else 0.0)
+        callback = _make_callback(job, on_epoch, should_stop, started, timed, steps_per_epoch, evaluated, end_fixed)
         model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=job.max_epochs,
                   validation_data=(data.x_val, data.y_val), callbacks=[callback], shuffle=True, verbose=0)
         seconds = time.perf_counter() - started
@@ -295,7 +302,14 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         eval_batch = max(batch_size, 256)
         val_metrics = _evaluate(model, data.x_val, data.y_val, eval_batch)
         test_metrics = _evaluate(model, data.x_test, data.y_test, eval_batch)
-        if save_model_to:
+        alone, extra = val_metrics, {}
+        if save_model_to and job.keep_predictions and job.model is None:  # predictions kept: final_ensemble
+            from .ensemble import finish
+
+            val_metrics, test_metrics, extra = finish(model, data, Path(save_model_to), members=job.ensemble,
+                                                      batch_size=eval_batch, val_metrics=val_metrics,
+                                                      test_metrics=test_metrics)
+        elif save_model_to:
             model.save(save_model_to)
         health_scores, details = {}, {}
         if job.compute_health and not callback.stopped_on_request:  # a stopped (pruned) trial is not scored
@@ -303,8 +317,9 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
 
             health_scores, details = health.measure(
                 model, history=callback.history, best_epoch=callback.best_epoch,
-                val_accuracy=val_metrics.get("accuracy"), num_classes=info.num_classes, x_val=data.x_val,
+                val_accuracy=alone.get("accuracy"), num_classes=info.num_classes, x_val=data.x_val,
                 x_train=data.x_train, y_train=data.y_train, param_count=common["param_count"])
+        details = dict(details, **extra)
         if callback.out_of_time:  # complete at fewer epochs than asked: the job's time limit (time_budget_minutes)
             details = dict(details, out_of_time=True)
         return TrialResult(status="stopped" if callback.stopped_on_request else "completed",

@@ -1,0 +1,126 @@
+"""The final's ensemble (``final_ensemble``): a final training averages its model with the run's best kept ones.
+
+Greedy ensemble selection with replacement (Caruana et al., 2004), on validation only: start from the final's own
+model; add, repeats allowed, the kept model (:mod:`hpo.kept`) whose class probabilities averaged in give the highest
+validation accuracy, ties broken by the lower validation log-loss; add it only when it strictly improves (accuracy,
+then log-loss); at most :data:`MAX_PICKS` picks and ``members`` distinct models. A model picked k times of n weighs k/n.
+
+What is averaged is what the kept trials predicted at their own end, read from their ``.npz`` (no model is evaluated
+again); only the chosen members are loaded, to save one Keras model (:func:`combine`: the members side by side, their
+softmax outputs weighted and added) in the final's model file. The final's own model alone stays beside it
+(``trial-N.single.keras``); the trial's validation and test metrics are the ensemble's, its details say of what.
+Trainer code: numpy here, Keras inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import kept
+
+__all__ = ["MAX_PICKS", "accuracy", "log_loss", "greedy", "combine", "finish"]
+
+log = logging.getLogger(__name__)
+
+#: the most picks (with repeats) of one ensemble
+MAX_PICKS = 5
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probs, axis=-1) == y))
+
+
+def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
+    picked = probs[np.arange(len(y)), y]
+    return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
+
+
+def greedy(probs: Sequence[np.ndarray], y: np.ndarray, *, members: int, first: int = 0) -> list[int]:
+    """Indices into ``probs`` picked (repeats allowed), starting from ``first``; see the module's rule."""
+    y = np.asarray(y).ravel()
+    picks, total = [first], np.asarray(probs[first], dtype=np.float64).copy()
+
+    def score(p: np.ndarray) -> tuple[float, float]:
+        return accuracy(p, y), -log_loss(p, y)
+
+    current = score(total)
+    while len(picks) < MAX_PICKS:
+        best, best_score = None, current
+        for i, p in enumerate(probs):
+            if i not in picks and len(set(picks)) >= members:
+                continue
+            s = score((total + p) / (len(picks) + 1))
+            if s > best_score:
+                best, best_score = i, s
+        if best is None:
+            break
+        picks.append(best)
+        total += probs[best]
+        current = best_score
+    return picks
+
+
+def combine(models: Sequence[Any], weights: Sequence[float]) -> Any:
+    """One Keras model whose output is sum(weight x member's output): the members side by side on one input."""
+    import keras
+
+    first = models[0]
+    inputs = keras.Input(shape=first.input_shape[1:], dtype=first.inputs[0].dtype, name="inputs")
+    outputs = []
+    for i, (member, weight) in enumerate(zip(models, weights)):
+        member.name = f"member_{i}"  # the members' own names may clash (every functional model is "functional")
+        outputs.append(keras.layers.Rescaling(float(weight), name=f"weight_{i}")(member(inputs)))
+    merged = outputs[0] if len(outputs) == 1 else keras.layers.Add(name="average")(outputs)
+    return keras.Model(inputs, merged, name="ensemble")
+
+
+def _kept(folder: Path, own: Path) -> list[tuple[int, Path, dict[str, np.ndarray]]]:
+    """(trial number, model file, predictions) of each kept trial but this one."""
+    found = []
+    for model in sorted(folder.glob("trial-*.keras")) if folder.is_dir() else []:
+        number, npz = kept.trial_number(model), kept.predictions_path(model)
+        if number is None or model.name == own.name or not npz.exists():
+            continue
+        try:
+            with np.load(npz) as arrays:
+                found.append((number, model, {"val": arrays["val"], "test": arrays["test"]}))
+        except (OSError, ValueError, KeyError) as exc:  # a file being replaced: that trial is left out
+            log.debug("kept predictions %s unreadable: %s", npz, exc)
+    return found
+
+
+def finish(model: Any, data: Any, path: Path, *, members: int, batch_size: int, val_metrics: dict[str, Any],
+           test_metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Save ``model``'s predictions beside ``path`` and the model (or, ``members`` > 1, the ensemble) in ``path``.
+    Returns the trial's (validation metrics, test metrics, details): the ensemble's when one was chosen."""
+    import keras
+
+    own = {"val": model.predict(data.x_val, batch_size=batch_size, verbose=0).astype(np.float32),
+           "test": model.predict(data.x_test, batch_size=batch_size, verbose=0).astype(np.float32)}
+    np.savez(kept.predictions_path(path), **own)
+    found = _kept(kept.kept_dir(path), path) if members > 1 else []
+    y_val, y_test = np.asarray(data.y_val).ravel(), np.asarray(data.y_test).ravel()
+    picks = greedy([own["val"]] + [p["val"] for _, _, p in found], y_val, members=members) if found else [0]
+    if len(set(picks)) == 1:
+        model.save(path)
+        return val_metrics, test_metrics, ({"ensemble": f"none of {len(found)} kept models raised validation accuracy"}
+                                           if members > 1 else {})
+    chosen = sorted(set(picks))
+    weights = [picks.count(i) / len(picks) for i in chosen]
+    preds = [own] + [p for _, _, p in found]
+    val = sum(w * preds[i]["val"].astype(np.float64) for i, w in zip(chosen, weights))
+    test = sum(w * preds[i]["test"].astype(np.float64) for i, w in zip(chosen, weights))
+    loaded = [model if i == 0 else keras.models.load_model(found[i - 1][1], compile=False) for i in chosen]
+    model.save(kept.single_path(path))
+    combine(loaded, weights).save(path)
+    numbers = [kept.trial_number(path) if i == 0 else found[i - 1][0] for i in chosen]
+    details = {"ensemble": {"members": numbers, "weights": [round(w, 4) for w in weights],
+                            "alone": {"val_accuracy": val_metrics.get("accuracy"),
+                                      "test_accuracy": test_metrics.get("accuracy")}}}
+    return ({"accuracy": accuracy(val, y_val), "loss": log_loss(val, y_val)},
+            {"accuracy": accuracy(test, y_test), "loss": log_loss(test, y_test)}, details)
