@@ -180,3 +180,23 @@ def test_a_budgeted_local_run_hands_its_kept_models_to_the_final(tmp_path):
         assert best["ensemble"] == (detail if isinstance(detail, dict) else None)
     model = result.load_best_model()  # the best (an ensemble or one model) loads as one Keras model
     assert model.output_shape[-1] == 4 and not (tmp_path / "e" / "models").exists()
+
+
+def test_a_final_whose_ensemble_cannot_be_built_stands_alone(tmp_path):
+    models = tmp_path / "models"
+    (models / "kept").mkdir(parents=True)
+    result = _train(models / "trial-1.keras", 11, keep_predictions=True)
+    for name in ("trial-1.keras", "trial-1.npz"):
+        (models / "kept" / name).write_bytes((models / name).read_bytes())
+    (models / "kept" / "trial-1.keras").write_bytes(b"not a model")  # unreadable: loading it raises
+    final = _train(models / "trial-2.keras", 19, keep_predictions=True, ensemble=3)
+    assert final.status == "completed"
+    detail = final.details["ensemble"]
+    if isinstance(detail, str) and detail.startswith("none of"):
+        pytest.fail("the kept model did not help this final: the test needs one that does")
+    assert detail.startswith("not built: ") and not kept.single_path(models / "trial-2.keras").exists()
+    import keras
+
+    keras.models.load_model(models / "trial-2.keras", compile=False)  # the final alone, saved
+    assert final.val_metrics["accuracy"] == pytest.approx(final.history["val_accuracy"][final.best_epoch - 1])
+    assert result.status == "completed"

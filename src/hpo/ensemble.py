@@ -97,12 +97,25 @@ def _kept(folder: Path, own: Path) -> list[tuple[int, Path, dict[str, np.ndarray
 def finish(model: Any, data: Any, path: Path, *, members: int, batch_size: int, val_metrics: dict[str, Any],
            test_metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Save ``model``'s predictions beside ``path`` and the model (or, ``members`` > 1, the ensemble) in ``path``.
-    Returns the trial's (validation metrics, test metrics, details): the ensemble's when one was chosen."""
-    import keras
-
+    Returns the trial's (validation metrics, test metrics, details): the ensemble's when one was chosen; when building
+    it fails, the final's own (the model alone saved, the reason in the details)."""
     own = {"val": model.predict(data.x_val, batch_size=batch_size, verbose=0).astype(np.float32),
            "test": model.predict(data.x_test, batch_size=batch_size, verbose=0).astype(np.float32)}
     np.savez(kept.predictions_path(path), **own)
+    try:
+        return _average(model, own, data, path, members=members, val_metrics=val_metrics, test_metrics=test_metrics)
+    except Exception as exc:  # noqa: BLE001 - the final is never lost to its ensemble: it stands alone
+        log.warning("the final's ensemble was not built (%s: %s); the final stands alone", type(exc).__name__, exc)
+        kept.single_path(path).unlink(missing_ok=True)
+        model.save(path)
+        return val_metrics, test_metrics, {"ensemble": f"not built: {type(exc).__name__}: {exc}"[:300]}
+
+
+def _average(model: Any, own: dict[str, np.ndarray], data: Any, path: Path, *, members: int,
+             val_metrics: dict[str, Any], test_metrics: dict[str, Any]
+             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    import keras
+
     found = _kept(kept.kept_dir(path), path) if members > 1 else []
     y_val, y_test = np.asarray(data.y_val).ravel(), np.asarray(data.y_test).ravel()
     picks = greedy([own["val"]] + [p["val"] for _, _, p in found], y_val, members=members) if found else [0]
