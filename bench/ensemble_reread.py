@@ -27,33 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol_lib import stats  # noqa: E402
 
-MAX_PICKS = 5
-
-
-def greedy(probs: list[np.ndarray], y: np.ndarray, first: int) -> list[int]:
-    """Indices picked (with repeats), starting from ``first``."""
-    picks = [first]
-    total = probs[first].copy()
-
-    def score(p: np.ndarray) -> tuple[float, float]:
-        acc = float(np.mean(np.argmax(p, axis=-1) == y))
-        nll = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
-        return acc, -nll
-
-    current = score(total / len(picks))
-    while len(picks) < MAX_PICKS:
-        best_i, best_s = None, current
-        for i, p in enumerate(probs):
-            s = score((total + p) / (len(picks) + 1))
-            if s > best_s:
-                best_i, best_s = i, s
-        if best_i is None:
-            break
-        picks.append(best_i)
-        total += probs[best_i]
-        current = best_s
-    return picks
-
+from hpo.ensemble import greedy  # noqa: E402 - the rule hpo applies (its cap on distinct models left open here)
 
 def _predict(path: Path, x: np.ndarray) -> np.ndarray:
     import keras
@@ -89,7 +63,7 @@ def reread(run_dir: Path, data_cache: dict[Any, Any]) -> dict[str, Any] | None:
     first = cands.index(best)
     recorded_val = float(best["val"])
     own_val = float(np.mean(np.argmax(val_probs[first], -1) == y_val))
-    picks = greedy(val_probs, y_val, first)
+    picks = greedy(val_probs, y_val, members=len(val_probs), first=first)
     members = sorted(set(picks))
     test_probs = {i: _predict(Path(cands[i]["model"]), data.x_test) for i in members}
     single = float(np.mean(np.argmax(test_probs[first], -1) == y_test))
