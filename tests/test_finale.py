@@ -232,6 +232,7 @@ def test_no_predictions_kept_when_no_final_may_average(tmp_path, options):
     ({}, 1),
     ({"time_budget_minutes": 2.0, "mode": "pareto"}, 1),
     ({"time_budget_minutes": 2.0, "own_model": True}, 1),
+    ({"time_budget_minutes": 2.0, "remote": True}, 1),
 ])
 def test_when_a_final_may_average_models(options, size):
     import dataclasses
@@ -239,9 +240,10 @@ def test_when_a_final_may_average_models(options, size):
 
     from hpo.finale import ensemble_size
 
-    own = options.pop("own_model", False)
+    own, remote = options.pop("own_model", False), options.pop("remote", False)
     config = OptimizationConfig(dataset="synthetic_images", plot_generation="none", **options)
-    if own:  # a user's build function: its layers may not combine into one saved model
+    if own or remote:  # a user's build function (its layers may not combine into one saved model); RunPod workers
+        changes = {"model": "my_net:build"} if own else {"use_runpod_service": True}
         config = types.SimpleNamespace(**{**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
-                                          "model": "my_net:build"})
+                                          **changes})
     assert ensemble_size(config) == size

@@ -46,8 +46,10 @@ MIN_SEARCH_TRIALS = 3
 
 def ensemble_size(config: OptimizationConfig) -> int:
     """The most models a final's ensemble averages under ``config`` (1: no ensemble). Built-in models only (a user's
-    build function may hold layers a combined model could not save); pareto and shared studies have no finals."""
-    if config.time_budget_minutes is None or config.final_training_share <= 0 or config.model is not None:
+    build function may hold layers a combined model could not save), local trainers only (a RunPod worker's
+    predictions stay on the worker: it would predict for nothing); pareto and shared studies have no finals."""
+    if (config.time_budget_minutes is None or config.final_training_share <= 0 or config.model is not None
+            or config.use_runpod_service):
         return 1
     return config.final_ensemble if config.mode != "pareto" and config.storage is None else 1
 
