@@ -324,8 +324,8 @@ class ModelFiles:
         path = self.path(number) if self.keep_count > 0 else None
         if path is None or not kept.predictions_path(path).exists():
             return
-        single = kept.single_path(path) if kept.single_path(path).exists() else path
-        if not single.exists():
+        single = next((f for f in (kept.single_path(path), path) if f.exists()), None)  # a final's own model first
+        if single is None:
             return
         folder = kept.kept_dir(path)
         with self._lock:

@@ -285,8 +285,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                                        num_classes=info.num_classes, vocab_size=info.vocab_size, strategy=strategy,
                                        decay_steps=decay_steps)
         evaluated = (len(data.x_val) + len(data.x_test)) / max(1, len(data.x_val))
-        end_fixed = END_FIXED_S
-        if job.keep_predictions and save_model_to and job.model is None:  # predicted once more (final_ensemble)
+        end_fixed, predicts = END_FIXED_S, bool(job.keep_predictions and save_model_to and job.model is None)
+        if predicts:  # validation and test predicted once more for the final's ensemble (final_ensemble)
             evaluated, end_fixed = 2 * evaluated, END_FIXED_S + (ENSEMBLE_FIXED_S if job.ensemble > 1 else 0.0)
         callback = _make_callback(job, on_epoch, should_stop, started, timed, steps_per_epoch, evaluated, end_fixed)
         model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=job.max_epochs,
@@ -303,7 +303,7 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         val_metrics = _evaluate(model, data.x_val, data.y_val, eval_batch)
         test_metrics = _evaluate(model, data.x_test, data.y_test, eval_batch)
         alone, extra = val_metrics, {}
-        if save_model_to and job.keep_predictions and job.model is None:  # predictions kept: final_ensemble
+        if predicts:
             from .ensemble import finish
 
             val_metrics, test_metrics, extra = finish(model, data, Path(save_model_to), members=job.ensemble,
