@@ -26,7 +26,7 @@ def lib(request):
     sys.path.insert(0, str(ROOT / "bench"))
     request.addfinalizer(lambda: sys.path.remove(str(ROOT / "bench")))
     return {name: importlib.import_module(f"protocol_lib.{name}")
-            for name in ("stats", "evaluate", "report", "record", "hpo_method", "settings")}
+            for name in ("stats", "evaluate", "report", "record", "hpo_method", "settings", "controlled")}
 
 
 def trial(n, end_s, val, candidate=True, model=None):
@@ -216,6 +216,44 @@ def test_epoch_guard_keeps_room_for_the_longest_end_a_trial_measured(lib):
     assert not guard.out_of_time()
     guard.ended(11.0)  # a shorter end later does not shrink the room kept
     assert guard.end_s == pytest.approx(3.5)
+
+
+def test_default_only_trains_for_the_time_left_as_hpos_final_does(lib, tmp_path, monkeypatch):
+    """Default-only's long run carries the time left to hpo's trainer (which ends it in time and its schedule with
+    it), with room for more epochs than the probe's one-epoch estimate; the protocol's guard no longer cuts it."""
+    import json
+    import time
+    import types
+
+    import hpo.training
+
+    controlled = lib["controlled"]
+    run = lib["record"].MethodRun({"method": "default", "dataset": {"name": "mnist1d", "validation_split": 0.2,
+                                                                    "data_fraction": 1.0},
+                                   "seed": 0, "budget_s": 100.0, "start": time.time(), "run_dir": str(tmp_path)})
+    monkeypatch.setattr(controlled, "load_info", lambda run: types.SimpleNamespace(modality="sequence",
+                                                                                   input_shape=(40, 1)))
+    jobs, stops = [], []
+
+    def fake_run_trial(job, on_epoch=None, should_stop=None, save_model_to=None):
+        jobs.append(job)
+        for epoch, elapsed in ((1, 3.0), (2, 5.0)) if len(jobs) == 1 else ((1, 90.0),):
+            on_epoch(epoch, {"val_accuracy": 0.5, "elapsed_s": elapsed})  # probe: 1 s overhead, 2 s per epoch
+            stops.append(should_stop())
+        return types.SimpleNamespace(status="completed", val_metrics={"accuracy": 0.5}, epochs_run=2,
+                                     train_seconds=elapsed + 1.0)
+
+    monkeypatch.setattr(hpo.training, "run_trial", fake_run_trial)
+    controlled.run_default(run)
+    probe, long = jobs
+    assert probe.max_epochs == 2 and probe.time_limit_s is None
+    notes = json.loads((tmp_path / "notes.json").read_text())
+    # 100 s - 0.5 s for the record - 1 s overhead - 1.5 s end, at 2 s per epoch
+    assert notes["default_epochs"] == 48
+    assert long.max_epochs == 2 * 48 and long.patience == long.max_epochs
+    assert 98.0 < long.time_limit_s <= 99.5
+    assert stops[-1] is False  # 90 s in, one 2 s epoch from the deadline: the trainer's time limit decides, not the guard
+    assert [json.loads(line)["n"] for line in run.log.read_text().splitlines()] == [0, 1]  # probe, long run
 
 
 def test_hpo_budget_option_is_found_by_name_else_none(lib):

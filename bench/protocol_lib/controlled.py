@@ -4,8 +4,10 @@ only the search differs. Configurations over hpo's ``max_params`` are rejected b
 told to Optuna as failed (they use no start-up slot and no time to speak of).
 
 - ``default``: a 2-epoch probe of the default configuration measures the per-trial overhead and the seconds per
-  epoch; then the default trains once more from scratch for as many epochs as the time left allows (its cosine
-  schedule spans them all; no early stopping). Both are candidates.
+  epoch; then the default trains once more from scratch for the time left, as hpo's final does: the job carries the
+  time left (``time_limit_s``), so hpo's trainer starts no epoch that would not end in time and its cosine schedule
+  follows the time (``hpo.training.TimedCosine``), however far the epochs stray from the probe's one-epoch estimate;
+  no early stopping. Both are candidates.
 - ``random`` / ``tpe``: ``trial_epochs`` per trial; ``tpe-sh`` / ``tpe-hb``: up to ``max_epochs``, pruned by
   Optuna's successive halving / Hyperband pruner on each epoch's validation accuracy.
 
@@ -24,6 +26,8 @@ from .record import EpochGuard, MethodRun
 __all__ = ["run_default", "run_search", "load_info", "max_params"]
 
 PATIENCE = 3  # hpo's early_stopping_patience default
+RECORD_S = 0.5  # default-only's long run: seconds kept after its trainer ends (the record written)
+HEADROOM = 2  # ... and its most epochs, x the count the probe's epoch time gives (the time limit ends it first)
 
 
 def max_params() -> int:
@@ -47,15 +51,16 @@ def load_info(run: MethodRun) -> Any:
 
 
 def _train(run: MethodRun, guard: EpochGuard, n: int, params: dict[str, Any], max_epochs: int, patience: int,
-           report: Any = None, prune: Any = None) -> tuple[Any, bool]:
-    """One trial through hpo's trainer; (TrialResult, pruned)."""
+           report: Any = None, prune: Any = None, time_limit_s: float | None = None) -> tuple[Any, bool]:
+    """One trial through hpo's trainer; (TrialResult, pruned). With ``time_limit_s`` the trainer ends it in time
+    (and its schedule with it), not ``guard``."""
     from hpo.protocol import TrialJob
     from hpo.training import run_trial
 
     job = TrialJob(trial_id=f"bench-{run.method}#{n}", dataset=run.dataset, params=params, max_epochs=max_epochs,
                    seed=(run.seed + n) % 2**32, split_seed=run.seed, validation_split=run.plan["validation_split"],
                    data_fraction=run.plan["data_fraction"], patience=patience, min_epochs=1, compute_health=False,
-                   lr_schedule="cosine", use_multi_gpu=False)
+                   lr_schedule="cosine", use_multi_gpu=False, time_limit_s=time_limit_s)
     pruned = False
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -68,7 +73,7 @@ def _train(run: MethodRun, guard: EpochGuard, n: int, params: dict[str, Any], ma
         if prune is not None and prune():
             pruned = True
             return True
-        return guard.out_of_time()
+        return time_limit_s is None and guard.out_of_time()
 
     result = run_trial(job, on_epoch=on_epoch, should_stop=should_stop, save_model_to=str(run.model_path(n)))
     guard.ended(result.train_seconds)
@@ -94,12 +99,14 @@ def run_default(run: MethodRun) -> None:
         return
     per_epoch = max(1e-3, times[1] - times[0])
     overhead = max(0.0, times[0] - per_epoch)
-    guard.end_s = probe.end_s  # the end the probe took (evaluation, model file): kept free at the deadline
-    epochs = int((run.left() - overhead - guard.reserve(per_epoch)) // per_epoch)
+    left = run.left() - RECORD_S
+    epochs = int((left - overhead - max(probe.reserve(per_epoch), probe.end_s)) // per_epoch)
     run.note(probe_epoch_s=per_epoch, probe_overhead_s=overhead, default_epochs=epochs)
     if epochs < 1:
         return
-    result, _ = _train(run, guard, 1, params, max_epochs=epochs, patience=epochs)
+    # the probe timed one epoch: room for twice its count, the time limit ends it (the schedule ends there too)
+    result, _ = _train(run, guard, 1, params, max_epochs=HEADROOM * epochs, patience=HEADROOM * epochs,
+                       time_limit_s=round(left, 1))
     run.record(1, _val(result), candidate=result.status != "failed", state=result.status,
                epochs=result.epochs_run, params=params)
 
