@@ -252,7 +252,7 @@ def test_default_only_trains_for_the_time_left_as_hpos_final_does(lib, tmp_path,
     assert notes["default_epochs"] == 48
     assert long.max_epochs == 2 * 48 and long.patience == long.max_epochs
     assert 98.0 < long.time_limit_s <= 99.5
-    assert stops[-1] is False  # 90 s in, one 2 s epoch from the deadline: the trainer's time limit decides, not the guard
+    assert stops[-1] is False  # 90 s in, 2 s epochs, deadline near: the trainer's time limit decides, not the guard
     assert [json.loads(line)["n"] for line in run.log.read_text().splitlines()] == [0, 1]  # probe, long run
 
 

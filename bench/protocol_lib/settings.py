@@ -54,8 +54,8 @@ FALLBACKS = ("synthetic_sequence", "synthetic_images")
 #: method -> (table, description). "hpo-1"/"hpo-2" appear in both tables (the same runs).
 METHODS: dict[str, tuple[str, str]] = {
     "default": ("controlled", "the space's default configuration (hpo.catalog.DEFAULTS) trained for all of T: a "
-                "2-epoch probe times an epoch, then one run given the time left, which hpo's trainer ends in time with its cosine "
-                "schedule (as hpo's final)"),
+                "2-epoch probe times an epoch, then one run given the time left, which hpo's trainer ends in time "
+                "with its cosine schedule (as hpo's final)"),
     "random": ("controlled", "random search (Optuna RandomSampler) over hpo's space, trial_epochs per trial"),
     "tpe": ("controlled", "Optuna TPE (multivariate, 5 start-up trials) over hpo's space, trial_epochs per trial"),
     "tpe-sh": ("controlled", "Optuna TPE + successive halving pruner (min 1 epoch, factor 3), max_epochs per trial"),
