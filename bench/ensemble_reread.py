@@ -29,6 +29,7 @@ from protocol_lib import stats  # noqa: E402
 
 from hpo.ensemble import greedy  # noqa: E402 - the rule hpo applies (its cap on distinct models left open here)
 
+
 def _predict(path: Path, x: np.ndarray) -> np.ndarray:
     import keras
 

@@ -100,7 +100,7 @@ def run_default(run: MethodRun) -> None:
     per_epoch = max(1e-3, times[1] - times[0])
     overhead = max(0.0, times[0] - per_epoch)
     left = run.left() - RECORD_S
-    epochs = int((left - overhead - max(probe.reserve(per_epoch), probe.end_s)) // per_epoch)
+    epochs = int((left - overhead - probe.reserve(per_epoch)) // per_epoch)  # reserve: the probe's end too
     run.note(probe_epoch_s=per_epoch, probe_overhead_s=overhead, default_epochs=epochs)
     if epochs < 1:
         return
