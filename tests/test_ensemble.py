@@ -4,12 +4,14 @@ the kept models of a run."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from hpo import kept
-from hpo.ensemble import MAX_PICKS, accuracy, combine, greedy, log_loss
+from hpo.ensemble import MAX_PICKS, accuracy, await_kept, combine, greedy, log_loss
 from hpo.protocol import ProtocolError, TrialJob
 from hpo.results import ModelFiles
 from hpo.training import run_trial
@@ -73,6 +75,10 @@ def test_a_job_asks_for_at_most_max_ensemble_models():
     with pytest.raises(ProtocolError, match=r"ensemble=9 is out of range; allowed: integer in \[0, 5\]"):
         TrialJob.from_dict(job(ensemble=9).to_dict())
     assert TrialJob.from_dict(job(ensemble=3, keep_predictions=True).to_dict()).ensemble == 3
+    for bad in ([-1], [1, 2, 3, 4, 5, 6], [2**32]):  # other finals to wait for: at most 5 trial numbers
+        with pytest.raises(ProtocolError, match=r"gather=.* is not allowed; allowed: at most 5 trial numbers"):
+            TrialJob.from_dict(job(gather=bad).to_dict())
+    assert TrialJob.from_dict(job(ensemble=3, gather=[4, 9]).to_dict()).gather == [4, 9]
 
 
 def _train(path, seed, **kw):
@@ -200,3 +206,61 @@ def test_a_final_whose_ensemble_cannot_be_built_stands_alone(tmp_path):
     keras.models.load_model(models / "trial-2.keras", compile=False)  # the final alone, saved
     assert final.val_metrics["accuracy"] == pytest.approx(final.history["val_accuracy"][final.best_epoch - 1])
     assert result.status == "completed"
+
+
+def test_waiting_for_other_finals_ends_when_they_are_kept_or_at_the_deadline(tmp_path):
+    folder = tmp_path / "kept"
+    folder.mkdir()
+
+    def keep_later():  # the run links the other final's files once its result is in
+        time.sleep(0.3)
+        (folder / "trial-4.keras").write_bytes(b"model")
+        (folder / "trial-4.npz").write_bytes(b"predictions")
+
+    thread = threading.Thread(target=keep_later)
+    thread.start()
+    found, waited = await_kept(folder, [4], until=time.perf_counter() + 60)
+    thread.join()
+    assert found == [4] and 0 < waited < 60  # it waited for trial 4, not for the deadline
+    (folder / "trial-5.keras").write_bytes(b"model")  # a model without its predictions is not kept yet
+    until = time.perf_counter() + 0.2
+    found, _ = await_kept(folder, [4, 5], until)
+    assert found == [4] and time.perf_counter() >= until  # 5 never came: waited until the deadline, no longer
+
+
+def test_the_last_final_averages_the_other_final_once_it_is_kept(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    files = ModelFiles(tmp_path, pareto=False, keep=kept.CANDIDATES)
+    other = _train(models / "trial-4.keras", 14, keep_predictions=True, ensemble=3)  # the first final, kept
+    files.keep(4, other.val_metrics["accuracy"])
+    last = _train(models / "trial-5.keras", 15, keep_predictions=True, ensemble=3, gather=[4], time_limit_s=600)
+    assert last.status == "completed"
+    assert last.details["finals"]["waited_for"] == [4] and last.details["finals"]["found"] == [4]
+    detail = last.details["ensemble"]
+    if isinstance(detail, dict):  # averaged with the other final: the only model kept
+        assert detail["members"] == [5, 4]
+    else:
+        assert detail == "none of 1 kept models raised validation accuracy"
+    alone = _train(models / "trial-6.keras", 16, keep_predictions=True, ensemble=3, gather=[9], time_limit_s=20)
+    assert alone.status == "completed" and alone.details["finals"]["found"] == []  # trial 9 never kept: alone
+
+
+def test_a_budgeted_run_on_two_workers_may_average_its_two_finals(tmp_path):
+    """Real training on two workers: the first final ends earlier and is kept; the last one waits for it (found)."""
+    import optuna
+
+    import hpo
+
+    hpo.optimize(dataset="synthetic_images", trials=500, max_epochs_per_trial=2, time_budget_minutes=0.6,
+                 concurrent_workers=2, quiet=True, plot_generation="none", output_dir=str(tmp_path), run_name="two",
+                 seed=3)
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path / 'two' / 'study.db'}")
+    finals = sorted((t for t in study.trials if "final_of" in t.user_attrs), key=lambda t: t.number)
+    states = [(t.number, t.state.name, t.user_attrs.get("reason")) for t in study.trials]
+    assert len(finals) == 2 and all(t.state.name == "COMPLETE" for t in finals), states
+    first, last = (t.user_attrs["result"]["details"] for t in finals)
+    assert "finals" not in first and last["finals"]["found"] == [finals[0].number], (first, last)
+    detail = last["ensemble"]
+    if isinstance(detail, dict):  # the members: the last final first, then kept models (the first final among them)
+        assert detail["members"][0] == finals[1].number

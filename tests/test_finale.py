@@ -10,7 +10,7 @@ import pytest
 import hpo
 from hpo.budget import TimeBudget
 from hpo.config import OptimizationConfig
-from hpo.finale import FINAL_CUT, FINAL_DROPPED, FINAL_LATE, MAX_FINALS, Finale
+from hpo.finale import FINAL_CUT, FINAL_DROPPED, FINAL_LATE, GATHER_S, MAX_FINALS, Finale
 
 from .test_time_budget import Paced
 
@@ -247,3 +247,58 @@ def test_when_a_final_may_average_models(options, size):
         config = types.SimpleNamespace(**{**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
                                           **changes})
     assert ensemble_size(config) == size
+
+
+class _Queued(Paced):
+    """A backend that queues trials ahead (as RunPod's does): the dispatcher then asks several trials in one batch."""
+
+    queue_ahead = 1
+
+
+def test_finals_asked_in_one_batch_each_train_long_and_none_is_dropped(tmp_path):
+    backend = _Queued(0.04)
+    result, study = _budgeted(tmp_path, "q", backend, workers=2, epochs=3, minutes=0.25)
+    finals = _finals(study)
+    assert len(finals) == MAX_FINALS, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in study.trials]
+    for final in finals:  # each asked as a final: its epochs from the time left, no early stopping
+        job = final.user_attrs["job"]
+        assert final.state.name == "COMPLETE" and job["max_epochs"] > 3 and job["patience"] == job["max_epochs"]
+    noted = [n for n in result.notes if n.startswith("final training: trial ")]
+    assert sorted(int(n.split()[3]) for n in noted) == sorted(f.number for f in finals)
+    # nothing asked after the finals but what the study held queued before them (dropped, never trained)
+    after = [t for t in study.trials if t.number > min(f.number for f in finals) and t not in finals]
+    assert all(t.user_attrs.get("reason") == FINAL_DROPPED for t in after), [(t.number, t.user_attrs) for t in after]
+
+
+@pytest.mark.parametrize("ensemble, planned, averaged", [(3, 2, True), (1, 2, False), (3, 1, False)])
+def test_the_last_of_two_finals_waits_for_the_other_which_ends_earlier(ensemble, planned, averaged):
+    config = OptimizationConfig(dataset="synthetic_images", plot_generation="none", time_budget_minutes=2.0,
+                                concurrent_workers=2, final_ensemble=ensemble)
+    finale = Finale(config, TimeBudget(config))
+    finale.begun, finale.pending = True, planned  # finals planned (queued), asked in order
+    finale.asked(5, 2)
+    if planned == 2:
+        finale.asked(6, 3)
+    assert finale.time_limit(5, 60.0) == (60.0 - GATHER_S if averaged else 60.0)  # the first ends earlier
+    assert finale.time_limit(6, 60.0) == finale.time_limit(4, 60.0) == 60.0  # the last one, a search trial: as left
+    assert finale.time_limit(5, None) is None  # no budget
+    if ensemble > 1:
+        assert finale.job_fields(5)["gather"] == [] and finale.job_fields(4) == {"keep_predictions": True,
+                                                                              "ensemble": 0, "gather": []}
+        assert finale.job_fields(6 if planned == 2 else 5)["gather"] == ([5] if averaged else [])
+    else:
+        assert finale.job_fields(5) == finale.job_fields(6) == {}
+
+
+def test_two_finals_side_by_side_one_ends_earlier_the_other_waits_for_it(tmp_path):
+    backend = Paced(0.04)
+    _, study = _budgeted(tmp_path, "w", backend, workers=2, epochs=3, minutes=0.25)
+    finals = sorted(_finals(study), key=lambda t: t.number)
+    assert len(finals) == MAX_FINALS, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in study.trials]
+    jobs = {int(j.trial_id.rsplit("#", 1)[1]): j for j in backend.jobs}
+    first, last = (jobs[f.number] for f in finals)
+    assert first.gather == [] and last.gather == [finals[0].number] and first.ensemble == last.ensemble == 3
+    # each job's deadline: when it was asked + its time limit; the first's is GATHER_S before the last's
+    ends = [f.datetime_start.timestamp() + jobs[f.number].time_limit_s for f in finals]
+    assert ends[1] - ends[0] == pytest.approx(GATHER_S, abs=1.0)
+    assert all(not j.gather for n, j in jobs.items() if n != finals[1].number)

@@ -151,8 +151,9 @@ class OptimizationConfig:
                                        "schedule that spans the time left (search short, then train long; 0 = off)",
                                        low=0.0, high=0.9)
     final_ensemble: int = _opt(3, "time_budget_minutes: the final training's model averages at most this many "
-                               "models: itself and the run's best completed trials, each added only when it raises "
-                               "validation accuracy (chosen on validation only; 1 = the final alone)", low=1, high=5)
+                               "models: itself and the run's best completed trials (with two workers, the other "
+                               "final too), each added only when it raises validation accuracy (chosen on validation "
+                               "only; 1 = the final alone)", low=1, high=5)
     trial_timeout_minutes: float | None = _opt(None, "a trial running longer than this is cancelled and failed",
                                                low=0.0, low_open=True)
     max_consecutive_failures: int = _opt(5, "stop the run after this many failed trials in a row", low=1)

@@ -420,7 +420,7 @@ class Dispatcher:
 
         model_path = search.models.path(trial.number)
         timeout_s = (search.config.trial_timeout_minutes or 0) * 60 or None
-        left = search.budget.time_left()
+        left = search.finale.time_limit(trial.number, search.budget.time_left())  # a final may end earlier
         if left is not None:  # the trainer starts no epoch that would not end in time
             job = dataclasses.replace(job, time_limit_s=round(max(1.0, left), 1))
         try:

@@ -9,12 +9,15 @@ What is averaged is what the kept trials predicted at their own end, read from t
 again); only the chosen members are loaded, to save one Keras model (:func:`combine`: the members side by side, their
 softmax outputs weighted and added) in the final's model file. The final's own model alone stays beside it
 (``trial-N.single.keras``); the trial's validation and test metrics are the ensemble's, its details say of what.
-Trainer code: numpy here, Keras inside the functions.
+The last of several finals side by side (``gather``: the others' trial numbers) first waits for theirs to be kept, at
+most until ``until`` (:func:`await_kept`; the others end their training :data:`hpo.finale.GATHER_S` earlier), so that
+the run's finals may be averaged too. Trainer code: numpy here, Keras inside the functions.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ import numpy as np
 
 from . import kept
 
-__all__ = ["MAX_PICKS", "accuracy", "log_loss", "greedy", "combine", "finish"]
+__all__ = ["MAX_PICKS", "accuracy", "log_loss", "greedy", "combine", "await_kept", "finish"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,17 @@ def combine(models: Sequence[Any], weights: Sequence[float]) -> Any:
     return keras.Model(inputs, merged, name="ensemble")
 
 
+def await_kept(folder: Path, numbers: Sequence[int], until: float, poll_s: float = 0.1) -> tuple[list[int], float]:
+    """Wait until trials ``numbers`` are kept in ``folder`` (their model and predictions linked there by the run), at
+    most until ``until`` (a time of time.perf_counter); (those kept, seconds waited)."""
+    started = time.perf_counter()
+    while True:
+        found = [n for n in numbers if all((folder / f"trial-{n}{ext}").exists() for ext in (".keras", ".npz"))]
+        if len(found) == len(numbers) or time.perf_counter() >= until:
+            return found, time.perf_counter() - started
+        time.sleep(poll_s)
+
+
 def _kept(folder: Path, own: Path) -> list[tuple[int, Path, dict[str, np.ndarray]]]:
     """(trial number, model file, predictions) of each kept trial but this one."""
     found = []
@@ -95,20 +109,28 @@ def _kept(folder: Path, own: Path) -> list[tuple[int, Path, dict[str, np.ndarray
 
 
 def finish(model: Any, data: Any, path: Path, *, members: int, batch_size: int, val_metrics: dict[str, Any],
-           test_metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+           test_metrics: dict[str, Any], gather: Sequence[int] = (), until: float = 0.0
+           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Save ``model``'s predictions beside ``path`` and the model (or, ``members`` > 1, the ensemble) in ``path``.
     Returns the trial's (validation metrics, test metrics, details): the ensemble's when one was chosen; when building
-    it fails, the final's own (the model alone saved, the reason in the details)."""
+    it fails, the final's own (the model alone saved, the reason in the details). ``gather``: the other finals, waited
+    for until ``until`` (details ``finals``: those waited for, those found kept, the seconds waited)."""
     own = {"val": model.predict(data.x_val, batch_size=batch_size, verbose=0).astype(np.float32),
            "test": model.predict(data.x_test, batch_size=batch_size, verbose=0).astype(np.float32)}
     np.savez(kept.predictions_path(path), **own)
+    waited = {}
+    if gather and members > 1:
+        found, seconds = await_kept(kept.kept_dir(path), gather, until)
+        waited = {"finals": {"waited_for": list(gather), "found": found, "waited_s": round(seconds, 2)}}
     try:
-        return _average(model, own, data, path, members=members, val_metrics=val_metrics, test_metrics=test_metrics)
+        val, test, details = _average(model, own, data, path, members=members, val_metrics=val_metrics,
+                                      test_metrics=test_metrics)
+        return val, test, dict(details, **waited)
     except Exception as exc:  # noqa: BLE001 - the final is never lost to its ensemble: it stands alone
         log.warning("the final's ensemble was not built (%s: %s); the final stands alone", type(exc).__name__, exc)
         kept.single_path(path).unlink(missing_ok=True)
         model.save(path)
-        return val_metrics, test_metrics, {"ensemble": f"not built: {type(exc).__name__}: {exc}"[:300]}
+        return val_metrics, test_metrics, {"ensemble": f"not built: {type(exc).__name__}: {exc}"[:300], **waited}
 
 
 def _average(model: Any, own: dict[str, np.ndarray], data: Any, path: Path, *, members: int,

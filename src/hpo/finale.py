@@ -13,7 +13,10 @@ schedule does not help, the search's best stays the best.
 The final's model may be an ensemble (``final_ensemble``, :mod:`hpo.ensemble`): when the run keeps its best models
 (local trainers, built-in models), every trial leaves its validation and test predictions beside its model file, the
 search keeps the best completed ones (:class:`hpo.results.ModelFiles`), and a final averages itself with those of them
-that raise its validation accuracy.
+that raise its validation accuracy. With two workers the two finals train side by side: the one asked first ends
+:data:`GATHER_S` seconds earlier, so that the last one finds it kept and may average it too (``TrialJob.gather``: it
+waits for it, in time); the run's result may thus average both finals. (With one worker the final is not split in two
+shorter ones: measured on validation, two halves averaged lost to one long final, see docs/bench.)
 
 Not used: without ``time_budget_minutes``, with ``mode=pareto`` (no single best) and in a shared study (``storage``:
 each process would train its own finals of the same configurations).
@@ -29,7 +32,8 @@ from typing import Any
 from .budget import TimeBudget
 from .config import OptimizationConfig
 
-__all__ = ["Finale", "ensemble_size", "FINAL_CUT", "FINAL_DROPPED", "FINAL_LATE", "MAX_FINALS", "MIN_SEARCH_TRIALS"]
+__all__ = ["Finale", "ensemble_size", "FINAL_CUT", "FINAL_DROPPED", "FINAL_LATE", "GATHER_S", "MAX_FINALS",
+           "MIN_SEARCH_TRIALS"]
 
 #: the cancel reason of a search trial still running when the final training begins
 FINAL_CUT = "cut for the final training"
@@ -40,6 +44,9 @@ FINAL_DROPPED = "dropped: the final training began before it started"
 FINAL_LATE = "ended after the final training was chosen"
 #: the most configurations trained again (one per worker)
 MAX_FINALS = 2
+#: finals side by side that may average: each but the last asked ends its training this many seconds before the last
+#: one does (its end: evaluation, predictions, its own ensemble, its record), so that the last one averages it too
+GATHER_S = 5.0
 #: the search phase must have room for this many trials of max_epochs_per_trial, else the final begins at once
 MIN_SEARCH_TRIALS = 3
 
@@ -71,6 +78,8 @@ class Finale:
         #: final trials queued and not asked yet; the epochs of those asked, by trial number
         self.pending = 0
         self.epochs_of: dict[int, int] = {}
+        self._gather: dict[int, list[int]] = {}  # the last final asked (of several that average) -> the others
+        self._early: set[int] = set()  # the others: they end GATHER_S earlier
         self._elapsed: dict[int, dict[int, float]] = {}  # trial -> epoch -> seconds of training at its end
         self._train_seconds: dict[int, float] = {}  # trial -> seconds from start to answer
         self._room_checked = False
@@ -186,16 +195,29 @@ class Finale:
         with self._lock:
             self.epochs_of[number] = epochs
             self.pending = max(0, self.pending - 1)
+            if self.ensemble > 1 and self.pending > 0:  # another final comes: it will average this one
+                self._early.add(number)
+            elif self.ensemble > 1 and len(self.epochs_of) > 1:
+                self._gather[number] = sorted(n for n in self.epochs_of if n != number)
             self._notes.append(f"final training: trial {number} trains trial {source}'s configuration again for "
                                f"{epochs} epochs ({(self._budget.time_left() or 0):.0f} s left; trial {source} "
                                f"measured {per_epoch:.2f} s per epoch + {overhead:.1f} s)")
         return epochs
 
     def job_fields(self, number: int) -> dict[str, Any]:
-        """What trial ``number``'s job carries for the final's ensemble: keep its predictions; a final: average."""
+        """What trial ``number``'s job carries for the final's ensemble: keep its predictions; a final: average; the
+        last final of several: the others, to wait for."""
         if self.ensemble <= 1:
             return {}
-        return {"keep_predictions": True, "ensemble": self.ensemble if number in self.epochs_of else 0}
+        return {"keep_predictions": True, "ensemble": self.ensemble if number in self.epochs_of else 0,
+                "gather": list(self._gather.get(number, []))}
+
+    def time_limit(self, number: int, left: float | None) -> float | None:
+        """The seconds trial ``number`` may use when ``left`` are left (None: no budget): a final that another will
+        average (one asked before the last of several) ends :data:`GATHER_S` earlier."""
+        with self._lock:
+            early = number in self._early
+        return left - GATHER_S if early and left is not None else left
 
     @property
     def closed(self) -> bool:

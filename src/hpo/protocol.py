@@ -48,7 +48,7 @@ MAX_TRIAL_ID = 200
 #: Most GPUs a job may ask for (0 = all the worker sees).
 MAX_TARGET_GPUS = 1024
 #: Most models a final's ensemble may average (config.final_ensemble).
-MAX_ENSEMBLE = 5
+MAX_ENSEMBLE = 5  # also the most finals a final may wait for (gather)
 MAX_TIME_LIMIT_S = 7 * 24 * 3600.0  # a job's time limit: at most a week
 #: The dataset name of a job on the user's own data (described by data_uri, data_sha256, modality, ...).
 CUSTOM_DATASET = "custom"
@@ -294,6 +294,8 @@ class TrialJob(_Message):
     keep_predictions: bool = False
     #: a final: average at most this many models, itself and the run's kept ones (hpo.ensemble); 0 or 1: none
     ensemble: int = 0
+    #: a final that may average: the run's other finals (trial numbers), whose kept models it waits for (in time)
+    gather: list[int] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -345,6 +347,9 @@ class TrialJob(_Message):
             if not 0 <= getattr(self, name) <= high:
                 raise ProtocolError(f"TrialJob: {name}={_preview(getattr(self, name))} is out of range; allowed: "
                                     f"integer in [0, {high}]{note}")
+        if len(self.gather) > MAX_ENSEMBLE or not all(0 <= n <= MAX_SEED for n in self.gather):
+            raise ProtocolError(f"TrialJob: gather={_preview(self.gather)} is not allowed; allowed: at most "
+                                f"{MAX_ENSEMBLE} trial numbers in [0, {MAX_SEED}]")
         info = self.dataset_info()
         if self.model is not None:
             if not isinstance(self.model, str) or len(self.model) > MAX_MODEL_REF or not MODEL_REF.match(self.model):

@@ -306,9 +306,10 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         if predicts:
             from .ensemble import finish
 
+            until = started + (job.time_limit_s or 0.0) - ENSEMBLE_FIXED_S  # the other finals: waited for in time
             val_metrics, test_metrics, extra = finish(model, data, Path(save_model_to), members=job.ensemble,
                                                       batch_size=eval_batch, val_metrics=val_metrics,
-                                                      test_metrics=test_metrics)
+                                                      test_metrics=test_metrics, gather=job.gather, until=until)
         elif save_model_to:
             model.save(save_model_to)
         health_scores, details = {}, {}
