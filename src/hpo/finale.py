@@ -16,7 +16,7 @@ search keeps the best completed ones (:class:`hpo.results.ModelFiles`), and a fi
 that raise its validation accuracy. With two workers the two finals train side by side: the one asked first ends
 :data:`GATHER_S` seconds earlier, so that the last one finds it kept and may average it too (``TrialJob.gather``: it
 waits for it, in time); the run's result may thus average both finals. (With one worker the final is not split in two
-shorter ones: measured on validation, two halves averaged lost to one long final: bench/final_split.py,
+shorter ones: measured on validation, two halves averaged did not beat one long final: bench/final_split.py,
 docs/bench/protocol-20261205-two-finals.md.)
 
 Not used: without ``time_budget_minutes``, with ``mode=pareto`` (no single best) and in a shared study (``storage``:
