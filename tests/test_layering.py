@@ -47,7 +47,7 @@ GROUPS: dict[str, str] = {
     # backends
     "hpo.backends": "backends",
     # protocol: TrialJob / TrialResult <-> JSON
-    "hpo.protocol": "protocol",
+    "hpo.protocol": "protocol", "hpo.wire": "protocol",
     # worker core: parse job -> run_trial -> answer (the local worker loop is a module of the backends package)
     "hpo.worker": "worker", "hpo.backends._worker": "worker", "runpod_worker.handler": "worker",
     # trainer: the only users of TensorFlow / Keras

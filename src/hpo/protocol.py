@@ -3,7 +3,7 @@
 Local worker processes and RunPod workers receive the very same JSON job and run the very same
 ``training.run_trial``, so a trial gives the same numbers wherever it runs. Parsing is strict: a missing, unknown or
 mistyped field, or another schema version, is a :class:`ProtocolError` that names the field. Non-finite floats are
-carried as ``null`` so every document is standard JSON.
+carried as ``null`` so every document is standard JSON (the typed conversion: :class:`hpo.wire.Message`).
 
 A TrialJob read from JSON (:meth:`TrialJob.from_dict`, used by the local worker loop and the RunPod handler alike) is
 also checked for meaning (:meth:`TrialJob.validate`): a known dataset with valid options, seeds and epoch counts in
@@ -16,17 +16,15 @@ Nothing here imports TensorFlow or numpy (dataset metadata and the search spaces
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args
 
 from . import catalog
 from .catalog import LrSchedule  # re-exported: the schedule names live with the spaces
 from .exceptions import ConfigError, DatasetError, ProtocolError
 from .own import MAX_MODEL_REF, MODEL_REF
+from .wire import Message, preview
 
 __all__ = ["SCHEMA_VERSION", "TrialJob", "TrialResult", "EpochReport", "TrialStatus", "LrSchedule", "MAX_JOB_BYTES",
            "MAX_JOB_INPUT_BYTES", "MAX_JSON_DEPTH", "MAX_SEED", "MAX_EPOCHS", "MAX_ENSEMBLE", "check_json_bounds",
@@ -61,81 +59,6 @@ TrialStatus = Literal["completed", "failed", "stopped"]
 Scalar = int | float | str | bool
 
 
-def _describe(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in get_args(tp))
-    if origin is dict:
-        return f"object of {_describe(get_args(tp)[1])}"
-    if origin is list:
-        return f"list of {_describe(get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    if tp is Any:
-        return "any JSON value"
-    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, str(tp))
-
-
-def _conforms(value: Any, tp: Any) -> bool:
-    origin = get_origin(tp)
-    if tp is Any:
-        return True
-    if origin is Literal:
-        return value in get_args(tp) and isinstance(value, str)
-    if origin in (typing.Union, types.UnionType):
-        return any(_conforms(value, a) for a in get_args(tp))
-    if origin is dict:
-        vt = get_args(tp)[1]
-        return isinstance(value, dict) and all(isinstance(k, str) and _conforms(v, vt) for k, v in value.items())
-    if origin is list:
-        et = get_args(tp)[0]
-        return isinstance(value, list) and all(_conforms(v, et) for v in value)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    raise TypeError(f"unsupported protocol type {tp}")
-
-
-def _preview(value: Any) -> str:
-    """A short rendering of an untrusted value for an error message: never recursive, never huge."""
-    if isinstance(value, str):
-        return json.dumps(value if len(value) <= 60 else value[:60] + "...")
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, int):
-        return str(value) if abs(value) < 10**30 else f"an integer of {value.bit_length()} bits"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return f"a list of {len(value)} item(s)"
-    if isinstance(value, dict):
-        return f"an object of {len(value)} key(s)"
-    return f"a {type(value).__name__}"
-
-
-def _first_bad_entry(fname: str, value: Any, tp: Any) -> str:
-    """For an object field: which entry is wrong (``; params['dropout'] is a list of 1 item(s)``), else ""."""
-    if get_origin(tp) is not dict or not isinstance(value, dict):
-        return ""
-    vt = get_args(tp)[1]
-    for key, item in value.items():
-        if not isinstance(key, str):
-            return f"; {fname} has a key that is not a string ({_preview(key)})"
-        if not _conforms(item, vt):
-            shown = key if len(key) <= 60 else key[:60] + "..."
-            return f"; {fname}[{shown!r}] is {_preview(item)}"
-    return ""
-
-
 def check_json_bounds(value: Any, *, max_bytes: int = MAX_JOB_INPUT_BYTES, max_depth: int = MAX_JSON_DEPTH,
                       what: str = "the input") -> int:
     """Measure untrusted JSON-like data iteratively (no recursion: 100k-deep nesting cannot overflow the stack).
@@ -155,7 +78,7 @@ def check_json_bounds(value: Any, *, max_bytes: int = MAX_JOB_INPUT_BYTES, max_d
             size += 2 + len(item)
             for key, child in item.items():
                 if not isinstance(key, str):
-                    raise ProtocolError(f"{what} has an object key that is not a string ({_preview(key)}); "
+                    raise ProtocolError(f"{what} has an object key that is not a string ({preview(key)}); "
                                         "JSON object keys are strings")
                 size += len(key) + 3
                 stack.append((child, depth + 1))
@@ -173,84 +96,15 @@ def check_json_bounds(value: Any, *, max_bytes: int = MAX_JOB_INPUT_BYTES, max_d
         elif isinstance(item, float):
             size += 3
         else:
-            raise ProtocolError(f"{what} holds {_preview(item)}, which is not a JSON value")
+            raise ProtocolError(f"{what} holds {preview(item)}, which is not a JSON value")
         if size > max_bytes:
             raise ProtocolError(f"{what} is more than {max_bytes:,} bytes as JSON; a job is at most {max_bytes:,} "
                                 "bytes (datasets are baked into the worker image: send names and numbers, not data)")
     return size
 
 
-def _clean(value: Any) -> Any:
-    """Deep-copy into JSON-safe values: non-finite floats -> None, numpy scalars -> Python scalars, tuples -> lists."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if hasattr(value, "item"):  # numpy scalar
-        return _clean(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return value
-
-
-class _Message:
-    """Strict dict/JSON conversion shared by the protocol dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _clean(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Any:
-        name = cls.__name__
-        if not isinstance(data, dict):
-            raise ProtocolError(f"{name} must be a JSON object, got {type(data).__name__}")
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        odd = [k for k in data if not isinstance(k, str)]
-        if odd:
-            raise ProtocolError(f"{name}: field names must be strings, got {_preview(odd[0])}")
-        unknown = [u if len(u) <= 60 else u[:60] + "..." for u in sorted(set(data) - set(fields))]
-        if len(unknown) > 5:
-            unknown = [*unknown[:5], f"... ({len(unknown)} in all)"]
-        if unknown:
-            raise ProtocolError(f"{name}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
-        version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise ProtocolError(f"{name}: schema_version {_preview(version)} is not supported; this hpo speaks "
-                                f"version {SCHEMA_VERSION}")
-        kwargs = {}
-        for fname, f in fields.items():
-            if fname not in data:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise ProtocolError(f"{name}: missing required field {fname!r} ({_describe(hints[fname])})")
-                continue
-            if not _conforms(data[fname], hints[fname]):
-                raise ProtocolError(f"{name}: field {fname!r} must be {_describe(hints[fname])}, "
-                                    f"got {_preview(data[fname])}{_first_bad_entry(fname, data[fname], hints[fname])}")
-            kwargs[fname] = data[fname]
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"{name}: {exc}") from None
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Any:
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ProtocolError(f"{cls.__name__}: not valid JSON ({exc})") from None
-        return cls.from_dict(data)
-
-
 @dataclass(frozen=True)
-class TrialJob(_Message):
+class TrialJob(Message):
     """Everything a trainer needs for one trial, and nothing else (no data, no secrets; < 1 KB as JSON)."""
 
     trial_id: str
@@ -324,42 +178,42 @@ class TrialJob(_Message):
         (:func:`hpo.catalog.validate_params`, the definitions the orchestrator samples from)."""
 
         if not self.trial_id or len(self.trial_id) > MAX_TRIAL_ID or not self.trial_id.isprintable():
-            raise ProtocolError(f"TrialJob: trial_id={_preview(self.trial_id)} is not allowed; allowed: 1 to "
+            raise ProtocolError(f"TrialJob: trial_id={preview(self.trial_id)} is not allowed; allowed: 1 to "
                                 f"{MAX_TRIAL_ID} printable characters")
         for name in ("seed", "split_seed"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= MAX_SEED:
-                raise ProtocolError(f"TrialJob: {name}={_preview(value)} is out of range; allowed: integer in "
+                raise ProtocolError(f"TrialJob: {name}={preview(value)} is out of range; allowed: integer in "
                                     f"[0, {MAX_SEED}]")
         if self.schedule_epochs is not None and not self.max_epochs <= self.schedule_epochs <= MAX_EPOCHS:
-            raise ProtocolError(f"TrialJob: schedule_epochs={_preview(self.schedule_epochs)} is out of range; "
+            raise ProtocolError(f"TrialJob: schedule_epochs={preview(self.schedule_epochs)} is out of range; "
                                 f"allowed: null or an integer in [max_epochs={self.max_epochs}, {MAX_EPOCHS}]")
         for name in ("max_epochs", "min_epochs", "patience"):
             if getattr(self, name) > MAX_EPOCHS:
-                raise ProtocolError(f"TrialJob: {name}={_preview(getattr(self, name))} is out of range; allowed: "
+                raise ProtocolError(f"TrialJob: {name}={preview(getattr(self, name))} is out of range; allowed: "
                                     f"integer in [1, {MAX_EPOCHS}]")
         if self.time_limit_s is not None and not (math.isfinite(self.time_limit_s)
                                                   and 0 < self.time_limit_s <= MAX_TIME_LIMIT_S):
-            raise ProtocolError(f"TrialJob: time_limit_s={_preview(self.time_limit_s)} is out of range; allowed: null "
+            raise ProtocolError(f"TrialJob: time_limit_s={preview(self.time_limit_s)} is out of range; allowed: null "
                                 f"or seconds in (0, {MAX_TIME_LIMIT_S}]")
         for name, high, note in (("target_gpus", MAX_TARGET_GPUS, " (0 = all visible)"),
                                  ("ensemble", MAX_ENSEMBLE, "")):
             if not 0 <= getattr(self, name) <= high:
-                raise ProtocolError(f"TrialJob: {name}={_preview(getattr(self, name))} is out of range; allowed: "
+                raise ProtocolError(f"TrialJob: {name}={preview(getattr(self, name))} is out of range; allowed: "
                                     f"integer in [0, {high}]{note}")
         if len(self.gather) > MAX_ENSEMBLE or not all(0 <= n <= MAX_SEED for n in self.gather):
-            raise ProtocolError(f"TrialJob: gather={_preview(self.gather)} is not allowed; allowed: at most "
+            raise ProtocolError(f"TrialJob: gather={preview(self.gather)} is not allowed; allowed: at most "
                                 f"{MAX_ENSEMBLE} trial numbers in [0, {MAX_SEED}]")
         info = self.dataset_info()
         if self.model is not None:
             if not isinstance(self.model, str) or len(self.model) > MAX_MODEL_REF or not MODEL_REF.match(self.model):
-                raise ProtocolError(f"TrialJob: model={_preview(self.model)} is not allowed; allowed: "
+                raise ProtocolError(f"TrialJob: model={preview(self.model)} is not allowed; allowed: "
                                     "'package.module:function' (Python names), at most "
                                     f"{MAX_MODEL_REF} characters")
             bad = [k for k in self.params if not k.isidentifier() or len(k) > 64]
             if bad or len(self.params) > MAX_OWN_PARAMS:
                 raise ProtocolError(f"TrialJob: params of an own model must be at most {MAX_OWN_PARAMS} entries "
-                                    f"named like Python identifiers; got {_preview(bad[0] if bad else self.params)}")
+                                    f"named like Python identifiers; got {preview(bad[0] if bad else self.params)}")
             return self  # the user's space was checked by the orchestrator; the user's build function uses them
         shape = info.input_shape if info.modality == "image" else None
         params = catalog.validate_params(info.modality, self.params, shape)
@@ -371,7 +225,7 @@ class TrialJob(_Message):
         if self.dataset != CUSTOM_DATASET:
             for name in ("data_uri", "data_sha256", "modality", "input_shape", "num_classes", "vocab_size"):
                 if getattr(self, name) not in (None, []):
-                    raise ProtocolError(f"TrialJob: {name}={_preview(getattr(self, name))} applies only to "
+                    raise ProtocolError(f"TrialJob: {name}={preview(getattr(self, name))} applies only to "
                                         f"dataset={CUSTOM_DATASET!r} (own data); leave it out for {self.dataset!r}")
             if self.dataset not in catalog.DATASET_NAMES:
                 shown = self.dataset if len(self.dataset) <= 60 else self.dataset[:60] + "..."
@@ -384,32 +238,32 @@ class TrialJob(_Message):
                                     f"{str(exc)[:300]}") from None
         uri = self.data_uri
         if not isinstance(uri, str) or len(uri) > MAX_DATA_URI or not uri.startswith(DATA_URI_SCHEMES):
-            raise ProtocolError(f"TrialJob: data_uri={_preview(uri)} is not allowed; allowed: a URI starting with "
+            raise ProtocolError(f"TrialJob: data_uri={preview(uri)} is not allowed; allowed: a URI starting with "
                                 f"{' or '.join(DATA_URI_SCHEMES)}, at most {MAX_DATA_URI} characters")
         sha = self.data_sha256
         if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise ProtocolError(f"TrialJob: data_sha256={_preview(sha)} is not allowed; allowed: 64 lowercase "
+            raise ProtocolError(f"TrialJob: data_sha256={preview(sha)} is not allowed; allowed: 64 lowercase "
                                 "hexadecimal digits (the SHA-256 of the data file)")
         if self.modality not in get_args(catalog.Modality):
-            raise ProtocolError(f"TrialJob: modality={_preview(self.modality)} is not allowed; allowed: "
+            raise ProtocolError(f"TrialJob: modality={preview(self.modality)} is not allowed; allowed: "
                                 f"{', '.join(get_args(catalog.Modality))}")
         shape = self.input_shape
         if not 1 <= len(shape) <= 3 or any(not 1 <= d <= 100_000 for d in shape):
-            raise ProtocolError(f"TrialJob: input_shape={_preview(shape)} is not allowed; allowed: 1 to 3 "
+            raise ProtocolError(f"TrialJob: input_shape={preview(shape)} is not allowed; allowed: 1 to 3 "
                                 "dimensions, each in [1, 100000]")
         if self.num_classes is None or not 2 <= self.num_classes <= 100_000:
-            raise ProtocolError(f"TrialJob: num_classes={_preview(self.num_classes)} is not allowed; allowed: "
+            raise ProtocolError(f"TrialJob: num_classes={preview(self.num_classes)} is not allowed; allowed: "
                                 "integer in [2, 100000]")
         vocab = self.vocab_size
         if (self.modality == "text") != (vocab is not None) or (vocab is not None and not 3 <= vocab <= 1_000_000):
-            raise ProtocolError(f"TrialJob: vocab_size={_preview(vocab)} is not allowed; allowed: an integer in "
+            raise ProtocolError(f"TrialJob: vocab_size={preview(vocab)} is not allowed; allowed: an integer in "
                                 "[3, 1000000] for modality 'text', null otherwise")
         return catalog.DatasetInfo(CUSTOM_DATASET, self.modality, tuple(shape), self.num_classes,  # type: ignore[arg-type]
                                    "your data", vocab)
 
 
 @dataclass(frozen=True)
-class EpochReport(_Message):
+class EpochReport(Message):
     """Sent after every epoch (worker subprocess line, RunPod progress_update)."""
 
     trial_id: str
@@ -419,7 +273,7 @@ class EpochReport(_Message):
 
 
 @dataclass(frozen=True)
-class TrialResult(_Message):
+class TrialResult(Message):
     """The outcome of one trial. Every trial's numbers travel in its own result."""
 
     trial_id: str
