@@ -172,6 +172,9 @@ def test_report_gain_ranks_and_targets(lib):
     assert ds["targets"]["hpo-1"]["reach_half_T"] == {"times_s": [50.0, 50.0], "within_half_T": True}
     assert "| hpo-1 | 85.50 [85.00-86.00] |" in text
     assert "search gain at 1T: +4.50 pp" in text
+    assert "| test % at T | seed 0 | seed 1 |" in text  # each seed's figure, not only the spread
+    assert "| tpe | 84.00 | 81.00 |" in text and "| hpo-1 | 86.00 | 85.00 |" in text
+    assert "per seed (seeds 0, 1) +6.00, +3.00; per-seed median +4.50" in text
 
 
 # -- the run's clock and hpo's budget option ----------------------------------------------------------------------------

@@ -87,6 +87,16 @@ def _pp(x: float) -> str:
     return f"{100 * x:+.2f}"
 
 
+def _per_seed(runs: list[dict], dataset: str, methods: list[str], budget: float) -> list[str]:
+    """Test % at T of each method on each seed (a seed whose run has no model yet: '-')."""
+    seeds = sorted({r["seed"] for m in methods for r in _runs(runs, dataset, m, budget)})
+    lines = ["| test % at T | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|" + " --- |" * (len(seeds) + 1)]
+    for m in methods:
+        by_seed = {r["seed"]: r["at"][1.0]["test"] for r in _runs(runs, dataset, m, budget)}
+        lines.append(f"| {m} | " + " | ".join(_pct(by_seed.get(s)) for s in seeds) + " |")
+    return lines
+
+
 def _reach_line(runs: list[dict], dataset: str, ref: str, others: list[str], budget: float) -> tuple[str, Any]:
     """When ``ref``'s best-so-far validation accuracy first reached the best other method's at T, per seed."""
     times = []
@@ -131,7 +141,7 @@ def build_report(runs: list[dict], correct: dict, plans: dict[str, dict], meta: 
             if len(lines) <= 2:
                 continue
             ds["tables"][table] = tsum
-            out += ["", f"## {name}: {table}", ""] + lines
+            out += ["", f"## {name}: {table}", ""] + lines + [""] + _per_seed(runs, name, list(tsum), budget)
             others = [m for m in tsum if m not in HPO_METHODS]
             if refs and others:
                 out += ["", f"Paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of seeds x {n_test} test examples, "
@@ -159,8 +169,9 @@ def build_report(runs: list[dict], correct: dict, plans: dict[str, dict], meta: 
                 b = _boot(correct, name, r, "default", b3, seeds3, n_test)
                 ds["gain"][f"{r}@{mult}T"] = {"per_seed": diffs, "summary": s, "bootstrap": b}
                 med = "-" if s["median"] is None else f"{_pp(s['median'])} [{_pp(s['min'])}, {_pp(s['max'])}]"
-                out.append(f"- {r} at {mult}T ({b3:.0f}s): per-seed median {med}; bootstrap {_pp(b['diff'])} "
-                           f"[{_pp(b['low'])}, {_pp(b['high'])}]")
+                each = ", ".join("-" if d is None else _pp(d) for d in diffs)
+                out.append(f"- {r} at {mult}T ({b3:.0f}s): per seed (seeds {', '.join(map(str, seeds3))}) {each}; "
+                           f"per-seed median {med}; bootstrap {_pp(b['diff'])} [{_pp(b['low'])}, {_pp(b['high'])}]")
         out += ["", f"## {name}: targets (issue 16, test medians over seeds at T, no model = 0 %)", ""]
         for r in refs:
             out += _targets(ds, r, runs, name, budget)
