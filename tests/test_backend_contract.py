@@ -252,6 +252,17 @@ def test_a_soft_cancel_stops_after_the_epoch_in_progress(case):
         assert case.sim.jobs()[-1]["status"] == "CANCELLED"
 
 
+def test_the_first_cancel_decides_whether_the_trial_is_discarded():
+    pruned, cut = CancelToken(), CancelToken()
+    pruned.cancel("pruned at epoch 1", discard=True)
+    pruned.cancel("cut for the final training")
+    cut.cancel("cut for the final training")
+    cut.cancel("pruned at epoch 1", discard=True)
+    assert (pruned.reason, pruned.discard) == ("pruned at epoch 1", True)
+    assert (cut.reason, cut.discard) == ("cut for the final training", False)
+    assert not CancelToken().discard
+
+
 def test_a_hard_cancel_stops_at_once_and_the_backend_serves_the_next_trial(case):
     token = CancelToken()
     run = Run(case.backend, case.long_job("c#hard"), cancel=token)

@@ -37,6 +37,7 @@ def test_hyperband_prunes_some_trials_before_max_epochs(hyperband_run):
     assert result.pruned == len(pruned) >= 1, [(t["number"], t["state"], t["epochs"]) for t in result.trials]
     assert result.completed >= 1 and result.failed == 0
     assert result.completed + result.pruned == 8
+    assert all(t["test_accuracy"] is not None for t in result.trials if t["state"] == "completed")
     for record in pruned:
         assert record["epochs"] < MAX_EPOCHS
         assert "pruned at epoch" in record["reason"]
@@ -54,6 +55,7 @@ def test_a_pruned_trial_stops_at_the_epoch_it_was_judged_on_and_keeps_its_last_v
         assert trial.value == trial.intermediate_values[last]  # recorded with its last value
         assert record["value"] == trial.value
         assert record["val_accuracy"] is not None  # its best epoch was still evaluated (on validation)
+        assert record["test_accuracy"] is None  # but not on test: a pruned trial is never the answer
         assert record["history"]["val_accuracy"][-1] == pytest.approx(trial.intermediate_values[last])
 
 

@@ -62,6 +62,32 @@ def test_should_stop_ends_training_after_the_current_epoch():
     assert result.status == "stopped"
     assert result.epochs_run == 2 and calls == [1, 2]
     assert result.val_metrics["accuracy"] is not None  # the best epoch is still evaluated
+    assert result.test_metrics["accuracy"] is not None  # a stop that is not a prune keeps the trial whole
+
+
+def test_a_pruned_trial_is_evaluated_on_validation_only():
+    """A stop flagged ``discard`` (a prune): the test split is not touched, validation still is; a flag whose first
+    stop was not a prune (a cut) keeps the trial whole."""
+    from hpo.worker import StopFlag
+
+    def stopped(first_discard: bool, then_discard: bool):
+        flag, calls = StopFlag(), []
+
+        def on_epoch(e, m):
+            calls.append(e)
+            if e == 2:
+                flag.set(discard=first_discard)
+                flag.set(discard=then_discard)  # a later stop changes nothing
+
+        return run_trial(job(max_epochs=5), on_epoch=on_epoch, should_stop=flag)
+
+    pruned = stopped(True, False)
+    assert pruned.status == "stopped" and pruned.epochs_run == 2
+    assert pruned.test_metrics == {}
+    assert pruned.val_metrics["accuracy"] == pytest.approx(max(pruned.history["val_accuracy"]), abs=1e-6)
+    cut = stopped(False, True)
+    assert cut.status == "stopped" and cut.epochs_run == 2
+    assert cut.test_metrics["accuracy"] is not None
 
 
 def test_early_stopping_restores_the_best_epoch():

@@ -416,7 +416,7 @@ class Dispatcher:
             reason = search.report(trial, report, job.max_epochs)
             if reason is not None:
                 running.pruned_at.append(report.epoch)
-                token.cancel(reason)
+                token.cancel(reason, discard=True)  # never the answer: the trainer skips its test evaluation
 
         model_path = search.models.path(trial.number)
         timeout_s = (search.config.trial_timeout_minutes or 0) * 60 or None

@@ -2,8 +2,8 @@
 
 Seeds everything, loads the dataset's honest splits, builds the model (MirroredStrategy over several GPUs when asked
 and available), trains with early stopping on validation accuracy, reports every epoch, stops when asked, restores
-the best epoch's weights, evaluates on validation and test, and frees the Keras session. Failures (NaN loss, an
-exception while training) come back as a failed TrialResult, never as an exception.
+the best epoch's weights, evaluates on validation and test (a pruned trial: validation only), and frees the Keras
+session. Failures (NaN loss, an exception while training) come back as a failed TrialResult, never as an exception.
 """
 
 from __future__ import annotations
@@ -248,7 +248,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
 
     ``on_epoch(epoch, metrics)`` is called after every epoch (1-based; metrics: loss, accuracy, val_loss,
     val_accuracy, learning_rate, elapsed_s). Training stops after the epoch in which ``should_stop()`` returns true
-    (status ``stopped``).
+    (status ``stopped``); when ``should_stop.discard`` is then true (a prune, :class:`hpo.worker.StopFlag`) the test
+    split is not evaluated (``test_metrics`` empty) and no predictions are kept.
     ``devices`` overrides device discovery (e.g. two logical CPUs, to exercise the MirroredStrategy path).
     ``save_model_to`` saves the best-epoch model as a ``.keras`` file.
     """
@@ -300,10 +301,13 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
             return TrialResult(status="failed", error="no epoch finished with a validation accuracy", **common)
         model.set_weights(callback.best_weights)
         eval_batch = max(batch_size, 256)
+        # pruned (should_stop.discard, hpo.worker.StopFlag): never the answer nor an ensemble's member, so neither a
+        # test evaluation (the test split is touched only by trials that count) nor predictions to keep
+        discard = callback.stopped_on_request and getattr(should_stop, "discard", False) is True
         val_metrics = _evaluate(model, data.x_val, data.y_val, eval_batch)
-        test_metrics = _evaluate(model, data.x_test, data.y_test, eval_batch)
+        test_metrics = {} if discard else _evaluate(model, data.x_test, data.y_test, eval_batch)
         alone, extra = val_metrics, {}
-        if predicts:
+        if predicts and not discard:
             from .ensemble import finish
 
             until = started + (job.time_limit_s or 0.0) - ENSEMBLE_FIXED_S  # the other finals: waited for in time

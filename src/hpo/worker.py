@@ -32,8 +32,8 @@ from .exceptions import ProtocolError
 from .protocol import MAX_JOB_INPUT_BYTES, MAX_JSON_DEPTH, EpochReport, TrialJob, TrialResult, check_json_bounds
 from .redact import mask_text
 
-__all__ = ["MAX_INPUT_BYTES", "MAX_INPUT_DEPTH", "InvalidInput", "Trainer", "TrialRun", "parse_input", "handle",
-           "invalid_input", "worker_error", "internal_error", "result_of", "stops_early", "type_name"]
+__all__ = ["MAX_INPUT_BYTES", "MAX_INPUT_DEPTH", "InvalidInput", "StopFlag", "Trainer", "TrialRun", "parse_input",
+           "handle", "invalid_input", "worker_error", "internal_error", "result_of", "stops_early", "type_name"]
 
 log = logging.getLogger("hpo.worker")
 
@@ -133,6 +133,28 @@ def stops_early(job: TrialJob, epochs_run: int, best_epoch: int | None) -> bool:
 
 # -- one job in flight ------------------------------------------------------------------------------------------------
 
+class StopFlag:
+    """The trainer's ``should_stop``: called after every epoch, true once the trial is to stop. ``discard``: the stop
+    is a prune, so the trial's result is only its validation figure (it is never the run's answer nor an ensemble's
+    member): the trainer skips what only a kept trial needs, the test evaluation and the predictions kept for an
+    ensemble. Set by the first stop only (a cut that came first keeps the trial whole)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.discard = False
+
+    def set(self, *, discard: bool = False) -> None:
+        if not self._event.is_set():
+            self.discard = discard
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+
 class TrialRun:
     """One job in flight on a worker: the stop flag its trainer polls after every epoch, the epochs it reported,
     whether training is over (the last epoch, the early-stopping rule, or a stop), and when the trainer is expected
@@ -142,7 +164,7 @@ class TrialRun:
         self.job = job
         self.key = key if key is not None else job.trial_id
         self.started = time.monotonic()
-        self.stop = threading.Event()
+        self.stop = StopFlag()
         self.reports: list[dict[str, Any]] = []
         self.epoch_ends: list[float] = []
         self.best_acc = -math.inf
@@ -150,12 +172,13 @@ class TrialRun:
         self.training_done = False
         self._lock = threading.Lock()
 
-    def cancel(self) -> None:
-        """The trainer stops after the epoch in progress."""
-        self.stop.set()
+    def cancel(self, *, discard: bool = False) -> None:
+        """The trainer stops after the epoch in progress (``discard``: a prune, :class:`StopFlag`)."""
+        self.stop.set(discard=discard)
 
-    def should_stop(self) -> bool:
-        return self.stop.is_set()
+    @property
+    def should_stop(self) -> StopFlag:
+        return self.stop
 
     @property
     def epochs(self) -> int:

@@ -22,17 +22,19 @@ class CancelToken:
     """Handed to :meth:`Backend.run` with each job; the dispatcher cancels a trial through it (prune, Ctrl-C).
 
     ``hard`` asks the backend not to wait for the current epoch to end (interrupts); otherwise the trainer stops
-    after the epoch it is in.
+    after the epoch it is in. ``discard`` (set by the first cancel only): a prune, the trial's result is only its
+    validation figure, so a trainer that hears of it skips the test evaluation (:class:`hpo.worker.StopFlag`).
     """
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self.reason: str | None = None
         self.hard = False
+        self.discard = False
 
-    def cancel(self, reason: str, *, hard: bool = False) -> None:
+    def cancel(self, reason: str, *, hard: bool = False, discard: bool = False) -> None:
         if not self._event.is_set():
-            self.reason = reason
+            self.reason, self.discard = reason, discard
         self.hard = self.hard or hard
         self._event.set()
 

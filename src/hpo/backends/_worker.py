@@ -3,8 +3,9 @@
 Speaks JSON lines on stdin/stdout with :class:`hpo.backends.local.LocalBackend`:
 
     parent -> worker   {"type": "run", "job": {TrialJob}, "save_model_to": path|null, "executed_on": str}
-                       {"type": "continue" | "stop", "trial_id": str, "epoch": int}
+                       {"type": "continue" | "stop", "trial_id": str, "epoch": int, "discard": bool}
                                                                   the decision after each epoch report
+                                                                  (discard: a prune, :class:`hpo.worker.StopFlag`)
                        {"type": "exit"}
     worker -> parent   {"type": "ready", "pid": int}
                        {"type": "epoch", "report": {EpochReport}}
@@ -97,7 +98,7 @@ def main() -> int:
                 if decision.get("trial_id") is None or (decision.get("trial_id") == run.job.trial_id
                                                         and decision.get("epoch") == report.epoch):
                     if decision["type"] == "stop":
-                        run.cancel()
+                        run.cancel(discard=decision.get("discard") is True)
                     break
 
         # parse (the RunPod handler's validation too: params inside the search space) -> run_trial -> answer; a bad

@@ -269,7 +269,7 @@ class LocalBackend(Backend):
                             log.exception("epoch listener failed for %s", job.trial_id)
                     stop = cancel is not None and cancel.cancelled
                     worker.send({"type": "stop" if stop else "continue", "trial_id": job.trial_id,
-                                 "epoch": report.epoch})
+                                 "epoch": report.epoch, "discard": stop and cancel.discard})  # type: ignore[union-attr]
                     if stop and stop_sent_at is None:
                         stop_sent_at = now
                 elif kind == "result":
