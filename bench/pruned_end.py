@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 DEFAULT = {"conv_blocks": 2, "filters": 32, "kernel_size": 3, "activation": "relu", "batch_norm": True,
            "global_pooling": False, "dense_layers": 0, "dropout": 0.25, "learning_rate": 0.001, "optimizer": "adam",
-           "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}
+           "batch_size": 64, "weight_decay": 1e-5, "augmentation": "none"}  # hpo.catalog.DEFAULTS["image"], active keys
 LARGER = dict(DEFAULT, filters=64, kernel_size=5, dense_layers=1, dense_units=256)
 
 
@@ -71,23 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         backend.start()
         try:
             for name, params in (("default", DEFAULT), ("larger", LARGER)):
-                ends: dict[bool, list[float]] = {True: [], False: []}
-                totals: dict[bool, list[float]] = {True: [], False: []}
                 for r in range(args.rounds):
                     for discard in ((True, False) if r % 2 == 0 else (False, True)):
                         job = TrialJob(trial_id=f"bench#{name}-{r}-{int(discard)}", dataset=args.dataset,
                                        params=params, max_epochs=5, seed=r, split_seed=0, patience=5,
                                        validation_split=plan.validation_split, data_fraction=plan.data_fraction,
                                        compute_health=False, lr_schedule="cosine", keep_predictions=True)
-                        row = dict(one(backend, job, discard), config=name, round=r)
-                        rows.append(row)
-                        ends[discard].append(row["end_s"])
-                        totals[discard].append(row["train_s"])
-                pruned, whole = statistics.median(ends[True]), statistics.median(ends[False])
+                        rows.append(dict(one(backend, job, discard), config=name, round=r))
+
+                def median(key: str, discard: bool, name: str = name) -> float:
+                    return statistics.median(r[key] for r in rows if r["config"] == name and r["discard"] == discard)
+
+                pruned, whole, trial = median("end_s", True), median("end_s", False), median("train_s", False)
                 print(f"{name}: end of a trial stopped after epoch 1 (median of {args.rounds}): validation only "
                       f"{pruned:.2f} s, validation and test {whole:.2f} s, ratio {pruned / whole:.2f}; "
-                      f"saved {whole - pruned:.2f} s of a {statistics.median(totals[False]):.2f} s trial "
-                      f"({(whole - pruned) / statistics.median(totals[False]):.0%})", flush=True)
+                      f"saved {whole - pruned:.2f} s of a {trial:.2f} s trial ({(whole - pruned) / trial:.0%})",
+                      flush=True)
         finally:
             backend.close()
     if args.out:
