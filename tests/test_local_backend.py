@@ -4,12 +4,15 @@ What every backend does (time limits, soft and hard cancels, close, a worker tha
 local backend by the contract suite, tests/test_backend_contract.py.
 """
 
+import dataclasses
 import os
 import signal
 import threading
+import time
 
 import pytest
 
+from hpo.backends import local as local_module
 from hpo.backends.local import LocalBackend
 from hpo.protocol import TrialJob
 
@@ -107,3 +110,25 @@ def test_workers_are_recycled_and_memory_does_not_grow(recycling):
     assert len(set(pids[:4])) == 1 and pids[4] != pids[3]  # recycled after 4 trials
     # after warm-up, a worker's memory stays flat from trial to trial (Keras sessions are freed)
     assert rss[3] - rss[1] < 150, rss
+
+
+def test_a_worker_started_for_the_job_leaves_the_trainer_only_the_time_that_is_left(tmp_path):
+    """``time_limit_s`` counts from the call to run() (time_budget_minutes): a worker process started for the job --
+    here slowed by 6 s more with a sitecustomize, as a recycled worker's TensorFlow import is on a busy machine --
+    leaves its trainer only what is left, so the trial still answers within its limit (the time-budgeted run's final
+    was lost at the budget's end when a recycled worker took it)."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(6)\n")
+    backend = LocalBackend(workers=1, log_dir=tmp_path / "logs",
+                           env={"PYTHONPATH": os.pathsep.join([str(slow), local_module._SRC_DIR])})
+    limit = 24.0
+    try:
+        called = time.monotonic()  # no worker yet: run() starts it
+        result = backend.run(dataclasses.replace(job(0, epochs=500, patience=500), time_limit_s=limit))
+        took = time.monotonic() - called
+    finally:
+        backend.close()
+    assert result.status == "completed" and result.details.get("out_of_time") is True, result.error
+    assert result.train_seconds <= limit - 6.0  # the trainer was told the start-up had been spent
+    assert took <= limit + 4.0  # the answer came back about when the limit said (was: limit + the start-up)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from hpo.backends import Backend, CancelToken
@@ -65,12 +67,14 @@ class Local(Backend):
         self.started = 0
         self.closed = False
         self.runs: list[str] = []
+        self.jobs: list[TrialJob] = []
 
     def start(self) -> None:
         self.started += 1
 
     def run(self, job, *, on_epoch=None, cancel=None, timeout_s=None, save_model_to=None):
         self.runs.append(job.trial_id)
+        self.jobs.append(job)
         for e in (1, 2, 3):
             on_epoch(report(job.trial_id, e))
         return TrialResult(trial_id=job.trial_id, status="completed", executed_on="local:worker-1 (pid 1)")
@@ -213,10 +217,12 @@ def test_a_trial_no_worker_takes_runs_locally_after_the_queue_deadline():
         local = Local()
         backend = FallbackBackend(RunPodBackend(sim.endpoint_url, queue_timeout_s=0.5), local)
         backend.start()
-        result = backend.run(job(0), on_epoch=lambda r: None)
+        result = backend.run(dataclasses.replace(job(0), time_limit_s=60.0), on_epoch=lambda r: None)
         assert result.executed_on.startswith("local:") and local.runs == ["r#0"]
         assert "no worker took it within 0.5 s (runpod_queue_timeout_s)" in result.details["fallback_reason"]
         assert sim.counts() == {"CANCELLED": 1}  # cancelled on the endpoint before the local run
+        # the job's time limit counts from the call: the seconds spent waiting on the endpoint are not the trainer's
+        assert local.jobs[0].time_limit_s <= 59.5
         backend.close()
 
 

@@ -8,14 +8,26 @@ tests/test_backend_contract.py runs one contract suite against the local, RunPod
 from __future__ import annotations
 
 import abc
+import dataclasses
 import threading
+import time
 from collections.abc import Callable
 
 from ..protocol import EpochReport, TrialJob, TrialResult
 
-__all__ = ["Backend", "CancelToken", "EpochHandler"]
+__all__ = ["Backend", "CancelToken", "EpochHandler", "started_late"]
 
 EpochHandler = Callable[[EpochReport], None]
+
+
+def started_late(job: TrialJob, since: float) -> TrialJob:
+    """``job`` as its trainer should get it now: ``time_limit_s`` counts from the call to :meth:`Backend.run`
+    (``since``, a ``time.monotonic()`` reading), so what a backend spent before the trainer starts (a worker process
+    started for the job, a remote attempt before a fallback) is taken off; at least 1 s is left."""
+    late = time.monotonic() - since
+    if job.time_limit_s is None or late < 0.05:
+        return job
+    return dataclasses.replace(job, time_limit_s=round(max(1.0, job.time_limit_s - late), 1))
 
 
 class CancelToken:
@@ -60,6 +72,10 @@ class Backend(abc.ABC):
       result's ``error`` may repeat). ``on_epoch`` gets each epoch once, in increasing order. It raises
       :class:`~hpo.exceptions.BackendUnavailable` only when the backend itself cannot run the trial (it cannot
       start, it is closed, the service is down), so the caller can retry or fall back.
+    - ``job.time_limit_s`` (time_budget_minutes) counts from the call to :meth:`run`: the trainer gets what is left
+      when it starts (:func:`started_late`; a worker process started for the job, a failed remote attempt). RunPod:
+      the seconds a job waits in the endpoint's queue are not known when it is sent and are not taken off; the
+      budget's cut at its end bounds them.
     - ``save_model_to``: where a trial that trains on this machine (``executed_on`` "local:...") saves its best
       model as a ``.keras`` file; a remote trial's model is brought back there (RunPod: through the bucket or
       inline, :mod:`hpo.artifacts`).

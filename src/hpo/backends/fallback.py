@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from ..exceptions import BackendUnavailable
 from ..protocol import EpochReport, TrialJob, TrialResult
-from ._base import Backend, CancelToken, EpochHandler
+from ._base import Backend, CancelToken, EpochHandler, started_late
 
 __all__ = ["FallbackBackend"]
 
@@ -161,7 +161,7 @@ class FallbackBackend(Backend):
             timeout_s: float | None = None, save_model_to: str | None = None) -> TrialResult:
         if self._closed:
             raise BackendUnavailable("the backend is closed")
-        forward = _Deduplicated(on_epoch)
+        called, forward = time.monotonic(), _Deduplicated(on_epoch)
         reason = self._route()
         if reason is None:
             try:
@@ -182,8 +182,8 @@ class FallbackBackend(Backend):
                 return result
         if self.local is None:  # pragma: no cover - _route only answers a reason when there is a local backend
             raise BackendUnavailable(reason)
-        result = self._local_backend().run(job, on_epoch=forward, cancel=cancel, timeout_s=timeout_s,
-                                           save_model_to=save_model_to)
+        result = self._local_backend().run(started_late(job, called), on_epoch=forward, cancel=cancel,
+                                           timeout_s=timeout_s, save_model_to=save_model_to)
         with self._lock:
             self.local_trials += 1
         return result.replace(details={**result.details, "fallback_reason": reason})

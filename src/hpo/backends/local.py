@@ -22,7 +22,7 @@ from typing import Any
 
 from ..exceptions import BackendUnavailable
 from ..protocol import EpochReport, TrialJob, TrialResult
-from ._base import Backend, CancelToken, EpochHandler
+from ._base import Backend, CancelToken, EpochHandler, started_late
 
 __all__ = ["LocalBackend"]
 
@@ -232,11 +232,12 @@ class LocalBackend(Backend):
     # -- trials ------------------------------------------------------------------------------------------------------
     def run(self, job: TrialJob, *, on_epoch: EpochHandler | None = None, cancel: CancelToken | None = None,
             timeout_s: float | None = None, save_model_to: str | None = None) -> TrialResult:
-        worker = self._acquire()
+        called = time.monotonic()
+        worker = self._acquire()  # may start a worker process (a TensorFlow import: seconds of the trial's limit)
         with self._lock:
             self._busy.add(worker)
         try:
-            return self._run_on(worker, job, on_epoch, cancel, timeout_s, save_model_to)
+            return self._run_on(worker, started_late(job, called), on_epoch, cancel, timeout_s, save_model_to)
         finally:
             with self._lock:
                 self._busy.discard(worker)
