@@ -71,7 +71,6 @@ class Finale:
         self.begins_at = (budget.started + (1 - share) * (budget.end_by - budget.started)  # type: ignore[operator]
                           if self.active else None)
         self.count = min(MAX_FINALS, config.concurrent_workers)
-        self._workers = config.concurrent_workers
         #: models a final may average (1: none); trials then keep their predictions for it
         self.ensemble = ensemble_size(config) if self.active else 1
         self._budget = budget
@@ -123,9 +122,8 @@ class Finale:
 
     def no_room(self, number: int, epoch: int, max_epochs: int) -> bool:
         """Checked once, at the first trial's second epoch (its epoch time is then measured): True when the search
-        phase has no room for :data:`MIN_SEARCH_TRIALS` trials of ``max_epochs`` on all its workers together (each at
-        the pace the first trial measured beside the others); the final training of that trial's configuration then
-        begins at once (a budget that fits a few epochs is best spent on one long schedule)."""
+        phase has no room for :data:`MIN_SEARCH_TRIALS` trials of ``max_epochs``; the final training of that trial's
+        configuration then begins at once (a budget that fits a few epochs is best spent on one long schedule)."""
         if not self.active or self.begun or epoch < 2:
             return False
         with self._lock:
@@ -134,7 +132,7 @@ class Finale:
             self._room_checked = True
         timing = self.timing(number)
         search_s = self.begins_at - time.monotonic()  # type: ignore[operator]
-        return timing is not None and search_s * self._workers < MIN_SEARCH_TRIALS * max_epochs * timing[0]
+        return timing is not None and search_s < MIN_SEARCH_TRIALS * max_epochs * timing[0]
 
     def choose(self, trials: list[Any]) -> list[tuple[int, dict[str, Any]]]:
         """The configurations to train again: the best completed trials by value (maximized), distinct parameters,
