@@ -122,7 +122,8 @@ class Finale:
 
     def no_room(self, number: int, epoch: int, max_epochs: int) -> bool:
         """Checked once, at the first trial's second epoch (its epoch time is then measured): True when the search
-        phase has no room for :data:`MIN_SEARCH_TRIALS` trials of ``max_epochs``; the final training of that trial's
+        phase has no room for :data:`MIN_SEARCH_TRIALS` trials of ``max_epochs`` on each worker (all workers together
+        was tried and not kept: docs/bench/protocol-20261205-start-up.md); the final training of that trial's
         configuration then begins at once (a budget that fits a few epochs is best spent on one long schedule)."""
         if not self.active or self.begun or epoch < 2:
             return False
