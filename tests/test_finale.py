@@ -4,13 +4,15 @@ no early stopping), and the search trials still running are kept, complete at th
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 
 import hpo
 from hpo.budget import TimeBudget
 from hpo.config import OptimizationConfig
-from hpo.finale import FINAL_CUT, FINAL_DROPPED, FINAL_LATE, GATHER_S, MAX_FINALS, Finale
+from hpo.finale import FINAL_CUT, FINAL_DROPPED, FINAL_EPOCHS_MARGIN, FINAL_LATE, GATHER_S, MAX_FINALS, Finale
 
 from .test_time_budget import Paced
 
@@ -162,6 +164,28 @@ def test_without_room_for_a_search_the_first_configuration_trains_long_at_once(t
     assert first.user_attrs["reason"].startswith(FINAL_CUT) and first.user_attrs["epochs_trained"] < 10
     assert len(backend.jobs) == 2 and backend.jobs[1].max_epochs > 10  # nothing else was searched
     assert finals[0].params == first.params and result.best_trial_number == 1
+
+
+class Quickening(Paced):
+    """The first trial's epochs take 0.25 s, every later one's 0.2 s (the first trial ran beside a worker's start)."""
+
+    def run(self, job, **kw):
+        self.epoch_s = 0.25 if not self.jobs else 0.2
+        return super().run(job, **kw)
+
+
+def test_a_final_asks_more_epochs_than_estimated_and_its_time_limit_ends_it(tmp_path):
+    # the final's epochs are estimated at the first trial's pace (0.25 s); it runs at 0.2 s, so the estimate would
+    # have ended it with a fifth of its time unused: its job asks FINAL_EPOCHS_MARGIN times as many, the limit ends it
+    backend = Quickening(0.25)
+    result, study = _budgeted(tmp_path, "q", backend, workers=1, epochs=10, minutes=0.15)
+    [final] = _finals(study)
+    [note] = [n for n in result.notes if n.startswith(f"final training: trial {final.number}")]
+    fit = int(note.split("(")[1].split(" fit")[0])
+    job = backend.jobs[-1]
+    assert job.max_epochs == math.ceil(FINAL_EPOCHS_MARGIN * fit) and f"again for {job.max_epochs} epochs" in note
+    assert final.user_attrs["reason"].startswith("time_budget_minutes")  # ended by its time limit, not its epochs
+    assert final.user_attrs["epochs_trained"] > fit
 
 
 def test_without_room_and_with_two_workers_each_trains_the_first_configuration_with_its_own_seed(tmp_path):

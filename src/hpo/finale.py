@@ -33,8 +33,8 @@ from typing import Any
 from .budget import TimeBudget
 from .config import OptimizationConfig
 
-__all__ = ["Finale", "ensemble_size", "FINAL_CUT", "FINAL_DROPPED", "FINAL_LATE", "GATHER_S", "MAX_FINALS",
-           "MIN_SEARCH_TRIALS"]
+__all__ = ["Finale", "ensemble_size", "FINAL_CUT", "FINAL_DROPPED", "FINAL_EPOCHS_MARGIN", "FINAL_LATE", "GATHER_S",
+           "MAX_FINALS", "MIN_SEARCH_TRIALS"]
 
 #: the cancel reason of a search trial still running when the final training begins
 FINAL_CUT = "cut for the final training"
@@ -50,6 +50,10 @@ MAX_FINALS = 2
 GATHER_S = 5.0
 #: the search phase must have room for this many trials of max_epochs_per_trial, else the final begins at once
 MIN_SEARCH_TRIALS = 3
+#: a final's job asks this many times the epochs estimated to fit (:meth:`Finale.epochs`): its time limit ends it, and
+#: its trainer re-aims the cosine at the epochs that fit (built-in models), so asking too many costs nothing, while an
+#: estimate from slow measured epochs (the first trial beside another's start) left finals done 15-20 % of T early
+FINAL_EPOCHS_MARGIN = 1.5
 
 
 def ensemble_size(config: OptimizationConfig) -> int:
@@ -75,6 +79,8 @@ class Finale:
         self.ensemble = ensemble_size(config) if self.active else 1
         self._budget = budget
         self._min_epochs = config.min_epochs_per_trial
+        # a user's model compiled with a step-based cosine would end its training before its rate reached 0: no margin
+        self._margin = 1.0 if config.model is not None and config.lr_schedule == "cosine" else FINAL_EPOCHS_MARGIN
         self.begun = False
         #: final trials queued and not asked yet; the epochs of those asked, by trial number
         self.pending = 0
@@ -159,9 +165,8 @@ class Finale:
 
     def epochs(self, source: int) -> int:
         """Epochs a final of trial ``source``'s configuration can train in the time left now, at the
-        seconds per epoch and the overhead ``source`` measured. No margin: counting too many costs little (the
-        trainer stops at the job's time limit, and a cosine schedule cut at 90 % has decayed to 2.4 % of its rate),
-        counting too few leaves the end of the budget unused."""
+        seconds per epoch and the overhead ``source`` measured (the job asks :data:`FINAL_EPOCHS_MARGIN` times as
+        many, :meth:`asked`: counting too few leaves the end of the budget unused)."""
         left = self._budget.time_left() or 0.0
         timing = self.timing(source)
         if timing is None:
@@ -191,8 +196,10 @@ class Finale:
         return [n for n, _ in plan]
 
     def asked(self, number: int, source: int) -> int:
-        """Final trial ``number`` (of trial ``source``'s configuration) starts: its epochs, from the time left now."""
-        epochs = self.epochs(source)
+        """Final trial ``number`` (of trial ``source``'s configuration) starts: the epochs its job asks, from the time
+        left now (:data:`FINAL_EPOCHS_MARGIN` times those estimated to fit; its time limit ends it)."""
+        fit = self.epochs(source)
+        epochs = max(fit, math.ceil(fit * self._margin))
         per_epoch, overhead = self.timing(source) or (0.0, 0.0)
         with self._lock:
             self.epochs_of[number] = epochs
@@ -202,8 +209,9 @@ class Finale:
             elif self.ensemble > 1 and len(self.epochs_of) > 1:
                 self._gather[number] = sorted(n for n in self.epochs_of if n != number)
             self._notes.append(f"final training: trial {number} trains trial {source}'s configuration again for "
-                               f"{epochs} epochs ({(self._budget.time_left() or 0):.0f} s left; trial {source} "
-                               f"measured {per_epoch:.2f} s per epoch + {overhead:.1f} s)")
+                               f"{epochs} epochs at most, until its time limit ({fit} fit in the "
+                               f"{(self._budget.time_left() or 0):.0f} s left at the {per_epoch:.2f} s per epoch + "
+                               f"{overhead:.1f} s trial {source} measured)")
         return epochs
 
     def job_fields(self, number: int) -> dict[str, Any]:
