@@ -199,7 +199,7 @@ class Finale:
         """Final trial ``number`` (of trial ``source``'s configuration) starts: the epochs its job asks, from the time
         left now (:data:`FINAL_EPOCHS_MARGIN` times those estimated to fit; its time limit ends it)."""
         fit = self.epochs(source)
-        epochs = max(fit, math.ceil(fit * self._margin))
+        epochs = math.ceil(fit * self._margin)  # the margin is >= 1
         per_epoch, overhead = self.timing(source) or (0.0, 0.0)
         with self._lock:
             self.epochs_of[number] = epochs
