@@ -12,7 +12,8 @@ import pytest
 import hpo
 from hpo.budget import TimeBudget
 from hpo.config import OptimizationConfig
-from hpo.finale import FINAL_CUT, FINAL_DROPPED, FINAL_EPOCHS_MARGIN, FINAL_LATE, GATHER_S, MAX_FINALS, Finale
+from hpo.finale import (FINAL_CUT, FINAL_DROPPED, FINAL_EPOCHS_MARGIN, FINAL_LATE, GATHER_S, MAX_FINALS, ROOM_EPOCH,
+                        Finale)
 
 from .test_time_budget import Paced
 
@@ -154,16 +155,36 @@ def test_a_final_is_not_planned_when_it_would_not_train_longer_than_the_search_d
 
 
 def test_without_room_for_a_search_the_first_configuration_trains_long_at_once(tmp_path):
-    # 0.2 s per epoch: the search phase (about 3 s) has no room for 3 trials of 10 epochs (6 s), so at its second
-    # epoch the first trial is cut and its configuration trained again on one schedule spanning the time left
+    # 0.2 s per epoch: the search phase (about 3 s) has no room for 3 trials of 10 epochs (6 s), so at its epoch
+    # ROOM_EPOCH the first trial is cut (at that epoch's end or the next one's: the decision may reach it during it)
+    # and its configuration trained again on one schedule spanning the time left
     backend = Paced(0.2)
     result, study = _budgeted(tmp_path, "r", backend, workers=1, epochs=10, minutes=0.15)
     finals = _finals(study)
     assert [f.user_attrs["final_of"] for f in finals] == [0] and finals[0].number == 1
     first = study.trials[0]
-    assert first.user_attrs["reason"].startswith(FINAL_CUT) and first.user_attrs["epochs_trained"] < 10
+    assert first.user_attrs["reason"].startswith(FINAL_CUT)
+    assert ROOM_EPOCH <= first.user_attrs["epochs_trained"] <= ROOM_EPOCH + 1
     assert len(backend.jobs) == 2 and backend.jobs[1].max_epochs > 10  # nothing else was searched
     assert finals[0].params == first.params and result.best_trial_number == 1
+
+
+class Stumbling(Paced):
+    """The first trial's second epoch takes three times as long as any other (beside another trial's start)."""
+
+    def seconds(self, job, epoch):
+        return 3 * self.epoch_s if job is self.jobs[0] and epoch == 2 else self.epoch_s
+
+
+def test_one_slow_epoch_does_not_judge_a_search_with_room_to_have_none(tmp_path):
+    # 0.1 s per epoch: the search phase (about 6 s) has room for 3 trials of 10 epochs (3 s); judged at the first
+    # trial's second epoch alone (0.3 s) it had none (9 s). Judged at ROOM_EPOCH from the faster epoch, it searches
+    backend = Stumbling(0.1)
+    _, study = _budgeted(tmp_path, "st", backend, workers=1, epochs=10, minutes=0.2)
+    first = study.trials[0]
+    assert first.user_attrs["epochs_trained"] == 10 and not first.user_attrs.get("reason"), first.user_attrs
+    assert len([j for j in backend.jobs if j.max_epochs == 10]) >= 3  # it searched
+    assert all(f.user_attrs["final_of"] != 0 or f.number > 3 for f in _finals(study))
 
 
 class Quickening(Paced):

@@ -39,10 +39,10 @@ class Paced(Backend):
             self.jobs.append(job)
         started, history = time.monotonic(), []
         for epoch in range(1, job.max_epochs + 1):
-            began = time.monotonic()
-            if cancel is not None and cancel.wait(self.epoch_s) and cancel.hard:
+            began, seconds = time.monotonic(), self.seconds(job, epoch)
+            if cancel is not None and cancel.wait(seconds) and cancel.hard:
                 return TrialResult(trial_id=job.trial_id, status="stopped", error=cancel.reason, executed_on="paced")
-            time.sleep(max(0.0, began + self.epoch_s - time.monotonic()))  # soft: the epoch in progress ends
+            time.sleep(max(0.0, began + seconds - time.monotonic()))  # soft: the epoch in progress ends
             acc = min(0.99, 0.3 + 0.01 * epoch + job.params["learning_rate"])
             history.append(acc)
             elapsed = time.monotonic() - started
@@ -56,6 +56,10 @@ class Paced(Backend):
             if self.honour and job.time_limit_s is not None and elapsed + 1.5 * self.epoch_s > job.time_limit_s:
                 return self._result(job, history, elapsed, "completed", out_of_time=True)
         return self._result(job, history, time.monotonic() - started, "completed")
+
+    def seconds(self, job, epoch):
+        """How long ``job``'s ``epoch`` takes."""
+        return self.epoch_s
 
     @staticmethod
     def _result(job, history, seconds, status, **details):

@@ -34,7 +34,7 @@ from .budget import TimeBudget
 from .config import OptimizationConfig
 
 __all__ = ["Finale", "ensemble_size", "FINAL_CUT", "FINAL_DROPPED", "FINAL_EPOCHS_MARGIN", "FINAL_LATE", "GATHER_S",
-           "MAX_FINALS", "MIN_SEARCH_TRIALS"]
+           "MAX_FINALS", "MIN_SEARCH_TRIALS", "ROOM_EPOCH"]
 
 #: the cancel reason of a search trial still running when the final training begins
 FINAL_CUT = "cut for the final training"
@@ -50,6 +50,9 @@ MAX_FINALS = 2
 GATHER_S = 5.0
 #: the search phase must have room for this many trials of max_epochs_per_trial, else the final begins at once
 MIN_SEARCH_TRIALS = 3
+#: the room for a search is judged at the first trial's epoch ROOM_EPOCH, from the faster of its epochs measured by
+#: then: one epoch alone, slowed beside another trial's start, judged a 3T run to have no room (seed 3 twice)
+ROOM_EPOCH = 3
 #: a final's job asks this many times the epochs estimated to fit (:meth:`Finale.epochs`): its time limit ends it, and
 #: its trainer re-aims the cosine at the epochs that fit (built-in models), so asking too many costs nothing, while an
 #: estimate from slow measured epochs (the first trial beside another's start) left finals done 15-20 % of T early
@@ -127,11 +130,12 @@ class Finale:
         return self.active and not self.begun and now >= self.begins_at  # type: ignore[operator]
 
     def no_room(self, number: int, epoch: int, max_epochs: int) -> bool:
-        """Checked once, at the first trial's second epoch (its epoch time is then measured): True when the search
+        """Checked once, at the first trial's epoch :data:`ROOM_EPOCH` (or its last, when it has fewer, but at least
+        its second: an epoch's time is then measured, the faster of those measured counts): True when the search
         phase has no room for :data:`MIN_SEARCH_TRIALS` trials of ``max_epochs`` on each worker (all workers together
         was tried and not kept: docs/bench/protocol-20261205-start-up.md); the final training of that trial's
         configuration then begins at once (a budget that fits a few epochs is best spent on one long schedule)."""
-        if not self.active or self.begun or epoch < 2:
+        if not self.active or self.begun or epoch < max(2, min(ROOM_EPOCH, max_epochs)):
             return False
         with self._lock:
             if self._room_checked:
