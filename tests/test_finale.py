@@ -190,9 +190,8 @@ def test_one_slow_epoch_does_not_judge_a_search_with_room_to_have_none(tmp_path)
 class Quickening(Paced):
     """The first trial's epochs take 0.25 s, every later one's 0.2 s (the first trial ran beside a worker's start)."""
 
-    def run(self, job, **kw):
-        self.epoch_s = 0.25 if not self.jobs else 0.2
-        return super().run(job, **kw)
+    def seconds(self, job, epoch):
+        return 0.25 if job is self.jobs[0] else 0.2
 
 
 def test_a_final_asks_more_epochs_than_estimated_and_its_time_limit_ends_it(tmp_path):

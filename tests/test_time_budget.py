@@ -53,7 +53,7 @@ class Paced(Backend):
                                                                                    "elapsed_s": elapsed}))
             if cancel is not None and cancel.cancelled:
                 return self._result(job, history, elapsed, "stopped")
-            if self.honour and job.time_limit_s is not None and elapsed + 1.5 * self.epoch_s > job.time_limit_s:
+            if self.honour and job.time_limit_s is not None and elapsed + 1.5 * seconds > job.time_limit_s:
                 return self._result(job, history, elapsed, "completed", out_of_time=True)
         return self._result(job, history, time.monotonic() - started, "completed")
 
