@@ -253,6 +253,72 @@ def test_with_fewer_distinct_configurations_than_workers_the_best_fills_every_fi
     assert finale.choose([pruned]) == []
 
 
+@pytest.mark.parametrize("attrs", [{"warm_start": True}, {"initial_config": 1}, {"portfolio": 2}])
+def test_of_two_finals_one_is_from_the_start_queue_when_the_search_ranked_its_own_first(attrs):
+    import types
+
+    from hpo.search_space import START_ATTRS
+
+    config = OptimizationConfig(dataset="synthetic_images", time_budget_minutes=1, concurrent_workers=2)
+    finale = Finale(config, TimeBudget(config))
+
+    def trial(number, value, params, user_attrs=None, state="COMPLETE"):
+        return types.SimpleNamespace(number=number, value=value, params=params, user_attrs=user_attrs or {},
+                                     state=types.SimpleNamespace(name=state))
+
+    d, e, a, b, c = ({"learning_rate": x} for x in (0.001, 0.002, 0.01, 0.02, 0.03))
+    start = [trial(0, 0.80, d, attrs), trial(1, 0.82, e, attrs)]
+    assert set(attrs) <= set(START_ATTRS)
+    # the search's two best rank above the start queue: the second place goes to the start queue's best
+    assert finale.choose([*start, trial(5, 0.90, a), trial(6, 0.88, b), trial(7, 0.85, c)]) == [(5, a), (1, e)]
+    # one of the best two is from the start queue already: by value, as before
+    assert finale.choose([*start, trial(5, 0.90, a), trial(6, 0.81, b)]) == [(5, a), (1, e)]
+    assert finale.choose([*start, trial(5, 0.79, a)]) == [(1, e), (0, d)]
+    # a search trial with a start configuration's parameters counts as that configuration
+    assert finale.choose([*start, trial(5, 0.90, e), trial(6, 0.88, b)]) == [(5, e), (6, b)]
+    # the start queue's trials pruned or failed: nothing to take, by value
+    dropped = [trial(0, 0.5, d, attrs, "PRUNED"), trial(1, None, e, attrs, "FAIL")]
+    assert finale.choose([*dropped, trial(5, 0.90, a), trial(6, 0.88, b)]) == [(5, a), (6, b)]
+    # one worker, one final: the best by value, whatever its origin
+    one = Finale(OptimizationConfig(dataset="synthetic_images", time_budget_minutes=1), TimeBudget(config))
+    assert one.choose([*start, trial(5, 0.90, a), trial(6, 0.88, b)]) == [(5, a)]
+
+
+def test_start_queue_trials_carry_one_of_the_attributes_the_finals_look_for(tmp_path):
+    from hpo import search_space
+
+    configs = tmp_path / "initial.json"
+    configs.write_text('[{"learning_rate": 0.003}]')
+    queue = search_space.start_queue("image", input_shape=(28, 28, 1), portfolio_size=3, initial=str(configs))
+    assert len(queue) == 4 and all(len(attrs) == 1 and set(attrs) <= set(search_space.START_ATTRS)
+                                   for _, attrs in queue)
+    assert {k for _, attrs in queue for k in attrs} == set(search_space.START_ATTRS)
+
+
+class _SearchFindsBetter(Paced):
+    """The start queue's configurations (trials 0-2: the default and two portfolio members) score 0.2 below what the
+    search's own configurations score at the same epoch."""
+
+    def accuracy(self, job, epoch):
+        return super().accuracy(job, epoch) - (0.2 if int(job.trial_id.rsplit("#", 1)[1]) < 3 else 0.0)
+
+
+def test_with_two_workers_a_start_configuration_is_trained_again_beside_the_searchs_best(tmp_path):
+    backend = _SearchFindsBetter(0.04)
+    _, study = _budgeted(tmp_path, "k", backend, workers=2, epochs=3, minutes=0.3, warm_start=True)
+    start = [t for t in study.trials if t.number < 3]
+    assert all(t.user_attrs.get("warm_start") or t.user_attrs.get("portfolio") for t in start)
+    finals = _finals(study)
+    assert len(finals) == MAX_FINALS
+    sources = [study.trials[f.user_attrs["final_of"]] for f in finals]
+    considered = [t for t in study.trials if t.state.name == "COMPLETE" and t.number < min(f.number for f in finals)
+                  and not (t.user_attrs.get("reason") or "").startswith((FINAL_CUT, FINAL_LATE))]
+    searched = [t for t in considered if t.number >= 3]
+    assert len(searched) >= 2 and all(t.value > max(s.value for s in start if s.value) for t in searched[:2])
+    assert sources[0].value == max(t.value for t in searched)  # the search's best
+    assert sources[1].number < 3 and sources[1].value == max(t.value for t in considered if t.number < 3)
+
+
 def test_every_trial_keeps_its_predictions_and_the_final_may_average_final_ensemble_models(tmp_path):
     backend = Paced(0.05)
     _, study = _budgeted(tmp_path, "e", backend, workers=1, epochs=4, minutes=0.15)

@@ -43,7 +43,7 @@ class Paced(Backend):
             if cancel is not None and cancel.wait(seconds) and cancel.hard:
                 return TrialResult(trial_id=job.trial_id, status="stopped", error=cancel.reason, executed_on="paced")
             time.sleep(max(0.0, began + seconds - time.monotonic()))  # soft: the epoch in progress ends
-            acc = min(0.99, 0.3 + 0.01 * epoch + job.params["learning_rate"])
+            acc = self.accuracy(job, epoch)
             history.append(acc)
             elapsed = time.monotonic() - started
             if on_epoch is not None:
@@ -60,6 +60,10 @@ class Paced(Backend):
     def seconds(self, job, epoch):
         """How long ``job``'s ``epoch`` takes."""
         return self.epoch_s
+
+    def accuracy(self, job, epoch):
+        """``job``'s validation accuracy after ``epoch``: grows with epochs and the learning rate."""
+        return min(0.99, 0.3 + 0.01 * epoch + job.params["learning_rate"])
 
     @staticmethod
     def _result(job, history, seconds, status, **details):

@@ -2,9 +2,10 @@
 
 Under ``time_budget_minutes`` the run knows its horizon. Trials of the search phase train on the search's short
 schedule (``max_epochs_per_trial``, pruned by Hyperband); once ``1 - final_training_share`` of the time for trials
-has passed, the search stops and the best configurations found so far (one per worker, at most two) are trained
-again from scratch on a learning-rate schedule that spans the time left, without early stopping or pruning. Search
-trials still running are stopped at their epoch's end (:data:`FINAL_CUT`) and kept, complete at what they trained.
+has passed, the search stops and the best configurations found so far (one per worker, at most two; of two, one from
+the start queue: :meth:`Finale.choose`) are trained again from scratch on a learning-rate schedule that spans the
+time left, without early stopping or pruning. Search trials still running are stopped at their epoch's end
+(:data:`FINAL_CUT`) and kept, complete at what they trained.
 
 A final trial is an ordinary trial of the study (queued with its parameters; user attribute ``final_of``: the trial
 whose configuration it trains again), so its result competes for the best model like any other: when a longer
@@ -32,6 +33,7 @@ from typing import Any
 
 from .budget import TimeBudget
 from .config import OptimizationConfig
+from .search_space import START_ATTRS
 
 __all__ = ["Finale", "ensemble_size", "FINAL_CUT", "FINAL_DROPPED", "FINAL_EPOCHS_MARGIN", "FINAL_LATE", "GATHER_S",
            "MAX_FINALS", "MIN_SEARCH_TRIALS", "ROOM_EPOCH"]
@@ -147,17 +149,26 @@ class Finale:
 
     def choose(self, trials: list[Any]) -> list[tuple[int, dict[str, Any]]]:
         """The configurations to train again: the best completed trials by value (maximized), distinct parameters,
-        at most :attr:`count`; each as (its trial number, its parameters). Fewer distinct ones than :attr:`count`
-        (workers): the best fills the rest (each final has its own seed), so no worker idles through the final."""
+        at most :attr:`count`; each as (its trial number, its parameters). With two or more, one is always from the
+        start queue (:data:`hpo.search_space.START_ATTRS`: the default, an initial configuration, a portfolio member):
+        when the best ones by value are all the search's own, the best of the start queue takes the last place (a
+        ranking after a few epochs is noisy, and a known-strong configuration trained long validated better than the
+        search's pick in most runs where both were trained: docs/bench/protocol-20261205-prior.md). Fewer distinct
+        ones than :attr:`count` (workers): the best fills the rest (each final has its own seed), so no worker idles
+        through the final."""
         done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None and t.params
                 and "final_of" not in t.user_attrs]
-        chosen: list[tuple[int, dict[str, Any]]] = []
+        start = [t.params for t in trials if any(k in t.user_attrs for k in START_ATTRS)]
+        picks: list[Any] = []
         for t in sorted(done, key=lambda t: (-t.value, t.number)):
-            if all(t.params != p for _, p in chosen):
-                chosen.append((t.number, dict(t.params)))
-            if len(chosen) == self.count:
-                break
-        return chosen + chosen[:1] * (self.count - len(chosen))
+            if all(t.params != p.params for p in picks):
+                picks.append(t)
+        chosen = picks[:self.count]
+        known = [t for t in picks if t.params in start]
+        if self.count > 1 and known and not any(t.params in start for t in chosen):
+            chosen[-1] = known[0]
+        out = [(t.number, dict(t.params)) for t in chosen]
+        return out + out[:1] * (self.count - len(out))
 
     def reason(self, trial: Any, cancel_reason: str | None, out_of_time: bool) -> str | None:
         """Why a completed trial's value is qualified: cut for the final training (``FINAL_CUT``) or by the time budget

@@ -111,6 +111,11 @@ def default_params(modality: str | SearchSpace, pins: dict[str, Any] | None = No
     return params
 
 
+#: the user attribute that marks each trial of a new study's start queue (:func:`start_queue`): the default, a user's
+#: initial configuration, a portfolio member, configurations known to be strong before the search
+START_ATTRS = ("warm_start", "initial_config", "portfolio")
+
+
 def start_queue(modality: str | SearchSpace, pins: dict[str, Any] | None = None,
                 input_shape: tuple[int, ...] | None = None, *, warm_start: bool = True, portfolio_size: int = 1,
                 initial: str | Sequence[dict[str, Any]] | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
