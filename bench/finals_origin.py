@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
     if pairs:
         print(f"{len(pairs)} runs with one final of each origin: start queue above the search's own in "
               f"{sum(p > 0 for p in pairs)}, equal {sum(p == 0 for p in pairs)}; "
-              f"mean {statistics.mean(pairs):+.2f} pp, median {statistics.median(pairs):+.2f} pp (own validation accuracy)")
+              f"mean {statistics.mean(pairs):+.2f} pp, median {statistics.median(pairs):+.2f} pp "
+              "(own validation accuracy)")
     return 0
 
 
