@@ -3,6 +3,7 @@ in the background and read later)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -102,6 +104,13 @@ class BackgroundHpo:
         self.proc.wait()
         self._out.close()
         self._err.close()
+
+
+def bench_modules(request: pytest.FixtureRequest, *names: str) -> list[Any]:
+    """Modules of bench/ (not installed: imported from its folder, which is on ``sys.path`` for the test only)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    request.addfinalizer(lambda: sys.path.remove(str(ROOT / "bench")))
+    return [importlib.import_module(name) for name in names]
 
 
 def selected(request: pytest.FixtureRequest, *names: str) -> set[str]:

@@ -3,21 +3,17 @@ one final per worker rests on it)."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from .conftest import ROOT
+from .conftest import bench_modules
 
 
 @pytest.fixture()
 def final_split(request):
-    sys.path.insert(0, str(ROOT / "bench"))
-    request.addfinalizer(lambda: sys.path.remove(str(ROOT / "bench")))
-    return importlib.import_module("final_split")
+    return bench_modules(request, "final_split")[0]
 
 
 def test_both_arms_are_trained_for_their_time_and_the_halves_averaged_on_validation(final_split, tmp_path, capsys):

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 
 import optuna
 import pytest
 
-from .conftest import ROOT
+from .conftest import bench_modules
 
 
 @pytest.fixture()
 def finals_origin(request):
-    sys.path.insert(0, str(ROOT / "bench"))
-    request.addfinalizer(lambda: sys.path.remove(str(ROOT / "bench")))
-    return importlib.import_module("finals_origin")
+    return bench_modules(request, "finals_origin")[0]
 
 
 def _trial(val, lr, **attrs):

@@ -15,18 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, bench_modules
 
 
 @pytest.fixture(scope="module")
 def lib(request):
     """The bench/protocol_lib package (bench/ is not installed: imported from its folder)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    request.addfinalizer(lambda: sys.path.remove(str(ROOT / "bench")))
-    return {name: importlib.import_module(f"protocol_lib.{name}")
-            for name in ("stats", "evaluate", "report", "record", "hpo_method", "settings", "controlled")}
+    names = ("stats", "evaluate", "report", "record", "hpo_method", "settings", "controlled")
+    return dict(zip(names, bench_modules(request, *(f"protocol_lib.{name}" for name in names))))
 
 
 def trial(n, end_s, val, candidate=True, model=None):

@@ -3,22 +3,18 @@ test), through the local backend; the figures it prints are the medians of the t
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import statistics
-import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import bench_modules
 
 
 @pytest.fixture()
 def pruned_end(request):
-    sys.path.insert(0, str(ROOT / "bench"))
-    request.addfinalizer(lambda: sys.path.remove(str(ROOT / "bench")))
-    return importlib.import_module("pruned_end")
+    return bench_modules(request, "pruned_end")[0]
 
 
 def test_pruned_trials_skip_the_test_split_and_the_printed_medians_are_the_recorded_ones(pruned_end, tmp_path,
