@@ -305,7 +305,7 @@ class _SearchFindsBetter(Paced):
 
 def test_with_two_workers_a_start_configuration_is_trained_again_beside_the_searchs_best(tmp_path):
     backend = _SearchFindsBetter(0.04)
-    _, study = _budgeted(tmp_path, "k", backend, workers=2, epochs=3, minutes=0.3, warm_start=True)
+    result, study = _budgeted(tmp_path, "k", backend, workers=2, epochs=3, minutes=0.3, warm_start=True)
     start = [t for t in study.trials if t.number < 3]
     assert all(t.user_attrs.get("warm_start") or t.user_attrs.get("portfolio") for t in start)
     finals = _finals(study)
@@ -317,6 +317,9 @@ def test_with_two_workers_a_start_configuration_is_trained_again_beside_the_sear
     assert len(searched) >= 2 and all(t.value > max(s.value for s in start if s.value) for t in searched[:2])
     assert sources[0].value == max(t.value for t in searched)  # the search's best
     assert sources[1].number < 3 and sources[1].value == max(t.value for t in considered if t.number < 3)
+    second = sorted(searched, key=lambda t: (-t.value, t.number))[1]  # what it replaced, and the run says so
+    assert (f"final training: trial {sources[1].number} (the start queue's best) is trained again in place of trial "
+            f"{second.number}, the search's second best") in " ".join(result.notes), result.notes
 
 
 def test_every_trial_keeps_its_predictions_and_the_final_may_average_final_ensemble_models(tmp_path):

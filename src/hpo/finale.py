@@ -95,6 +95,8 @@ class Finale:
         self._elapsed: dict[int, dict[int, float]] = {}  # trial -> epoch -> seconds of training at its end
         self._train_seconds: dict[int, float] = {}  # trial -> seconds from start to answer
         self._room_checked = False
+        #: (the search's trial, the start queue's trial in its place) when :meth:`choose` replaced one
+        self.replaced: tuple[int, int] | None = None
         self._notes: list[str] = []
         self._lock = threading.Lock()
 
@@ -154,9 +156,9 @@ class Finale:
         when the best ones by value are all the search's own, the best of the start queue takes the last place (a
         ranking after a few epochs is noisy: a known-strong configuration ranked below the search's pick and trained
         long beside it validated above it in 6 of 9 Fashion-MNIST runs at 3T, mean +0.6 pp, though in 1 of 4 on
-        MNIST-1D at T; measured: docs/bench/protocol-20261205-prior.md). Fewer distinct
-        ones than :attr:`count` (workers): the best fills the rest (each final has its own seed), so no worker idles
-        through the final."""
+        MNIST-1D at T; measured: docs/bench/protocol-20261205-prior.md); :attr:`replaced` then says which. Fewer
+        distinct ones than :attr:`count` (workers): the best fills the rest (each final has its own seed), so no
+        worker idles through the final."""
         done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None and t.params
                 and "final_of" not in t.user_attrs]
         start = [t.params for t in trials if any(k in t.user_attrs for k in START_ATTRS)]
@@ -167,6 +169,7 @@ class Finale:
         chosen = picks[:self.count]
         known = [t for t in picks if t.params in start]
         if self.count > 1 and known and not any(t.params in start for t in chosen):
+            self.replaced = (chosen[-1].number, known[0].number)
             chosen[-1] = known[0]
         out = [(t.number, dict(t.params)) for t in chosen]
         return out + out[:1] * (self.count - len(out))
@@ -205,6 +208,10 @@ class Finale:
         plan = [(n, p) for n, p in chosen if self.epochs(n) > trained.get(n, 0)]
         for number, params in plan:
             study.enqueue_trial(params, user_attrs={"final_of": number}, skip_if_exists=False)
+        if source is None and self.replaced is not None and self.replaced[1] in [n for n, _ in plan]:
+            notes.append(f"final training: trial {self.replaced[1]} (the start queue's best) is trained again in place "
+                         f"of trial {self.replaced[0]}, the search's second best: of two finals one is from the start "
+                         "queue")
         with self._lock:
             self.begun, self.pending, self.active, self._notes = bool(plan), len(plan), bool(plan), notes
         if not plan:
