@@ -166,6 +166,8 @@ class Finale:
         for t in sorted(done, key=lambda t: (-t.value, t.number)):
             if all(t.params != p.params for p in picks):
                 picks.append(t)
+            if len(picks) >= self.count and (self.count == 1 or any(p.params in start for p in picks)):
+                break  # the best ones and the start queue's best are known
         chosen = picks[:self.count]
         known = [t for t in picks if t.params in start]
         if self.count > 1 and known and not any(t.params in start for t in chosen):
