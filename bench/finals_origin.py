@@ -32,13 +32,13 @@ def reread(study_db: Path) -> dict[str, Any]:
     from hpo.budget import TimeBudget
     from hpo.config import OptimizationConfig
     from hpo.finale import FINAL_CUT, FINAL_LATE, Finale
-    from hpo.search_space import START_ATTRS
+    from hpo.search_space import start_params
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{study_db}"
     trials = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage).trials
     finals = [t for t in trials if "final_of" in t.user_attrs]
-    start = [t.params for t in trials if any(k in t.user_attrs for k in START_ATTRS)]
+    start = start_params(trials)
     origin = {t.number: ("start" if trials[t.user_attrs["final_of"]].params in start else "search") for t in finals}
     own = {t.number: _own_val(t.user_attrs["result"]) for t in finals
            if t.state.name == "COMPLETE" and (t.user_attrs.get("result") or {}).get("val_metrics")}

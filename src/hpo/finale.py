@@ -33,7 +33,7 @@ from typing import Any
 
 from .budget import TimeBudget
 from .config import OptimizationConfig
-from .search_space import START_ATTRS
+from .search_space import start_params
 
 __all__ = ["Finale", "ensemble_size", "FINAL_CUT", "FINAL_DROPPED", "FINAL_EPOCHS_MARGIN", "FINAL_LATE", "GATHER_S",
            "MAX_FINALS", "MIN_SEARCH_TRIALS", "ROOM_EPOCH"]
@@ -161,7 +161,7 @@ class Finale:
         worker idles through the final."""
         done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None and t.params
                 and "final_of" not in t.user_attrs]
-        start = [t.params for t in trials if any(k in t.user_attrs for k in START_ATTRS)]
+        start = start_params(trials)
         picks: list[Any] = []
         for t in sorted(done, key=lambda t: (-t.value, t.number)):
             if all(t.params != p.params for p in picks):

@@ -37,6 +37,7 @@ __all__ = [
     "suggest",
     "default_params",
     "start_queue",
+    "start_params",
     "neighbour_params",
     "count_params",
     "validate_params",
@@ -114,6 +115,12 @@ def default_params(modality: str | SearchSpace, pins: dict[str, Any] | None = No
 #: the user attribute that marks each trial of a new study's start queue (:func:`start_queue`): the default, a user's
 #: initial configuration, a portfolio member, configurations known to be strong before the search
 START_ATTRS = ("warm_start", "initial_config", "portfolio")
+
+
+def start_params(trials: Any) -> list[dict[str, Any]]:
+    """The parameters of the start queue's trials among ``trials`` (Optuna trials: those with a :data:`START_ATTRS`
+    user attribute); a search trial with the same parameters counts as that configuration where callers compare."""
+    return [t.params for t in trials if any(k in t.user_attrs for k in START_ATTRS)]
 
 
 def start_queue(modality: str | SearchSpace, pins: dict[str, Any] | None = None,
