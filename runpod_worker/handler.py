@@ -19,6 +19,9 @@ match its hash is answered ``{"error": ..., "error_kind": "invalid_input"}`` bef
 ``return_model`` trains with a temporary ``.keras`` file that :func:`hpo.artifacts.attach_model` uploads to the bucket
 (``model_uri``) or, without one and when small, returns inline (``model_inline``).
 
+A job's ``time_limit_s`` counts from when the client sent it: with ``deadline_unix`` (the client's clock) the
+seconds it waited in the endpoint's queue are taken off before training (:meth:`hpo.protocol.TrialJob.by_deadline`).
+
 The handler never raises (cancellation excepted). Size, depth and key checks come before anything walks the input
 recursively, then ``TrialJob.from_dict`` checks the params against the search space (:func:`hpo.worker.parse_input`).
 
@@ -163,7 +166,12 @@ class Worker:
             if request is None:
                 return {"health": await asyncio.get_running_loop().run_in_executor(
                     self._executor, health_info, self.worker_id, self.concurrency)}
-            return await self._train(job, request)
+            limited = request.by_deadline(time.time())  # the seconds the job waited in the queue are spent
+            if limited.time_limit_s != request.time_limit_s:
+                print(f"hpo-worker: job {job_id} ({request.trial_id}) started about "
+                      f"{request.time_limit_s - limited.time_limit_s:.1f} s after it was sent; time limit "
+                      f"{request.time_limit_s:g} s -> {limited.time_limit_s:g} s", flush=True)
+            return await self._train(job, limited)
         except Exception as exc:  # noqa: BLE001 - the last resort: the handler answers, whatever went wrong
             return internal_error(job_id, exc)
 

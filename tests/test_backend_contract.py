@@ -22,6 +22,7 @@ lifecycle test, which closes it, runs last for each kind; a local worker is star
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 import threading
@@ -286,6 +287,36 @@ def test_a_trial_past_its_time_limit_fails_alone(case):
     if case.sim is not None:
         assert case.sim.jobs()[-1]["status"] == "CANCELLED"  # cut on the endpoint too
     assert case.backend.run(tiny("c#after", epochs=1)).status == "completed"
+
+
+def test_a_job_that_waited_in_the_queue_trains_only_what_is_left_of_its_time_limit(cluster):
+    """``time_limit_s`` counts from the call to run(): a RunPod job queued behind a busy worker carries its deadline
+    (``deadline_unix``, the client's clock) and the worker takes the wait off (TrialJob.by_deadline), so it still
+    answers completed, at the epochs that fit in what was left, instead of running past the run's time budget."""
+    backend = RunPodBackend(cluster.endpoint_url, poll_max_s=0.5, attempts=2, backoff_s=0.05)
+    backend.start()
+    try:
+        free = CancelToken()
+        busy = Run(backend, tiny("q#busy", epochs=200, patience=200), cancel=free)
+        assert busy.epoch.wait(CAP_S), "the busy job never started"
+        limit = 4.0
+        late = Run(backend, dataclasses.replace(tiny("q#late", epochs=200, patience=200), time_limit_s=limit))
+        cluster.wait_for(lambda s: any(j["input"].get("trial_id") == "q#late" for j in s.jobs()), CAP_S,
+                         what="the second job in the endpoint's queue")
+        time.sleep(2.0)  # the only worker is busy: the job waits in the queue
+        free.cancel("the test frees the worker")
+        result = late.wait()
+        assert busy.wait().status == "stopped"
+    finally:
+        backend.close()
+    job = next(j for j in cluster.jobs() if j["input"].get("trial_id") == "q#late")
+    waited = job["taken_at"] - job["created_at"]
+    assert waited >= 2.0
+    assert job["input"]["deadline_unix"] == pytest.approx(job["created_at"] + limit, abs=1.0)
+    assert job["input"]["time_limit_s"] == limit  # sent as given; the worker takes the wait off
+    assert result.status == "completed" and result.epochs_run >= 1, result
+    # the worker's limit was at most limit - waited (+ rounding); without the deadline it trained limit / EPOCH_S
+    assert result.epochs_run * EPOCH_S <= limit - waited + 0.06, (result.epochs_run, waited)
 
 
 # -- lifecycle --------------------------------------------------------------------------------------------------------

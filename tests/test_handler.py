@@ -154,6 +154,23 @@ def test_the_trainer_gets_the_validated_params():
     assert seen == [dict(PARAMS, dropout=0.0)] and type(seen[0]["dropout"]) is float
 
 
+@pytest.mark.parametrize("queued_s, expected", [(30.0, 90.0), (0.0, 120.0), (-50.0, 120.0), (500.0, 1.0)])
+def test_the_trainer_gets_the_time_limit_less_the_seconds_the_job_waited_in_the_queue(capsys, queued_s, expected):
+    """The client's deadline (its clock at sending + time_limit_s): a job that waited 30 s trains for 90 of 120 s; a
+    worker clock behind the client's never lengthens the limit; a deadline long past leaves 1 s."""
+    limits = []
+
+    def trainer(job, on_epoch=None, should_stop=None, *, executed_on=None, **_):
+        limits.append(job.time_limit_s)
+        return TrialResult(trial_id=job.trial_id, status="completed")
+
+    out = run(make_worker(trainer), job_input(time_limit_s=120.0, deadline_unix=time.time() - queued_s + 120.0))
+    assert out["trial_result"]["status"] == "completed"
+    assert limits[0] == pytest.approx(expected, abs=0.5)
+    said = capsys.readouterr().out
+    assert ("time limit 120 s ->" in said) == (expected < 120), said
+
+
 @pytest.mark.parametrize("payload, words", [
     ({1: "x"}, ["key that is not a string"]),
     (job_input(params={**PARAMS, 3: 1}), ["key that is not a string"]),

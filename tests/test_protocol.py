@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -99,6 +100,10 @@ def test_epoch_report_round_trip():
     (lambda d: d.update(split_seed=2**40), "split_seed=1099511627776 is out of range"),
     (lambda d: d.update(max_epochs=10**12), "max_epochs=1000000000000 is out of range"),
     (lambda d: d.update(target_gpus=10**6), "target_gpus=1000000 is out of range"),
+    (lambda d: d.update(deadline_unix=1.8e9), "deadline_unix=1800000000.0 is not allowed; allowed: null, or seconds "
+     "since the epoch in (0, 1e+11] with time_limit_s set"),  # no time_limit_s
+    (lambda d: d.update(time_limit_s=60.0, deadline_unix=-5.0), "deadline_unix=-5.0 is not allowed"),
+    (lambda d: d.update(time_limit_s=60.0, deadline_unix=1e300), "deadline_unix=1e+300 is not allowed"),
     (lambda d: d.update(trial_id=""), "trial_id=\"\" is not allowed"),
     (lambda d: d.update(trial_id="a\nb"), "printable characters"),
     (lambda d: d.update({7: 1}), "an object key that is not a string (7)"),
@@ -172,3 +177,26 @@ def test_importing_the_protocol_loads_no_tensorflow_keras_or_numpy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_job_with_a_time_limit_and_a_deadline_is_under_one_kilobyte_and_round_trips():
+    job = dataclasses.replace(typical_job(), time_limit_s=1234.5, deadline_unix=1796567890.12, keep_predictions=True,
+                              ensemble=3, gather=[121, 122], return_model=True, schedule_epochs=50)
+    text = job.to_json()
+    assert len(text.encode()) < MAX_JOB_BYTES
+    assert TrialJob.from_dict(json.loads(text)) == job
+
+
+@pytest.mark.parametrize("limit, deadline, now, expected", [
+    (60.0, None, 1000.0, 60.0),      # no deadline: the limit counts from the trainer's start
+    (60.0, 1060.0, 1000.0, 60.0),    # started at once
+    (60.0, 1060.0, 1012.34, 47.7),   # waited 12.34 s in a queue: taken off, to 0.1 s
+    (60.0, 1060.0, 990.0, 60.0),     # the worker's clock behind the client's: never a longer limit
+    (60.0, 1060.0, 1070.0, 1.0),     # the deadline passed while queued: at least 1 s
+    (None, None, 1000.0, None),      # no limit at all
+])
+def test_by_deadline_takes_the_queued_seconds_off_the_time_limit(limit, deadline, now, expected):
+    job = dataclasses.replace(typical_job(), time_limit_s=limit, deadline_unix=deadline)
+    started = job.by_deadline(now)
+    assert started.time_limit_s == expected
+    assert dataclasses.replace(started, time_limit_s=limit) == job  # nothing else changes

@@ -48,6 +48,7 @@ MAX_TARGET_GPUS = 1024
 #: Most models a final's ensemble may average (config.final_ensemble).
 MAX_ENSEMBLE = 5  # also the most finals a final may wait for (gather)
 MAX_TIME_LIMIT_S = 7 * 24 * 3600.0  # a job's time limit: at most a week
+MAX_DEADLINE_UNIX = 1e11  # a deadline on the wall clock: seconds since 1970, before the year 5000
 #: The dataset name of a job on the user's own data (described by data_uri, data_sha256, modality, ...).
 CUSTOM_DATASET = "custom"
 DATA_URI_SCHEMES = ("file://", "s3://")
@@ -144,6 +145,10 @@ class TrialJob(Message):
     #: seconds the trainer may use, start to answer (time_budget_minutes): it starts no epoch that would not end in
     #: time; the trial is complete at the epochs it trained. None: no limit
     time_limit_s: float | None = None
+    #: when the answer is due, on the orchestrator's wall clock (seconds since the epoch): set by a backend whose jobs
+    #: may wait in a queue first (RunPod), so the trainer takes the wait off ``time_limit_s`` (:meth:`by_deadline`).
+    #: None: ``time_limit_s`` counts from when the trainer starts
+    deadline_unix: float | None = None
     #: a local trainer leaves the model's validation and test predictions beside its model file (final_ensemble)
     keep_predictions: bool = False
     #: a final: average at most this many models, itself and the run's kept ones (hpo.ensemble); 0 or 1: none
@@ -196,6 +201,10 @@ class TrialJob(Message):
                                                   and 0 < self.time_limit_s <= MAX_TIME_LIMIT_S):
             raise ProtocolError(f"TrialJob: time_limit_s={preview(self.time_limit_s)} is out of range; allowed: null "
                                 f"or seconds in (0, {MAX_TIME_LIMIT_S}]")
+        if self.deadline_unix is not None and (self.time_limit_s is None or not math.isfinite(self.deadline_unix)
+                                               or not 0 < self.deadline_unix <= MAX_DEADLINE_UNIX):
+            raise ProtocolError(f"TrialJob: deadline_unix={preview(self.deadline_unix)} is not allowed; allowed: null, "
+                                f"or seconds since the epoch in (0, {MAX_DEADLINE_UNIX:g}] with time_limit_s set")
         for name, high, note in (("target_gpus", MAX_TARGET_GPUS, " (0 = all visible)"),
                                  ("ensemble", MAX_ENSEMBLE, "")):
             if not 0 <= getattr(self, name) <= high:
@@ -218,6 +227,17 @@ class TrialJob(Message):
         shape = info.input_shape if info.modality == "image" else None
         params = catalog.validate_params(info.modality, self.params, shape)
         return dataclasses.replace(self, params=params)
+
+    def by_deadline(self, now_unix: float) -> TrialJob:
+        """This job as a trainer starting at ``now_unix`` (its wall clock) should run it: ``time_limit_s`` no longer
+        than what is left until ``deadline_unix``, at least 1 s, so the seconds the job waited in a queue are taken
+        off. Unchanged without a deadline or when the deadline leaves more (a clock behind the orchestrator's never
+        lengthens the limit; one ahead of it shortens it by the difference: the machines' clocks are assumed in
+        sync, as NTP keeps them)."""
+        if self.deadline_unix is None or self.time_limit_s is None:
+            return self
+        left = round(max(1.0, self.deadline_unix - now_unix), 1)
+        return dataclasses.replace(self, time_limit_s=left) if left < self.time_limit_s else self
 
     def dataset_info(self) -> catalog.DatasetInfo:
         """What the trainer needs to know of the job's data: the catalog's entry of a built-in dataset, or the

@@ -74,8 +74,8 @@ class Backend(abc.ABC):
       start, it is closed, the service is down), so the caller can retry or fall back.
     - ``job.time_limit_s`` (time_budget_minutes) counts from the call to :meth:`run`: the trainer gets what is left
       when it starts (:func:`started_late`; a worker process started for the job, a failed remote attempt). RunPod:
-      the seconds a job waits in the endpoint's queue are not known when it is sent and are not taken off; the
-      budget's cut at its end bounds them.
+      the job carries ``deadline_unix`` (the call's wall clock plus the limit) and the worker takes the seconds it
+      waited in the endpoint's queue off (:meth:`~hpo.protocol.TrialJob.by_deadline`).
     - ``save_model_to``: where a trial that trains on this machine (``executed_on`` "local:...") saves its best
       model as a ``.keras`` file; a remote trial's model is brought back there (RunPod: through the bucket or
       inline, :mod:`hpo.artifacts`).

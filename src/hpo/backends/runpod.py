@@ -33,7 +33,9 @@ is lost, the job expires in the endpoint's queue) are resubmitted ``resubmits`` 
 Dispatch: ``queue_ahead`` asks the dispatcher to keep that many trials submitted beyond ``concurrent_workers``; they
 wait in the endpoint's queue, so a worker that finishes takes its next job from there instead of waiting for the
 dispatcher to notice and submit one. A trial's time limit (``timeout_s``) counts from when the job is seen running,
-not queued. A remote trial's model comes back into ``save_model_to`` (the job asks for it with ``return_model``;
+not queued. A job's ``time_limit_s`` (time_budget_minutes) counts from the call to ``run``: the job carries its
+``deadline_unix`` and the worker takes the seconds it waited in the queue off the limit (``TrialJob.by_deadline``), so
+a final that waited for a cold worker still ends in time. A remote trial's model comes back into ``save_model_to`` (the job asks for it with ``return_model``;
 the worker uploads it to the bucket, or returns it inline when small: :mod:`hpo.artifacts`). ``start`` and ``close`` may be called twice; ``close`` cancels the jobs still in flight (their ``run`` returns
 ``stopped``), and ``run`` after ``close`` raises BackendUnavailable.
 """
@@ -196,6 +198,8 @@ class RunPodBackend(Backend):
             raise BackendUnavailable("the RunPod backend is closed")
         if save_model_to:  # the worker brings the model back: through the bucket, or inline when small
             job = dataclasses.replace(job, return_model=True)
+        if job.time_limit_s is not None:  # the worker takes the seconds spent in the queue (and on resubmits) off it
+            job = dataclasses.replace(job, deadline_unix=round(time.time() + job.time_limit_s, 2))
         forwarded = {"epoch": 0}
         failures: list[str] = []
         for attempt in range(self.resubmits + 1):
