@@ -103,11 +103,15 @@ def test_workers_are_recycled_and_memory_does_not_grow(recycling):
 
     backend._release = spy
     try:
-        for n in range(6):
-            assert backend.run(job(n, epochs=1, filters=32, dense_layers=1, dense_units=128)).status == "completed"
+        for n in range(7):
+            trial = job(n, epochs=1, filters=32, dense_layers=1, dense_units=128)
+            if n == 4:  # a job with a time limit would pay a new worker's start out of its own seconds
+                trial = dataclasses.replace(trial, time_limit_s=600.0)
+            assert backend.run(trial).status == "completed"
     finally:
         backend.close()
-    assert len(set(pids[:4])) == 1 and pids[4] != pids[3]  # recycled after 4 trials
+    assert len(set(pids[:5])) == 1, pids  # the 5th trial, with a time limit, kept the worn-out worker
+    assert pids[5] != pids[4] and pids[6] == pids[5]  # the next one without a limit did not: recycled after 4 trials
     # after warm-up, a worker's memory stays flat from trial to trial (Keras sessions are freed)
     assert rss[3] - rss[1] < 150, rss
 

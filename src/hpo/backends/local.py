@@ -2,7 +2,8 @@
 
 Why processes, not threads: Keras/TensorFlow graphs are not safe to build concurrently from threads, and a process
 gives every trial a clean session. TensorFlow is imported once per worker; a worker is recycled after
-``max_trials_per_worker`` trials or when its memory passes ``max_worker_rss_mb``, so memory does not grow over a long
+``max_trials_per_worker`` trials (twice that many before a job with a time limit, which would pay the new worker's
+start out of its own seconds) or when its memory passes ``max_worker_rss_mb``, so memory does not grow over a long
 run. A trial that crashes its worker or runs past its time limit fails alone; the worker is replaced.
 """
 
@@ -203,13 +204,17 @@ class LocalBackend(Backend):
             self.close()
             raise errors[0]
 
-    def _acquire(self) -> _WorkerProcess:
+    def _acquire(self, job: TrialJob | None = None) -> _WorkerProcess:
         if self._closed:
             raise BackendUnavailable("the local backend is closed")
         if not self._started:
             self.start()
         while True:
             slot = self._idle.get()
+            if slot is not None and slot.alive() and self._worn_out(slot, job):
+                log.info("recycling local worker %s after %s trials", slot.index, slot.trials_done)
+                self._retire(slot, kill=False)
+                slot = None
             if slot is not None and slot.alive():
                 return slot
             if slot is not None:
@@ -220,20 +225,26 @@ class LocalBackend(Backend):
                 self._idle.put(None)
                 raise
 
+    def _worn_out(self, worker: _WorkerProcess, job: TrialJob | None) -> bool:
+        """Recycle ``worker`` before it runs ``job``? After ``max_trials_per_worker`` trials; a job with a time limit
+        (time_budget_minutes) would pay the new worker's start (a TensorFlow import) out of its own seconds, so it
+        keeps the worker up to twice that many (memory stays bounded by ``max_worker_rss_mb`` at every release)."""
+        limit = self.max_trials_per_worker * (2 if job is not None and job.time_limit_s is not None else 1)
+        return worker.trials_done >= limit
+
     def _release(self, worker: _WorkerProcess | None) -> None:
-        if worker is not None and (worker.trials_done >= self.max_trials_per_worker
-                                   or worker.rss_mb > self.max_worker_rss_mb):
+        if worker is not None and worker.rss_mb > self.max_worker_rss_mb:
             log.info("recycling local worker %s after %s trials (%.0f MB)", worker.index, worker.trials_done,
                      worker.rss_mb)
             self._retire(worker, kill=False)
             worker = None
-        self._idle.put(worker)
+        self._idle.put(worker)  # one worn out by its trial count is recycled when the next job is known (_acquire)
 
     # -- trials ------------------------------------------------------------------------------------------------------
     def run(self, job: TrialJob, *, on_epoch: EpochHandler | None = None, cancel: CancelToken | None = None,
             timeout_s: float | None = None, save_model_to: str | None = None) -> TrialResult:
         called = time.monotonic()
-        worker = self._acquire()  # may start a worker process (a TensorFlow import: seconds of the trial's limit)
+        worker = self._acquire(job)  # may start a worker process (a TensorFlow import: seconds of the trial's limit)
         with self._lock:
             self._busy.add(worker)
         try:
