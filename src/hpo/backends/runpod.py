@@ -35,9 +35,10 @@ wait in the endpoint's queue, so a worker that finishes takes its next job from 
 dispatcher to notice and submit one. A trial's time limit (``timeout_s``) counts from when the job is seen running,
 not queued. A job's ``time_limit_s`` (time_budget_minutes) counts from the call to ``run``: the job carries its
 ``deadline_unix`` and the worker takes the seconds it waited in the queue off the limit (``TrialJob.by_deadline``), so
-a final that waited for a cold worker still ends in time. A remote trial's model comes back into ``save_model_to`` (the job asks for it with ``return_model``;
-the worker uploads it to the bucket, or returns it inline when small: :mod:`hpo.artifacts`). ``start`` and ``close`` may be called twice; ``close`` cancels the jobs still in flight (their ``run`` returns
-``stopped``), and ``run`` after ``close`` raises BackendUnavailable.
+a final that waited for a cold worker still ends in time. A remote trial's model comes back into ``save_model_to``
+(the job asks for it with ``return_model``; the worker uploads it to the bucket, or returns it inline when small:
+:mod:`hpo.artifacts`). ``start`` and ``close`` may be called twice; ``close`` cancels the jobs still in flight (their
+``run`` returns ``stopped``), and ``run`` after ``close`` raises BackendUnavailable.
 """
 
 from __future__ import annotations
