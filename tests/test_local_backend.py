@@ -136,3 +136,23 @@ def test_a_worker_started_for_the_job_leaves_the_trainer_only_the_time_that_is_l
     assert result.status == "completed" and result.details.get("out_of_time") is True, result.error
     assert result.train_seconds <= limit - 6.0  # the trainer was told the start-up had been spent
     assert took <= limit + 4.0  # the answer came back about when the limit said (was: limit + the start-up)
+
+
+def test_close_asks_idle_workers_to_exit_together_and_kills_one_that_does_not(tmp_path):
+    """A run's end is inside its time budget: idle workers get EXIT_GRACE_S together (not 10 s each, one after the
+    other), then they are killed; one that exits in time exits cleanly."""
+    b = LocalBackend(workers=2, log_dir=tmp_path)
+    b.start()
+    try:
+        assert b.run(job(0)).status == "completed"
+        procs = {w.pid: w.proc for w in b._all}
+        stuck, healthy = sorted(procs)
+        os.kill(stuck, signal.SIGSTOP)  # it cannot read the exit message
+        started = time.monotonic()
+        b.close()
+        took = time.monotonic() - started
+    finally:
+        b.close()
+    assert procs[stuck].returncode == -signal.SIGKILL  # killed after the grace
+    assert procs[healthy].returncode == 0  # exited by itself
+    assert took < local_module.EXIT_GRACE_S + 5.0, took  # the old close waited 10 s for the stuck one alone

@@ -25,7 +25,10 @@ from ..exceptions import BackendUnavailable
 from ..protocol import EpochReport, TrialJob, TrialResult
 from ._base import Backend, CancelToken, EpochHandler, started_late
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "EXIT_GRACE_S"]
+
+#: seconds idle workers get to exit when the backend closes, all together; then they are killed
+EXIT_GRACE_S = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -334,9 +337,22 @@ class LocalBackend(Backend):
         return "the local backend is closed" if self._closed else None
 
     def close(self) -> None:
-        """Trials still running are stopped at once (their ``run`` returns ``stopped``); idle workers exit."""
+        """Trials still running are stopped at once (their ``run`` returns ``stopped``); idle workers are asked to
+        exit all at once and killed after :data:`EXIT_GRACE_S` (an idle worker holds nothing unsaved; one that ran
+        many trials takes seconds to tear TensorFlow down, and a run's end is inside its time budget)."""
         with self._lock:
             self._closed = True
             workers, busy = list(self._all), set(self._busy)
+        idle = [w for w in workers if w not in busy and w.alive()]
         for worker in workers:
-            self._retire(worker, kill=worker in busy or not worker.alive())
+            if worker not in idle:
+                self._retire(worker, kill=True)
+        for worker in idle:
+            worker.send({"type": "exit"})
+        until = time.monotonic() + EXIT_GRACE_S
+        for worker in idle:
+            try:
+                worker.proc.wait(timeout=max(0.0, until - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            self._retire(worker, kill=True)  # kill() leaves an exited worker alone and closes its pipes
