@@ -129,6 +129,8 @@ def test_save_model_to_writes_a_loadable_model(tmp_path):
     _, acc = model.evaluate(data.x_test, data.y_test, verbose=0)
     assert acc == pytest.approx(result.test_metrics["accuracy"], abs=1e-6)
     assert np.isfinite(acc)
+    end = result.details["end_phase"]  # the model file's seconds are part of the trial's end
+    assert end["save_s"] > 0 and end["took_s"] == pytest.approx(end["evaluate_s"] + end["save_s"], abs=0.03)
 
 
 def test_multi_replica_path_on_two_logical_cpus_matches_one_device():
@@ -205,8 +207,14 @@ def test_a_time_limit_ends_training_in_time_and_the_trial_is_complete_at_its_bes
     assert result.history["val_accuracy"][result.best_epoch - 1] == max(result.history["val_accuracy"])
     assert result.val_metrics["accuracy"] == pytest.approx(max(result.history["val_accuracy"]), abs=1e-6)
     assert len(epochs) == result.epochs_run
+    # where the end's seconds went, beside what the rule kept for it (a run that ends late says why)
+    end = result.details["end_phase"]
+    assert end["reserved_s"] > 0 and end["evaluate_s"] > 0
+    assert end["took_s"] >= end["evaluate_s"] and end["took_s"] < result.train_seconds
+    assert end["took_s"] < 4.0 and "save_s" not in end  # no model file was asked for
     unlimited = run_trial(job(max_epochs=2))
     assert "out_of_time" not in unlimited.details and unlimited.epochs_run == 2
+    assert unlimited.details["end_phase"]["reserved_s"] is None  # no time limit: nothing kept for the end
 
 
 @pytest.mark.parametrize("evaluated_share, stops_after", [(2.0, 8), (21.0, 5)])

@@ -123,6 +123,26 @@ END_MARGIN, END_FIXED_S = 1.5, 1.0
 ENSEMBLE_FIXED_S = 3.0
 
 
+class _EndClock:
+    """The seconds a trial's end took (after training: evaluation, ensemble or model file, health), part by part,
+    beside what the time-limit rule kept for it (``details["end_phase"]``), so a run that ends late says where."""
+
+    def __init__(self, reserved_s: float | None) -> None:
+        self.reserved_s = reserved_s
+        self.began = self._last = time.perf_counter()
+        self.parts: dict[str, float] = {}
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.parts[part] = round(now - self._last, 2)
+        self._last = now
+
+    def summary(self) -> dict[str, Any]:
+        took = round(time.perf_counter() - self.began, 2)
+        reserved = None if self.reserved_s is None else round(self.reserved_s, 2)
+        return {"took_s": took, "reserved_s": reserved, **{f"{k}_s": v for k, v in self.parts.items()}}
+
+
 def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: StopCheck | None,
                    started: float, timed: TimedCosine | None = None, steps_per_epoch: int = 1,
                    evaluated_share: float = 1.0, end_fixed_s: float = END_FIXED_S) -> Any:
@@ -146,6 +166,8 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             self.out_of_time = False
             self._epoch_began = 0.0
             self._lengths: list[float] = []
+            #: the seconds the time-limit rule last kept for the trial's end (None: no time limit, or not judged)
+            self.reserved_s: float | None = None
             self._validation_began, self._validation_s = 0.0, 0.0  # the last epoch's validation pass
             self._step = 0  # optimizer steps taken (the timed schedule's clock)
 
@@ -205,7 +227,8 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
                 now = time.perf_counter()
                 self._lengths = [*self._lengths[-1:], now - self._epoch_began]
                 pace = max(self._lengths)
-                if now - started + pace + self.end_s(pace) > job.time_limit_s:
+                self.reserved_s = self.end_s(pace)
+                if now - started + pace + self.reserved_s > job.time_limit_s:
                     self.out_of_time = True
                     self.model.stop_training = True
                 elif timed is not None:  # the schedule ends where the rule above will stop: the epochs that fit
@@ -300,12 +323,14 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         if callback.best_weights is None:
             return TrialResult(status="failed", error="no epoch finished with a validation accuracy", **common)
         model.set_weights(callback.best_weights)
+        end = _EndClock(callback.reserved_s)
         eval_batch = max(batch_size, 256)
         # pruned (should_stop.discard, hpo.worker.StopFlag): never the answer nor an ensemble's member, so neither a
         # test evaluation (the test split is touched only by trials that count) nor predictions to keep
         discard = callback.stopped_on_request and getattr(should_stop, "discard", False) is True
         val_metrics = _evaluate(model, data.x_val, data.y_val, eval_batch)
         test_metrics = {} if discard else _evaluate(model, data.x_test, data.y_test, eval_batch)
+        end.lap("evaluate")
         alone, extra = val_metrics, {}
         if predicts and not discard:
             from .ensemble import finish
@@ -314,8 +339,10 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
             val_metrics, test_metrics, extra = finish(model, data, Path(save_model_to), members=job.ensemble,
                                                       batch_size=eval_batch, val_metrics=val_metrics,
                                                       test_metrics=test_metrics, gather=job.gather, until=until)
+            end.lap("ensemble")
         elif save_model_to:
             model.save(save_model_to)
+            end.lap("save")
         health_scores, details = {}, {}
         if job.compute_health and not callback.stopped_on_request:  # a stopped (pruned) trial is not scored
             from . import health
@@ -324,7 +351,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                 model, history=callback.history, best_epoch=callback.best_epoch,
                 val_accuracy=alone.get("accuracy"), num_classes=info.num_classes, x_val=data.x_val,
                 x_train=data.x_train, y_train=data.y_train, param_count=common["param_count"])
-        details = dict(details, **extra)
+            end.lap("health")
+        details = dict(details, **extra, end_phase=end.summary())
         if callback.out_of_time:  # complete at fewer epochs than asked: the job's time limit (time_budget_minutes)
             details = dict(details, out_of_time=True)
         return TrialResult(status="stopped" if callback.stopped_on_request else "completed",
