@@ -310,8 +310,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                                        decay_steps=decay_steps)
         evaluated = (len(data.x_val) + len(data.x_test)) / max(1, len(data.x_val))
         end_fixed, predicts = END_FIXED_S, bool(job.keep_predictions and save_model_to and job.model is None)
-        if predicts:  # validation and test predicted once more for the final's ensemble (final_ensemble)
-            evaluated, end_fixed = 2 * evaluated, END_FIXED_S + (ENSEMBLE_FIXED_S if job.ensemble > 1 else 0.0)
+        if predicts:  # the predictions kept (final_ensemble), and a final's ensemble loaded and saved
+            end_fixed = END_FIXED_S + (ENSEMBLE_FIXED_S if job.ensemble > 1 else 0.0)
         callback = _make_callback(job, on_epoch, should_stop, started, timed, steps_per_epoch, evaluated, end_fixed)
         model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=job.max_epochs,
                   validation_data=(data.x_val, data.y_val), callbacks=[callback], shuffle=True, verbose=0)
@@ -328,21 +328,25 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         # pruned (should_stop.discard, hpo.worker.StopFlag): never the answer nor an ensemble's member, so neither a
         # test evaluation (the test split is touched only by trials that count) nor predictions to keep
         discard = callback.stopped_on_request and getattr(should_stop, "discard", False) is True
-        val_metrics = _evaluate(model, data.x_val, data.y_val, eval_batch)
-        test_metrics = {} if discard else _evaluate(model, data.x_test, data.y_test, eval_batch)
-        end.lap("evaluate")
-        alone, extra = val_metrics, {}
-        if predicts and not discard:
-            from .ensemble import finish
+        if predicts and not discard:  # one pass over each split: the metrics come from the predictions it keeps
+            from .ensemble import finish, predict
 
+            val_metrics, test_metrics, own = predict(model, data, eval_batch)
+            end.lap("evaluate")
+            alone = val_metrics
             until = started + (job.time_limit_s or 0.0) - ENSEMBLE_FIXED_S  # the other finals: waited for in time
-            val_metrics, test_metrics, extra = finish(model, data, Path(save_model_to), members=job.ensemble,
-                                                      batch_size=eval_batch, val_metrics=val_metrics,
-                                                      test_metrics=test_metrics, gather=job.gather, until=until)
+            val_metrics, test_metrics, extra = finish(model, data, Path(save_model_to), own, members=job.ensemble,
+                                                      val_metrics=val_metrics, test_metrics=test_metrics,
+                                                      gather=job.gather, until=until)
             end.lap("ensemble")
-        elif save_model_to:
-            model.save(save_model_to)
-            end.lap("save")
+        else:
+            val_metrics = _evaluate(model, data.x_val, data.y_val, eval_batch)
+            test_metrics = {} if discard else _evaluate(model, data.x_test, data.y_test, eval_batch)
+            end.lap("evaluate")
+            alone, extra = val_metrics, {}
+            if save_model_to:
+                model.save(save_model_to)
+                end.lap("save")
         health_scores, details = {}, {}
         if job.compute_health and not callback.stopped_on_request:  # a stopped (pruned) trial is not scored
             from . import health
