@@ -415,3 +415,45 @@ def test_two_finals_side_by_side_one_ends_earlier_the_other_waits_for_it(tmp_pat
     ends = [f.datetime_start.timestamp() + jobs[f.number].time_limit_s for f in finals]
     assert ends[1] - ends[0] == pytest.approx(GATHER_S, abs=1.0)
     assert all(not j.gather for n, j in jobs.items() if n != finals[1].number)
+
+
+class _SecondIsQuick(Paced):
+    """Trial 1 trains in no time, so its thread takes trial 2 while the search phase still runs."""
+
+    def seconds(self, job, epoch):
+        return 0.01 if job.trial_id.endswith("#1") else self.epoch_s
+
+
+def test_a_search_trial_taken_just_as_the_finals_begin_is_dropped_not_run_through_them(tmp_path, monkeypatch):
+    """The race: a trial thread has taken trial 2 from the ready queue (so the finale's start cannot dispose of it)
+    but not yet registered its cancel token when the finale begins. It must not run: before, it was neither disposed
+    of nor cut and held its worker through the finals (seen on Fashion-MNIST at T: the second final never started)."""
+    import threading
+
+    from hpo.dispatch import Dispatcher
+
+    finale_begun, begin, run_trial = threading.Event(), Dispatcher._begin_finale, Dispatcher._run_trial
+
+    def begin_finale(self, source=None):
+        begin(self, source)
+        if self.search.finale.begun:
+            finale_begun.set()
+
+    def held_run_trial(self, running):
+        if running.ready.trial.number == 2:  # taken; its token registered only once the finale has begun
+            assert finale_begun.wait(10)
+        run_trial(self, running)
+
+    monkeypatch.setattr(Dispatcher, "_begin_finale", begin_finale)
+    monkeypatch.setattr(Dispatcher, "_run_trial", held_run_trial)
+    backend = _SecondIsQuick(0.2)
+    _, study = _budgeted(tmp_path, "race", backend, workers=2, epochs=10, minutes=0.15)
+    assert finale_begun.is_set()
+    ran = {int(j.trial_id.split("#")[1]) for j in backend.jobs}
+    assert 2 not in ran, "trial 2 ran after the finals began"
+    dropped = study.trials[2]
+    assert "final_of" not in dropped.user_attrs and dropped.state.name == "PRUNED"
+    assert dropped.user_attrs["reason"] == FINAL_CUT
+    finals = _finals(study)
+    assert len(finals) == 2 and {f.number for f in finals} <= ran  # trial 2 held no worker: both finals ran
+    assert all(f.state.name == "COMPLETE" for f in finals)

@@ -212,6 +212,7 @@ def test_a_time_limit_ends_training_in_time_and_the_trial_is_complete_at_its_bes
     assert end["reserved_s"] > 0 and end["evaluate_s"] > 0
     assert end["took_s"] >= end["evaluate_s"] and end["took_s"] < result.train_seconds
     assert end["took_s"] < 4.0 and "save_s" not in end  # no model file was asked for
+    assert end["limit_s"] == 4.0 and end["trained_s"] + end["took_s"] <= result.train_seconds + 0.05
     unlimited = run_trial(job(max_epochs=2))
     assert "out_of_time" not in unlimited.details and unlimited.epochs_run == 2
     assert unlimited.details["end_phase"]["reserved_s"] is None  # no time limit: nothing kept for the end

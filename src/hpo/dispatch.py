@@ -45,8 +45,6 @@ from .search import Search
 __all__ = ["Dispatcher", "default_ask_ahead"]
 
 log = logging.getLogger(__name__)
-
-
 ASK_BATCH = 16  #: the most trials asked in one transaction (remote workers)
 
 
@@ -97,12 +95,9 @@ class Dispatcher:
         self.after_trial = after_trial
         workers = search.config.concurrent_workers
         queue_ahead = max(0, backend.queue_ahead)
-        # A backend may keep a few trials beyond concurrent_workers submitted (RunPod: queued on the endpoint, so a
-        # worker that finishes finds its next job waiting instead of waiting for the dispatcher).
-        self.thread_count = workers + queue_ahead
+        self.thread_count = workers + queue_ahead  # the backend's queue_ahead: submitted beyond concurrent_workers
         self.ask_ahead = default_ask_ahead(workers, queue_ahead) if ask_ahead is None else max(0, int(ask_ahead))
-        #: whether epoch reports can prune a trial: then they reach the pruner in the trial's thread; else the study
-        #: thread records them
+        #: whether epoch reports can prune (then the pruner gets them in the trial's thread; else the study thread)
         self._prunes = search.config.mode != "pareto" and not isinstance(search.study.pruner,
                                                                           optuna.pruners.NopPruner)
         self._tokens: dict[int, CancelToken] = {}
@@ -148,9 +143,8 @@ class Dispatcher:
         study.start()
         for t in threads:
             t.start()
-        # Wait on an event, never on Thread.join: on Python 3.11 a Ctrl-C that interrupts join(timeout) marks the
-        # still-running thread as stopped (its lock is released from outside); the run then finished while a trial
-        # thread had not recorded its trial yet, and the trial stayed RUNNING in the study.
+        # Wait on an event, never on Thread.join: on Python 3.11 a Ctrl-C that interrupts join(timeout) marks the still
+        # running thread stopped (its lock released from outside): the run ended while a trial stayed RUNNING.
         try:
             self._wait_until_done()
         except KeyboardInterrupt:
@@ -160,9 +154,7 @@ class Dispatcher:
             self._stopped.set()
 
     def _wait_until_done(self) -> None:
-        while not self._threads_done.wait(0.2):
-            pass
-        while not self._study_done.wait(0.2):  # the last results recorded
+        while not (self._threads_done.wait(0.2) and self._study_done.wait(0.2)):  # threads, then the last records
             pass
 
     def _heartbeat_main(self) -> None:
@@ -190,12 +182,14 @@ class Dispatcher:
         search = self.search
         if search.stop_reason is not None or search.finale.begun or not (source is not None or search.finale.due()):
             return
-        with self._tokens_lock:
-            tokens = dict(self._tokens)
         self._finale_later = search.begin_finale(source) is None
         if not search.finale.begun:
             return
         self._dispose_ready(FINAL_CUT)
+        # read once the finale began (no final runs yet), so a trial taken but not yet registered is dropped by
+        # _run_trial (read before, it was neither disposed of nor cut and held its worker through the finals)
+        with self._tokens_lock:
+            tokens = dict(self._tokens)
         for token in tokens.values():
             token.cancel(FINAL_CUT, hard=False)
         with self._lock:
@@ -310,9 +304,8 @@ class Dispatcher:
 
     def _record(self, running: _Running) -> None:
         """A finished trial's verdict, progress and run files (study thread)."""
-        search, item = self.search, running.ready
+        search, item, token = self.search, running.ready, running.token
         result = running.result or TrialResult(trial_id=item.job.trial_id, status="failed", error="no result")
-        token = running.token
         with self._lock:
             epochs, running.epochs = running.epochs, []
         try:
@@ -392,6 +385,12 @@ class Dispatcher:
             self._tokens[trial.number] = token
         if search.stop_reason is not None:
             token.cancel(search.stop_reason, hard=True)
+        elif search.finale.begun and not search.finale.is_final(trial.number):  # taken as the search ended (after
+            token.cancel(FINAL_CUT)  # _begin_finale disposed of the ready trials, before it read the tokens): dropped
+            running.result = TrialResult(trial_id=job.trial_id, status="stopped", error="not started: finals began")
+            with self._tokens_lock:
+                self._tokens.pop(trial.number, None)
+            return
         if self.progress:
             self.progress.trial_started(trial.number, where=self.backend.name, max_epochs=job.max_epochs)
         prunes = self._prunes

@@ -239,6 +239,11 @@ class Finale:
                                f"{overhead:.1f} s trial {source} measured)")
         return epochs
 
+    def is_final(self, number: int) -> bool:
+        """Whether trial ``number`` is a final (asked as one, :meth:`asked`)."""
+        with self._lock:
+            return number in self.epochs_of
+
     def job_fields(self, number: int) -> dict[str, Any]:
         """What trial ``number``'s job carries for the final's ensemble: keep its predictions; a final: average; the
         last final of several: the others, to wait for."""

@@ -125,10 +125,11 @@ ENSEMBLE_FIXED_S = 3.0
 
 class _EndClock:
     """The seconds a trial's end took (after training: evaluation, ensemble or model file, health), part by part,
-    beside what the time-limit rule kept for it (``details["end_phase"]``), so a run that ends late says where."""
+    beside what the time-limit rule kept for it, the job's time limit and the seconds from the trainer's start to the
+    end of training (``details["end_phase"]``), so a run that ends late, or early, says where."""
 
-    def __init__(self, reserved_s: float | None) -> None:
-        self.reserved_s = reserved_s
+    def __init__(self, reserved_s: float | None, limit_s: float | None, trained_s: float) -> None:
+        self.reserved_s, self.limit_s, self.trained_s = reserved_s, limit_s, trained_s
         self.began = self._last = time.perf_counter()
         self.parts: dict[str, float] = {}
 
@@ -140,7 +141,8 @@ class _EndClock:
     def summary(self) -> dict[str, Any]:
         took = round(time.perf_counter() - self.began, 2)
         reserved = None if self.reserved_s is None else round(self.reserved_s, 2)
-        return {"took_s": took, "reserved_s": reserved, **{f"{k}_s": v for k, v in self.parts.items()}}
+        return {"took_s": took, "reserved_s": reserved, "limit_s": self.limit_s, "trained_s": round(self.trained_s, 2),
+                **{f"{k}_s": v for k, v in self.parts.items()}}
 
 
 def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: StopCheck | None,
@@ -323,7 +325,7 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         if callback.best_weights is None:
             return TrialResult(status="failed", error="no epoch finished with a validation accuracy", **common)
         model.set_weights(callback.best_weights)
-        end = _EndClock(callback.reserved_s)
+        end = _EndClock(callback.reserved_s, job.time_limit_s, time.perf_counter() - started)
         eval_batch = max(batch_size, 256)
         # pruned (should_stop.discard, hpo.worker.StopFlag): never the answer nor an ensemble's member, so neither a
         # test evaluation (the test split is touched only by trials that count) nor predictions to keep
