@@ -457,3 +457,26 @@ def test_a_search_trial_taken_just_as_the_finals_begin_is_dropped_not_run_throug
     finals = _finals(study)
     assert len(finals) == 2 and {f.number for f in finals} <= ran  # trial 2 held no worker: both finals ran
     assert all(f.state.name == "COMPLETE" for f in finals)
+
+
+class _SlowSearch(Paced):
+    """The first trial's configuration takes 0.2 s an epoch; every other search trial 6.5 s (a larger model's first,
+    slow epoch): the median seconds per epoch of the trials so far says nothing of the finals' own pace."""
+
+    def seconds(self, job, epoch):
+        return self.epoch_s if job.params == self.jobs[0].params else 6.5
+
+
+def test_a_final_starts_when_its_own_configuration_fits_whatever_the_search_trials_took(tmp_path):
+    # 15 s: trials end by 12 s, the search by 6 s. Trials 1 and 2 are cut at their first epoch's end (6.5 s, 7.5 s);
+    # at 7.5 s the median of 0.2, 6.5 and 6.5 s per epoch asks 9.75 s of the 4.5 left: by the budget's rule no trial
+    # fits, and the second final was never started (the run ended with one). At trial 0's 0.2 s an epoch it fits.
+    backend = _SlowSearch(0.2)
+    result, study = _budgeted(tmp_path, "slow", backend, workers=2, epochs=5, minutes=0.25)
+    finals = _finals(study)
+    assert [f.user_attrs["final_of"] for f in finals] == [0, 0], [(t.number, t.user_attrs) for t in study.trials]
+    assert all(f.state.name == "COMPLETE" for f in finals), [(f.number, f.state.name) for f in finals]
+    assert finals[-1].user_attrs["epochs_trained"] > 5  # the last one (the other ends GATHER_S earlier) trained long
+    cut = [t for t in study.trials if t.number in (1, 2)]
+    assert all(t.user_attrs["reason"].startswith(FINAL_CUT) for t in cut)
+    assert result.best_trial_number in {f.number for f in finals}

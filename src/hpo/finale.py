@@ -89,6 +89,7 @@ class Finale:
         self.begun = False
         #: final trials queued and not asked yet; the epochs of those asked, by trial number
         self.pending = 0
+        self._sources: list[int] = []  # the source trials of the finals still pending
         self.epochs_of: dict[int, int] = {}
         self._gather: dict[int, list[int]] = {}  # the last final asked (of several that average) -> the others
         self._early: set[int] = set()  # the others: they end GATHER_S earlier
@@ -216,6 +217,7 @@ class Finale:
                          "queue")
         with self._lock:
             self.begun, self.pending, self.active, self._notes = bool(plan), len(plan), bool(plan), notes
+            self._sources = [n for n, _ in plan]
         if not plan:
             notes.append("final training: none, too little time left to train longer than the search did")
         return [n for n, _ in plan]
@@ -229,6 +231,8 @@ class Finale:
         with self._lock:
             self.epochs_of[number] = epochs
             self.pending = max(0, self.pending - 1)
+            if source in self._sources:
+                self._sources.remove(source)
             if self.ensemble > 1 and self.pending > 0:  # another final comes: it will average this one
                 self._early.add(number)
             elif self.ensemble > 1 and len(self.epochs_of) > 1:
@@ -238,6 +242,21 @@ class Finale:
                                f"{(self._budget.time_left() or 0):.0f} s left at the {per_epoch:.2f} s per epoch + "
                                f"{overhead:.1f} s trial {source} measured)")
         return epochs
+
+    def final_fits(self, left: float) -> bool | None:
+        """Whether a final still pending fits in ``left`` seconds: ``min_epochs_per_trial`` epochs and half an epoch
+        more at the pace, plus the overhead, its source trial measured (:meth:`timing`); None when no final is pending
+        (the budget's own rule, :meth:`hpo.budget.TimeBudget.fits`, applies). The budget's rule takes the median
+        seconds per epoch of every trial so far, all its overhead included: after search trials cut at their first,
+        slow epoch (a larger model, its tracing) it judged both finals of a Fashion-MNIST run not to fit in 38 s where
+        their configuration's epochs took about 10 s, and the run ended with its search trials."""
+        with self._lock:
+            sources = list(self._sources) if self.begun and self.pending > 0 else []
+        timings = [t for t in map(self.timing, sources) if t is not None]
+        if not sources:
+            return None
+        need = min((per_epoch * (self._min_epochs + 0.5) + overhead for per_epoch, overhead in timings), default=0.0)
+        return left > max(need, 1.0)
 
     def is_final(self, number: int) -> bool:
         """Whether trial ``number`` is a final (asked as one, :meth:`asked`)."""

@@ -33,7 +33,6 @@ from .results import ModelFiles
 __all__ = ["Search", "Outcome", "MAX_CONSECUTIVE_REJECTIONS"]
 
 log = logging.getLogger(__name__)
-
 MAX_CONSECUTIVE_REJECTIONS = 100
 
 
@@ -208,6 +207,7 @@ class Search:
         """Whether timeout_minutes has passed, or time_budget_minutes leaves too little time for another trial (the
         run then stops: no trial starts after it)."""
         fits, why = self.budget.fits()
+        fits = fits or bool(self.finale.final_fits(self.budget.time_left() or 0.0))  # pending finals: their pace
         if fits and (self.deadline is None or time.monotonic() <= self.deadline):
             return False
         with self.lock:
