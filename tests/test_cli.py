@@ -123,6 +123,50 @@ def test_missing_dataset_files_exit_2_and_write_nothing(tmp_path, capsys, monkey
     assert not out.exists()
 
 
+def test_a_run_whose_storage_cannot_be_opened_leaves_no_folder_behind(tmp_path, capsys):
+    """The workers start before the study is opened; a start that fails there removes the folder it made (before:
+    its lock file and logs/ stayed, and the run name was refused as "not an hpo run folder")."""
+    out = tmp_path / "out"
+    args = ["optimize", "dataset=synthetic_images", "trials=1", f"output_dir={out}", "run_name=a",
+            f"storage=sqlite:///{tmp_path}/no/such/folder/x.db"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot be opened" in err and "Traceback" not in err
+    assert not (out / "a").exists()
+    (out / "b" / "logs").mkdir(parents=True)  # what an older hpo left: the name is usable again
+    (out / "b" / ".hpo.lock").write_text("")
+    assert main(args[:4] + ["run_name=b", "storage=sqlite://"]) == 2  # in memory: refused before any folder
+    assert "in-memory SQLite" in capsys.readouterr().err
+    from hpo.config import config_from_options
+    from hpo.rundir import prepare_run_dir
+
+    _, resuming, _ = prepare_run_dir(config_from_options({"dataset": "synthetic_images", "output_dir": str(out),
+                                                          "run_name": "b"}))
+    assert resuming is False
+
+
+def test_show_on_a_study_that_is_no_database_is_a_clear_error(tmp_path, capsys):
+    from hpo.config import config_from_options
+    from hpo.rundir import write_config
+
+    run = tmp_path / "r"
+    run.mkdir()
+    write_config(run, config_from_options({"dataset": "synthetic_images", "run_name": "r"}))
+    (run / "study.db").write_text("garbage")
+    assert main(["show", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "not a database" in err and "Traceback" not in err
+
+
+def test_a_reader_that_goes_away_is_no_error():
+    """`hpo datasets | head -c 1`: the pipe closes before hpo writes; hpo ends quietly (before: a BrokenPipeError
+    traceback and exit 1)."""
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "datasets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
 def test_usage_errors_exit_2(capsys):
     assert main(["frobnicate"]) == 2
     assert main([]) == 2

@@ -75,6 +75,8 @@ def test_each_bad_input_gets_its_own_clear_message(options, fragment):
     ({"run_name": "a:b"}, "run_name"),
     ({"health_weights": "generalisation:1"}, "health_weights"),
     ({"storage": "ftp://x"}, "storage"),
+    ({"storage": "sqlite://"}, "storage"),  # in memory: the study would vanish with the process
+    ({"storage": "sqlite:///:memory:"}, "storage"),
     ({"activation": "sigmoid"}, "activation"),
     ({"conv_blocks": "9"}, "conv_blocks"),
     ({"pins": {"dropout": "0.9"}}, "dropout"),

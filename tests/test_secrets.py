@@ -108,3 +108,17 @@ def test_an_unreachable_database_is_a_clear_error_without_its_password(runs, pg)
     assert "cannot be opened" in proc.stderr and "Traceback" not in proc.stderr
     assert_no_secret(proc.stdout + proc.stderr, pg["password"], KEY)
     assert_no_secret(everything_written(tmp_path), pg["password"], KEY)
+
+
+def test_config_json_masks_every_secret_it_would_hold(tmp_path):
+    """An endpoint URL with credentials is masked in config.json (and so in report.html, which shows config.json),
+    like storage: before, only storage was."""
+    from hpo.config import config_from_options
+    from hpo.rundir import write_config
+
+    config = config_from_options({"dataset": "synthetic_images", "use_runpod_service": "true",
+                                  "runpod_endpoint_url": "http://u:pw-SECRET-789@127.0.0.1:9/v2/sim",
+                                  "storage": "sqlite:///study.db?password=db-SECRET-456"})
+    text = write_config(tmp_path, config).read_text()
+    assert_no_secret(text, "pw-SECRET-789", "db-SECRET-456")
+    assert "http://u:***@127.0.0.1:9/v2/sim" in text and "synthetic_images" in text

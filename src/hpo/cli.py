@@ -13,6 +13,7 @@ One place (:func:`main`) maps exceptions to exit codes; user mistakes never prin
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import logging
 import signal
@@ -287,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (hpo runs | head): nothing to say, and nothing more to write
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no complaint when Python flushes at exit
+        return 0
     except BackendUnavailable as exc:
         print(f"error: the execution backend is unavailable: {mask_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILED

@@ -186,10 +186,14 @@ def check_storage_url(url: str) -> None:
     except ImportError:  # Optuna brings SQLAlchemy; without it the scheme check above is all we can do
         return
     try:
-        make_url(url)
+        parsed = make_url(url)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's URL
         raise ConfigError(f"storage={mask_url(url)!r} is not a valid database URL "
                           f"({type(exc).__name__}); e.g. postgresql://user@host/db", field="storage") from None
+    if parsed.get_backend_name() == "sqlite" and (parsed.database or ":memory:") == ":memory:":
+        raise ConfigError(f"storage={mask_url(url)!r} is an in-memory SQLite database: the study would vanish with "
+                          "the process and no other process could join it; give a file (sqlite:///path/study.db) "
+                          "or leave storage out (the run folder's study.db)", field="storage")
 
 
 def is_loopback(host: str) -> bool:

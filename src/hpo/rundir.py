@@ -22,7 +22,7 @@ from typing import Any
 from . import own
 from .config import OptimizationConfig
 from .exceptions import ConfigError
-from .redact import mask_url
+from .redact import mask_obj, mask_text, mask_url
 from .results import CONFIG_FILE, MODEL_FILE, STUDY_FILE, OptimizationResult, build_result
 from .runlock import HOLDER_FILE, LOCK_FILE
 
@@ -51,8 +51,7 @@ def storage_url(config: OptimizationConfig, run_dir: Path) -> str:
 
 
 def write_config(run_dir: Path, config: OptimizationConfig) -> Path:
-    data = config.to_dict()
-    data["storage"] = mask_url(data.get("storage"))
+    data = mask_obj(config.to_dict())  # every secret masked: storage, an endpoint URL with credentials, ...
     data.pop("output_dir", None)  # where the folder is now decides that; a recorded path would go stale
     from .version import __version__
 
@@ -111,6 +110,9 @@ def open_run_study(run_dir: str | os.PathLike[str], *, storage: str | None = Non
         study = optuna.load_study(study_name=doc["study_name"], storage=store)
     except KeyError:
         raise ConfigError(f"the study {doc['study_name']!r} of {run_dir} is not in {mask_url(url)}") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver: a file that is no database, a server that is down
+        first = mask_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise ConfigError(f"the study of {run_dir} ({mask_url(url)}) cannot be read: {first}") from None
     return study, doc
 
 
@@ -215,7 +217,7 @@ def prepare_run_dir(config: OptimizationConfig) -> tuple[Path, bool, Optimizatio
                                       f"{key}={getattr(config, key)} -- pick another run_name to start a new run",
                                       field=key)
             return run_dir, True, config
-        if run_dir.exists() and any(p.name not in (LOCK_FILE, HOLDER_FILE) for p in run_dir.iterdir()):
+        if run_dir.exists() and any(p.name not in (LOCK_FILE, HOLDER_FILE, "logs") for p in run_dir.iterdir()):
             raise ConfigError(f"{run_dir} exists but is not an hpo run folder; pick another run_name",
                               field="run_name")
         if config.resume:

@@ -21,7 +21,7 @@ from .config import OptimizationConfig
 from .exceptions import ConfigError
 from .finale import ensemble_size
 from .progress import ProgressTracker
-from .results import ModelFiles, OptimizationResult, RunFilesWriter, build_result
+from .results import CONFIG_FILE, ModelFiles, OptimizationResult, RunFilesWriter, build_result
 from .rundir import check_output_dir, prepare_run_dir, storage_url, write_config
 from .runlock import RunLock
 
@@ -68,6 +68,7 @@ class Session:
         self._stop_lock = threading.Lock()
         self._stop_requested: str | None = None
         self.data_uri: str | None = None  # own data: where trials read it
+        self.made_dir = False  # create() made the run folder (close() removes it if the run never began)
 
     @classmethod
     def create(cls, config: OptimizationConfig, *, backend: Backend | None = None,
@@ -95,6 +96,7 @@ class Session:
             session = cls(config, run_dir, resuming=bool(resuming), lock=held, backend=backend, progress=progress,
                           started=started)
             session.data_uri = own_run.data_uri(config, Path(run_dir))  # RunPod: uploaded to the bucket once
+            session.made_dir = lock is None and not existed
             return session
         except BaseException:
             if lock is None:
@@ -206,7 +208,11 @@ class Session:
         return None
 
     def close(self) -> None:
+        """Release the folder's lock; a folder this session made for a run that never began (the storage could not
+        be opened, Ctrl-C while the workers started: no config.json yet) is removed, nothing half-written left."""
         self.lock.release()
+        if self.made_dir and not (self.run_dir / CONFIG_FILE).exists():
+            own_run.remove_new_run_dir(self.run_dir, existed=False)
 
 
 def optimize(config: OptimizationConfig | None = None, *, progress: Any = None, backend: Backend | None = None,

@@ -73,8 +73,10 @@ def open_storage(url: str, *, heartbeat_grace_s: float | None = None,
     try:
         storage = _rdb_storage(url, kwargs)
     except ImportError as exc:  # the database driver is an extra
-        raise ConfigError(f"storage={mask_url(url)!r} needs a database driver that is not installed ({exc.name}); "
-                          'for PostgreSQL: pip install "hpo[postgres]"', field="storage") from None
+        dialect = url.split(":", 1)[0].split("+", 1)[0].lower()
+        hint = 'pip install "hpo[postgres]"' if dialect == "postgresql" else f"install a {dialect} driver for SQLAlchemy"
+        raise ConfigError(f"storage={mask_url(url)!r} needs a database driver that is not installed "
+                          f"({exc.name or exc}); {hint}", field="storage") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: the database named by the user is unreachable
         first = mask_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise ConfigError(f"storage={mask_url(url)!r} cannot be opened: {first}", field="storage") from None
