@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpo.cli import main
+from hpo.rundir import list_runs
 
 from .conftest import BackgroundHpo, hpo_env, interruptible, run_hpo, selected
 
@@ -226,18 +228,25 @@ def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    assert "Resume with: hpo optimize run_name=intr" in out
+    [line] = [line for line in out.splitlines() if "Resume with: " in line]
+    command = shlex.split(line.split("Resume with: ", 1)[1])  # every option given, this folder
+    assert command[:2] == ["hpo", "optimize"] and "run_name=intr" in command and f"output_dir={tmp_path}" in command
+    assert set(args[4:]) <= set(command[2:]), command  # max_epochs_per_trial=10 too: the same study goes on
     rows = read_csv(tmp_path / "intr" / "trials.csv")
     done = [r for r in rows if r["state"] == "complete"]
     assert len(done) >= 1 and len(done) < 4
-    # resuming finishes the study without repeating completed trials
-    resumed = run_hpo("optimize", "dataset=synthetic_images", "trials=4", "run_name=intr", f"output_dir={tmp_path}",
-                      "pruner=none", "max_epochs_per_trial=2", "data_fraction=0.2", "quiet=true",
-                      "plot_generation=none", cwd=tmp_path)
+    [listed] = list_runs(tmp_path)
+    assert listed["state"] == "interrupted"
+    # the printed command finishes the study without repeating completed trials
+    resumed = run_hpo(*command[1:], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = read_csv(tmp_path / "intr" / "trials.csv")
     complete = [r for r in rows if r["state"] == "complete"]
     assert len(complete) == 4
+    [listed] = list_runs(tmp_path)  # resumed to the end: finished, the interrupted trials not counted
+    assert listed["state"] == "finished" and listed["trials"] == 4, listed
+    retried = [r for r in rows if r["state"] == "interrupted"]
+    assert retried and all(r["reason"].startswith("interrupted; retried as trial ") for r in retried)
     assert {r["number"] for r in done} <= {r["number"] for r in complete}
     params = [tuple(v for k, v in sorted(r.items()) if k.startswith("param_")) for r in complete]
     assert len(set(params)) == 4

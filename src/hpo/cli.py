@@ -104,11 +104,12 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         _print(f"best trial: #{result.best_trial_number} value={_fmt(result.best_value)} "
                f"val_accuracy={_fmt(result.best_val_accuracy)} test_accuracy={_fmt(result.best_test_accuracy)}")
         _print(f"best params: {json.dumps(result.best_params, sort_keys=True)}")
-    if result.interrupted:
-        _print(f"interrupted. Resume with: hpo optimize run_name={Path(result.run_dir).name} "
-               f"output_dir={Path(result.run_dir).parent} dataset={config.dataset}"
-               + (f" trials={config.trials}" if config.trials is not None else "")
-               + (f" epoch_budget={config.epoch_budget}" if config.epoch_budget is not None else ""))
+    if result.interrupted:  # the same options as given (a study started with others is refused), this folder
+        import shlex
+
+        given = [o for o in args.options if o.split("=", 1)[0] not in ("run_name", "output_dir", "resume")]
+        words = [f"run_name={Path(result.run_dir).name}", f"output_dir={Path(result.run_dir).parent}", *given]
+        _print(mask_text("interrupted. Resume with: hpo optimize " + " ".join(shlex.quote(w) for w in words)))
         return EXIT_INTERRUPTED
     if result.stop_reason:
         _print(f"stopped: {mask_text(result.stop_reason)}")

@@ -219,10 +219,11 @@ def render_report(run: RunData, outcomes: list[PlotOutcome] | None, *, notes: li
     counts = {s: sum(r["state"] == s for r in run.records) for s in ("complete", "pruned", "fail", "interrupted",
                                                                       "running")}
     best = run.best
+    counted = len(run.records) - counts["interrupted"]  # interrupted trials are retried, never counted
     limit = run.config.get("trials")
     budget = run.config.get("epoch_budget")
     cards = [
-        _card("trials", f"{len(run.records)} / {_e(limit)}" if limit else str(len(run.records))),
+        _card("trials", f"{counted} / {_e(limit)}" if limit else str(counted)),
         _card("completed", str(counts["complete"])), _card("pruned", str(counts["pruned"])),
         _card("failed", str(counts["fail"])),
     ]

@@ -26,6 +26,7 @@ from . import kept
 __all__ = [
     "OptimizationResult",
     "trial_records",
+    "RETRIED",
     "write_trials_csv",
     "write_best",
     "RunFilesWriter",
@@ -104,6 +105,10 @@ class OptimizationResult:
                 f"pruned={self.pruned}, failed={self.failed})")
 
 
+#: the reason of an interrupted trial once its retry was asked (a resumed run): "interrupted; retried as trial N"
+RETRIED = "interrupted; retried as trial "
+
+
 def _state_name(trial: Any) -> str:
     """complete, pruned, fail, running, waiting -- or interrupted: a trial that ended without a verdict (Ctrl-C, or a
     process that died and whose trial another run found stale). Every real failure carries the ``counted``
@@ -151,6 +156,10 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
             "ensemble": _ensemble(result),
         }
         records.append(record)
+    retried = {r["retry_of"]: r["number"] for r in records if r["retry_of"] is not None and r["state"] != "waiting"}
+    for r in records:  # an interrupted trial whose retry was asked says so (the run is no longer interrupted)
+        if r["state"] == "interrupted" and r["number"] in retried:
+            r["reason"] = f"{RETRIED}{retried[r['number']]}"
     return records
 
 

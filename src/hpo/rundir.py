@@ -23,7 +23,7 @@ from . import own
 from .config import OptimizationConfig
 from .exceptions import ConfigError
 from .redact import mask_obj, mask_text, mask_url
-from .results import CONFIG_FILE, MODEL_FILE, STUDY_FILE, OptimizationResult, build_result
+from .results import CONFIG_FILE, MODEL_FILE, RETRIED, STUDY_FILE, OptimizationResult, build_result
 from .runlock import HOLDER_FILE, LOCK_FILE
 
 __all__ = ["prepare_run_dir", "check_output_dir", "read_config_doc", "write_config", "storage_url",
@@ -162,11 +162,15 @@ def list_runs(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         try:
             with open(folder / TRIALS_FILE, newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
-                    trials[row["state"]] = trials.get(row["state"], 0) + 1
+                    state = row["state"]  # an interrupted trial retried since is history: neither counted nor pending
+                    state = "retried" if state == "interrupted" and (row.get("reason") or "").startswith(RETRIED) \
+                        else state
+                    trials[state] = trials.get(state, 0) + 1
         except (OSError, KeyError, csv.Error):
             pass
+        counted = sum(n for state, n in trials.items() if state not in ("interrupted", "retried"))
         rows.append({"name": folder.name, "dataset": doc["config"].get("dataset"), "mode": doc["config"].get("mode"),
-                     "state": _run_state(folder, trials), "best": best, "trials": sum(trials.values()),
+                     "state": _run_state(folder, trials), "best": best, "trials": counted,
                      "completed": trials.get("complete", 0), "modified": folder.stat().st_mtime})
     rows.sort(key=lambda r: r["modified"], reverse=True)
     return rows
