@@ -169,11 +169,16 @@ def test_a_reader_that_goes_away_is_no_error():
     assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
 
 
-def test_usage_errors_exit_2(capsys):
+def test_usage_errors_exit_2(capsys, tmp_path):
     assert main(["frobnicate"]) == 2
     assert main([]) == 2
     assert main(["show"]) == 2
     assert main(["show", "/nonexistent/run"]) == 2
+    capsys.readouterr()
+    a_file = tmp_path / "x.txt"
+    a_file.write_text("")
+    assert main(["show", str(a_file)]) == 2 and "is a file, not a run folder" in capsys.readouterr().err
+    assert main(["runs", str(a_file)]) == 2 and "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_help_and_import_do_not_import_tensorflow():
@@ -284,3 +289,14 @@ def test_fashion_mnist_smoke_run_on_the_debian_files(runs):
     best = json.loads((tmp_path / "fm" / "best.json").read_text())
     assert best["val_accuracy"] > 0.3  # 10 classes: chance is 0.1
     assert best["test_accuracy"] > 0.3
+
+
+def test_a_parameter_of_another_space_names_the_users_own_data(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "sig.npz", x=rng.normal(size=(200, 20)), y=np.arange(200) % 3)
+    assert main(["optimize", f"dataset={tmp_path / 'sig.npz'}", "filters=32", f"output_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert "filters is a parameter of the CNN (image) space and does not apply to sequence dataset" in err
+    assert "sig.npz" in err and "dataset custom" not in err and "Traceback" not in err

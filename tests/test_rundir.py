@@ -72,3 +72,26 @@ def test_show_on_a_folder_without_its_study_is_a_clear_error(tmp_path, capsys):
     assert main(["show", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "has no study.db" in err and "Traceback" not in err
+
+
+def _listed(tmp_path, rows):
+    """hpo runs' row of a run folder whose trials.csv holds ``rows`` of (state, reason)."""
+    from hpo.config import config_from_options
+    from hpo.rundir import list_runs, write_config
+
+    run = tmp_path / "r"
+    run.mkdir(exist_ok=True)
+    write_config(run, config_from_options({"dataset": "synthetic_images", "run_name": "r", "trials": "3"}))
+    lines = ["number,state,reason"] + [f"{i},{state},{reason}" for i, (state, reason) in enumerate(rows)]
+    (run / "trials.csv").write_text("\n".join(lines) + "\n")
+    [row] = list_runs(tmp_path)
+    return row
+
+
+def test_hpo_runs_counts_neither_interrupted_nor_queued_trials_and_knows_a_resumed_run_finished(tmp_path):
+    resumed = [("interrupted", "interrupted; retried as trial 3"), ("complete", ""), ("pruned", ""),
+               ("complete", ""), ("waiting", "")]
+    assert {"state": "finished", "trials": 3, "completed": 2}.items() <= _listed(tmp_path, resumed).items()
+    pending = [("interrupted", "interrupted; retried when the run resumes"), ("complete", "")]
+    assert _listed(tmp_path, pending)["state"] == "interrupted"
+    assert _listed(tmp_path, pending)["trials"] == 1

@@ -110,10 +110,20 @@ def test_nan_loss_is_a_failed_result_not_an_exception():
     assert "diverged" in result.error
 
 
-def test_an_exception_inside_training_is_a_failed_result():
+def test_an_exception_inside_training_is_a_failed_result(monkeypatch):
     result = run_trial(job(dataset="no_such_dataset"))
     assert result.status == "failed"
     assert "DatasetError" in result.error and "no_such_dataset" in result.error
+    assert "File " not in result.error  # hpo's own check says it all: no frames of hpo's code after it
+    import hpo.training as training
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something unforeseen")
+
+    monkeypatch.setattr(training, "_load_data", broken)
+    result = run_trial(job())
+    assert result.status == "failed" and "RuntimeError: something unforeseen" in result.error
+    assert 'File "' in result.error and "broken" in result.error  # anything else shows where it was raised
 
 
 def test_save_model_to_writes_a_loadable_model(tmp_path):

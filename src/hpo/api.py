@@ -313,8 +313,8 @@ def check_bind(host: str, token: str | None, allow_remote: bool) -> None:
     """Refuse to serve beyond this machine without a token, unless explicitly allowed."""
     if not is_loopback(host) and not token and not allow_remote:
         raise ConfigError(f"host={host} is reachable from other machines and HPO_API_TOKEN is not set: anyone could "
-                          "start runs. Set HPO_API_TOKEN (clients then send Authorization: Bearer <token>), or pass "
-                          "allow_remote=true to serve without a token")
+                          "start runs. Set HPO_API_TOKEN (clients then send it as a bearer token in the Authorization header), or "
+                          "pass allow_remote=true to serve without a token")
 
 
 def _serve_options(options: dict[str, str]) -> dict[str, Any]:

@@ -167,7 +167,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
     folder = args.output_dir.split("=", 1)[1] if args.output_dir.startswith("output_dir=") else args.output_dir
     if not Path(folder).is_dir():
-        raise ConfigError(f"{folder} does not exist; give the folder that holds the runs (hpo runs OUTPUT_DIR)")
+        raise ConfigError(f"{folder} {'is a file, not a folder' if Path(folder).exists() else 'does not exist'}; give "
+                          "the folder that holds the runs (hpo runs OUTPUT_DIR)")
     rows = list_runs(folder)
     if args.json:
         _print(json.dumps(rows, indent=2))
@@ -191,7 +192,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         run_dir = Path(".")
     else:
         if not run_dir.is_dir():
-            raise ConfigError(f"{run_dir} does not exist")
+            raise ConfigError(f"{run_dir} {'is a file, not a run folder' if run_dir.exists() else 'does not exist'}")
         result = load_results(run_dir, storage=options.get("storage"))
     if args.open:
         report = run_dir / "report.html"

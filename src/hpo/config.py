@@ -268,7 +268,8 @@ class OptimizationConfig:
         if self.data_info is None and not own.is_builtin(self.dataset):
             return  # pins are checked once the data is prepared (its modality decides the space)
         info = self.dataset_info  # validates dataset options
-        object.__setattr__(self, "pins", _check_pins(dict(self.pins), info, self.search_space))
+        object.__setattr__(self, "pins", _check_pins(dict(self.pins), info, self.search_space,
+                                                           self.dataset if self.own_data else None))
         if self.initial_configs is not None:  # ConfigError naming the file's bad entry
             portfolio.load_configs(self.initial_configs, self.search_space,
                                    info.input_shape if info.modality == "image" else None)
@@ -333,7 +334,8 @@ class OptimizationConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _check_pins(pins: dict[str, Any], info: catalog.DatasetInfo, search_space: Any) -> dict[str, Any]:
+def _check_pins(pins: dict[str, Any], info: catalog.DatasetInfo, search_space: Any,
+                label: str | None = None) -> dict[str, Any]:
     if not isinstance(search_space, str):  # the user's space
         from .user_space import check_pins
 
@@ -346,7 +348,7 @@ def _check_pins(pins: dict[str, Any], info: catalog.DatasetInfo, search_space: A
                 owner = next(label for m, label in catalog.SPACE_LABELS.items()
                              if key in {p.name for p in catalog.space_for(m)})
                 raise ConfigError(f"{key} is a parameter of the {owner} space and does not apply to "
-                                  f"{info.modality} dataset {info.name}; its parameters: {', '.join(space)}",
+                                  f"{info.modality} dataset {label or info.name}; its parameters: {', '.join(space)}",
                                   field=key)
             raise ConfigError(f"unknown option {key!r}{closest(key, space)}", field=key)
         shape = info.input_shape if info.modality == "image" else None

@@ -123,7 +123,8 @@ def serve_dashboard(run_dir: str | Path, options: dict[str, str], *,
     optuna_dashboard = _load_dashboard()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} does not exist; give a run folder (e.g. optimization_results/<run_name>)")
+        raise ConfigError(f"{run_dir} {'is a file' if run_dir.exists() else 'does not exist'}; give a run folder "
+                          "(e.g. optimization_results/<run_name>)")
     storages: dict[str, Any] = {}
     study, _doc = open_run_study(run_dir, storage=opts["storage"] or None, storage_cache=storages)
     (url, storage), = storages.items()

@@ -219,7 +219,8 @@ def render_report(run: RunData, outcomes: list[PlotOutcome] | None, *, notes: li
     counts = {s: sum(r["state"] == s for r in run.records) for s in ("complete", "pruned", "fail", "interrupted",
                                                                       "running")}
     best = run.best
-    counted = len(run.records) - counts["interrupted"]  # interrupted trials are retried, never counted
+    # interrupted trials are retried, never counted; waiting ones (queued configurations) never started
+    counted = len(run.records) - counts["interrupted"] - sum(r["state"] == "waiting" for r in run.records)
     limit = run.config.get("trials")
     budget = run.config.get("epoch_budget")
     cards = [

@@ -168,7 +168,7 @@ def list_runs(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                     trials[state] = trials.get(state, 0) + 1
         except (OSError, KeyError, csv.Error):
             pass
-        counted = sum(n for state, n in trials.items() if state not in ("interrupted", "retried"))
+        counted = sum(n for state, n in trials.items() if state not in ("interrupted", "retried", "waiting"))
         rows.append({"name": folder.name, "dataset": doc["config"].get("dataset"), "mode": doc["config"].get("mode"),
                      "state": _run_state(folder, trials), "best": best, "trials": counted,
                      "completed": trials.get("complete", 0), "modified": folder.stat().st_mtime})

@@ -302,8 +302,9 @@ def coerce_pin(p: Param, value: Any, input_shape: tuple[int, ...] | None = None)
             if not math.isfinite(number):
                 raise ValueError
     except (TypeError, ValueError):
-        raise ConfigError(f"{p.name}={value!r} is not a valid {p.kind}; {p.name} is {p.describe()}",
-                          field=p.name) from None
+        low, high = param_bounds(p, input_shape)  # this data's range (conv_blocks: what its images allow)
+        raise ConfigError(f"{p.name}={value!r} is not a valid {p.kind}; allowed: {p.kind} in [{_fmt(low)}, "
+                          f"{_fmt(high)}]{' (log scale)' if p.log else ''}", field=p.name) from None
     low, high = param_bounds(p, input_shape)
     if (low is not None and number < low) or (high is not None and number > high):
         raise ConfigError(f"{p.name}={value} is out of range; allowed: {p.kind} in [{_fmt(low)}, {_fmt(high)}]",

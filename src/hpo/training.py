@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import datasets
-from .exceptions import DatasetError
+from .exceptions import DatasetError, HPOError
 from .protocol import CUSTOM_DATASET, TrialJob, TrialResult
 
 __all__ = ["run_trial", "configure_tensorflow", "TimedCosine"]
@@ -366,8 +366,10 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                            health=health_scores, details=details,
                            **dict(common, train_seconds=time.perf_counter() - started))
     except Exception as exc:  # noqa: BLE001 - one trial's failure never escapes as an exception
-        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
-        return TrialResult(status="failed", error=f"{type(exc).__name__}: {exc}\n{tail}"[:4000],
+        # hpo's own checks (a user's model of the wrong shape, data that does not match the job) say everything in
+        # their message; anything else shows where it was raised
+        tail = "" if isinstance(exc, HPOError) else "\n" + "".join(traceback.format_exception(exc)[-3:]).strip()
+        return TrialResult(status="failed", error=f"{type(exc).__name__}: {exc}{tail}"[:4000],
                            train_seconds=time.perf_counter() - started, **base)
     finally:
         if "keras" in sys.modules:
