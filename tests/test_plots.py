@@ -399,3 +399,15 @@ def test_a_broken_model_file_skips_the_model_plots_with_the_reason(tmp_path, cap
     assert by["history"].path is not None and by["health"].path is not None
     assert sorted(p.name for p in (run_dir / "plots").iterdir()) == sorted(
         f"{n}.png" for n, o in by.items() if o.path is not None)
+
+
+def test_the_model_plots_name_own_data_classes_as_the_user_gave_them():
+    import types
+
+    from hpo.plots.model import _class_names
+
+    own = types.SimpleNamespace(config={"dataset": "/data/strlab.npz", "data_info": {"class_names": ["neg", "pos"]}})
+    assert _class_names(own, 2) == ["neg", "pos"]  # before: 0, 1
+    assert _class_names(own, 3) == ["0", "1", "2"]  # names that do not fit the model's outputs are not used
+    builtin = types.SimpleNamespace(config={"dataset": "fashion_mnist"})
+    assert _class_names(builtin, 10)[0] == "T-shirt/top"

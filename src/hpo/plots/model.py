@@ -196,8 +196,9 @@ def activation_data(model: Any, images: np.ndarray, *, labels: np.ndarray | None
 # -- the plots ---------------------------------------------------------------------------------------------------------
 
 def _class_names(run: ModelRun, n: int) -> list[str]:
-    names = CLASS_NAMES.get(run.config.get("dataset", ""))
-    return names if names and len(names) == n else [str(i) for i in range(n)]
+    """A built-in dataset's class names, or those kept from own data (config.json's data_info), else 0..n-1."""
+    names = CLASS_NAMES.get(run.config.get("dataset", "")) or (run.config.get("data_info") or {}).get("class_names")
+    return [str(c) for c in names] if isinstance(names, list) and len(names) == n else [str(i) for i in range(n)]
 
 
 def _make_confusion(run: ModelRun, path: Path) -> tuple[Any, tuple[int, int], str]:
