@@ -51,6 +51,8 @@ def test_booleans_accept_only_the_documented_words(text, expected):
     ({"activation": "sigmoid"}, "activation='sigmoid' is not allowed; activation is one of relu, elu, gelu, swish"),
     ({"conv_blocks": "9"}, "conv_blocks=9 is out of range; allowed: int in [1, 3]"),  # 16x16 input: at most 3
     ({"conv_blocks": "two"}, "conv_blocks='two' is not a valid int; allowed: int in [1, 3]"),  # the same range
+    ({"dense_units": "128", "dense_layers": "0"},
+     "dense_units=128 has no effect: dense_units applies only when dense_layers > 0, and dense_layers=0 is pinned"),
     ({"learning_rate": "abc"}, "learning_rate='abc' is not a valid float; allowed: float in [0.0001, 0.01] (log"),
     ({"lstm_units": "64"}, "lstm_units is a parameter of the LSTM (text) space and does not apply to image dataset"),
     ({"vocab_size": "100"}, "vocab_size does not apply to dataset synthetic_images"),

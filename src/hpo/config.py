@@ -353,6 +353,13 @@ def _check_pins(pins: dict[str, Any], info: catalog.DatasetInfo, search_space: A
             raise ConfigError(f"unknown option {key!r}{closest(key, space)}", field=key)
         shape = info.input_shape if info.modality == "image" else None
         checked[key] = catalog.coerce_pin(space[key], value, shape)
+    for key, value in checked.items():  # a pin that its other pins switch off would be ignored without a word
+        p = space[key]
+        if p.active_if is not None and p.active_if[0] in checked and not catalog.is_active(p, checked):
+            parent = p.active_if[0]
+            raise ConfigError(f"{key}={value} has no effect: {key} applies only when {catalog.describe_condition(p)}, "
+                              f"and {parent}={checked[parent]} is pinned; drop {key}, or pin {parent} to a value "
+                              "where it applies", field=key)
     return checked
 
 
