@@ -79,6 +79,41 @@ def test_a_job_asks_for_at_most_max_ensemble_models():
         with pytest.raises(ProtocolError, match=r"gather=.* is not allowed; allowed: at most 5 trial numbers"):
             TrialJob.from_dict(job(gather=bad).to_dict())
     assert TrialJob.from_dict(job(ensemble=3, gather=[4, 9]).to_dict()).gather == [4, 9]
+    with pytest.raises(ProtocolError, match=r"warm_from=-1 is out of range; allowed: null or a trial number"):
+        TrialJob.from_dict(job(warm_from=-1).to_dict())
+    assert TrialJob.from_dict(job(warm_from=4).to_dict()).warm_from == 4
+
+
+def test_a_final_starts_from_its_source_trials_kept_weights(tmp_path):
+    """final_warm_start: the final's first epoch, at a learning rate too small to learn much in one epoch, validates
+    where its source trial ended; from scratch it does not. A source not kept, or of another shape: from scratch."""
+    models = tmp_path / "models"
+    models.mkdir()
+    files = ModelFiles(tmp_path, pareto=False, keep=kept.CANDIDATES)
+    source = _train(models / "trial-1.keras", 11, keep_predictions=True)
+    other = run_trial(job(max_epochs=1, seed=12, split_seed=7, params=dict(CNN, filters=32), keep_predictions=True),
+                      save_model_to=str(models / "trial-2.keras"))
+    for number, result in ((1, source), (2, other)):
+        files.keep(number, result.val_metrics["accuracy"])
+
+    def final(number, **kw):
+        return run_trial(job(max_epochs=1, seed=19, split_seed=7, params=dict(CNN, learning_rate=1e-4),
+                             keep_predictions=True, ensemble=1, **kw), save_model_to=str(models / f"trial-{number}.keras"))
+
+    warm, cold = final(8, warm_from=1), final(9)
+    assert warm.status == cold.status == "completed"
+    assert warm.details["warm_start"] == {"from_trial": 1, "loaded": True} and "warm_start" not in cold.details
+    reached = source.val_metrics["accuracy"]
+    assert reached >= 0.6  # the source learned: chance is 0.25
+    assert warm.history["val_accuracy"][0] >= reached - 0.05  # it went on from there
+    assert cold.history["val_accuracy"][0] < reached - 0.15  # from scratch, one slow epoch is far from it
+    missing = final(7, warm_from=3)  # no trial 3 kept
+    assert missing.status == "completed"
+    assert missing.details["warm_start"] == {"from_trial": 3, "loaded": False, "why": "its model is not kept"}
+    mismatch = final(6, warm_from=2)  # another configuration's weights do not fit: nothing is set, from scratch
+    assert mismatch.status == "completed" and mismatch.details["warm_start"]["loaded"] is False
+    assert "do not fit" in mismatch.details["warm_start"]["why"]
+    assert mismatch.history["val_accuracy"] == cold.history["val_accuracy"]  # the same seed: exactly the cold run
 
 
 def _train(path, seed, **kw):
@@ -205,6 +240,10 @@ def test_a_budgeted_local_run_hands_its_kept_models_to_the_final(tmp_path):
     assert finals, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in study.trials]
     searched = [t for t in study.trials if "final_of" not in t.user_attrs and t.state.name == "COMPLETE"]
     detail = finals[0].user_attrs["result"]["details"]["ensemble"]
+    # one worker: the final starts after its source ended and was kept, so it starts from its weights
+    source = finals[0].user_attrs["final_of"]
+    assert finals[0].user_attrs["result"]["details"]["warm_start"] == {"from_trial": source, "loaded": True}
+    assert [r["warm_from"] for r in result.trials if r["number"] == finals[0].number] == [source]
     if isinstance(detail, dict):
         assert set(detail["members"][1:]) <= {t.number for t in searched}
     else:

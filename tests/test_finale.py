@@ -54,8 +54,8 @@ def test_the_best_configuration_found_is_trained_again_on_a_schedule_spanning_th
     assert job.patience == job.max_epochs and job.schedule_epochs == job.max_epochs  # no early stop, its own cosine
     assert final.state.name == "COMPLETE" and final.user_attrs["epochs_trained"] > 4
     assert result.best_trial_number == final.number  # it trained longest, and longer is better here
-    assert any(n.startswith(f"final training: trial {final.number} trains trial {source.number}'s configuration "
-                            f"again for {job.max_epochs} epochs") for n in result.notes), result.notes
+    assert any(n.startswith(f"final training: trial {final.number} trains trial {source.number}'s configuration again "
+                            f"from its weights for {job.max_epochs} epochs") for n in result.notes), result.notes
     # no search trial started after the final training began
     assert [j for j in backend.jobs if j.max_epochs > 4] == [job]
 
@@ -203,7 +203,7 @@ def test_a_final_asks_more_epochs_than_estimated_and_its_time_limit_ends_it(tmp_
     [note] = [n for n in result.notes if n.startswith(f"final training: trial {final.number}")]
     fit = int(note.split("(")[1].split(" fit")[0])
     job = backend.jobs[-1]
-    assert job.max_epochs == math.ceil(FINAL_EPOCHS_MARGIN * fit) and f"again for {job.max_epochs} epochs" in note
+    assert job.max_epochs == math.ceil(FINAL_EPOCHS_MARGIN * fit) and f"for {job.max_epochs} epochs" in note
     assert final.user_attrs["reason"].startswith("time_budget_minutes")  # ended by its time limit, not its epochs
     assert final.user_attrs["epochs_trained"] > fit
 
@@ -331,8 +331,8 @@ def test_every_trial_keeps_its_predictions_and_the_final_may_average_final_ensem
     assert all(j.ensemble == 0 for j in backend.jobs if not j.trial_id.endswith(f"#{final.number}"))
 
 
-@pytest.mark.parametrize("options", [{"final_ensemble": 1}, {"final_training_share": 0.0}])
-def test_no_predictions_kept_when_no_final_may_average(tmp_path, options):
+@pytest.mark.parametrize("options", [{"final_ensemble": 1, "final_warm_start": False}, {"final_training_share": 0.0}])
+def test_no_predictions_kept_when_no_final_may_average_or_start_warm(tmp_path, options):
     backend = Paced(0.05)
     hpo.optimize(trials=500, max_epochs_per_trial=4, time_budget_minutes=0.08, concurrent_workers=1, backend=backend,
                  output_dir=str(tmp_path), run_name="n", **{**RUN, **options})
@@ -395,12 +395,40 @@ def test_the_last_of_two_finals_waits_for_the_other_which_ends_earlier(ensemble,
     assert finale.time_limit(5, 60.0) == (60.0 - GATHER_S if averaged else 60.0)  # the first ends earlier
     assert finale.time_limit(6, 60.0) == finale.time_limit(4, 60.0) == 60.0  # the last one, a search trial: as left
     assert finale.time_limit(5, None) is None  # no budget
-    if ensemble > 1:
-        assert finale.job_fields(5)["gather"] == [] and finale.job_fields(4) == {"keep_predictions": True,
-                                                                              "ensemble": 0, "gather": []}
-        assert finale.job_fields(6 if planned == 2 else 5)["gather"] == ([5] if averaged else [])
-    else:
-        assert finale.job_fields(5) == finale.job_fields(6) == {}
+    assert finale.job_fields(5)["gather"] == [] and finale.job_fields(4) == {"keep_predictions": True,
+                                                                          "ensemble": 0, "gather": []}
+    assert finale.job_fields(6 if planned == 2 else 5)["gather"] == ([5] if averaged else [])
+    assert finale.job_fields(5)["ensemble"] == ensemble  # 1: the final alone (it still starts warm)
+
+
+@pytest.mark.parametrize("ensemble, warm, fields", [
+    (3, True, {"keep_predictions": True, "ensemble": 3, "gather": [], "warm_from": 2}),
+    (1, True, {"keep_predictions": True, "ensemble": 1, "gather": [], "warm_from": 2}),
+    (3, False, {"keep_predictions": True, "ensemble": 3, "gather": []}),
+    (1, False, {}),
+])
+def test_a_final_starts_from_its_source_trials_weights_unless_final_warm_start_is_off(ensemble, warm, fields):
+    from hpo.finale import keeps_models
+
+    config = OptimizationConfig(dataset="synthetic_images", plot_generation="none", time_budget_minutes=2.0,
+                                final_ensemble=ensemble, final_warm_start=warm)
+    finale = Finale(config, TimeBudget(config))
+    finale.begun, finale.pending = True, 1
+    finale.asked(5, 2)  # final 5 trains trial 2's configuration again
+    assert keeps_models(config) is bool(fields)  # the run keeps its best models for the finals (session: ModelFiles)
+    assert finale.job_fields(5) == fields
+    assert "warm_from" not in finale.job_fields(4)  # a search trial starts from scratch
+    assert ("from its weights" in finale._notes[-1]) is warm
+
+
+def test_a_final_of_a_budgeted_run_starts_from_its_source_trials_weights(tmp_path):
+    backend = Paced(0.05)
+    _, study = _budgeted(tmp_path, "w", backend, workers=1, epochs=4, minutes=0.15, final_ensemble=1)
+    final = _finals(study)[0]
+    jobs = {j.trial_id: j for j in backend.jobs}
+    assert jobs[f"w#{final.number}"].warm_from == final.user_attrs["final_of"]
+    assert all(j.warm_from is None for t, j in jobs.items() if t != f"w#{final.number}")
+    assert all(j.keep_predictions for j in backend.jobs)  # with final_ensemble=1 too: the models are kept for it
 
 
 def test_two_finals_side_by_side_one_ends_earlier_the_other_waits_for_it(tmp_path):

@@ -3,8 +3,9 @@
 Under ``time_budget_minutes`` the run knows its horizon. Trials of the search phase train on the search's short
 schedule (``max_epochs_per_trial``, pruned by Hyperband); once ``1 - final_training_share`` of the time for trials
 has passed, the search stops and the best configurations found so far (one per worker, at most two; of two, one from
-the start queue: :meth:`Finale.choose`) are trained again from scratch on a learning-rate schedule that spans the
-time left, without early stopping or pruning. Search trials still running are stopped at their epoch's end
+the start queue: :meth:`Finale.choose`) are trained again on a learning-rate schedule that spans the time left,
+without early stopping or pruning: from the weights their search trial ended with where the run keeps that trial's
+model (``final_warm_start``: a warm restart, the search's epochs are not thrown away), else from scratch. Search trials still running are stopped at their epoch's end
 (:data:`FINAL_CUT`) and kept, complete at what they trained.
 
 A final trial is an ordinary trial of the study (queued with its parameters; user attribute ``final_of``: the trial
@@ -35,7 +36,7 @@ from .budget import TimeBudget
 from .config import OptimizationConfig
 from .search_space import start_params
 
-__all__ = ["Finale", "ensemble_size", "FINAL_CUT", "FINAL_DROPPED", "FINAL_EPOCHS_MARGIN", "FINAL_LATE", "GATHER_S",
+__all__ = ["Finale", "ensemble_size", "keeps_models", "FINAL_CUT", "FINAL_DROPPED", "FINAL_EPOCHS_MARGIN", "FINAL_LATE", "GATHER_S",
            "MAX_FINALS", "MIN_SEARCH_TRIALS", "ROOM_EPOCH"]
 
 #: the cancel reason of a search trial still running when the final training begins
@@ -61,14 +62,23 @@ ROOM_EPOCH = 3
 FINAL_EPOCHS_MARGIN = 1.5
 
 
+def _keeps(config: OptimizationConfig) -> bool:
+    """Whether finals may read the run's kept models: built-in models only (a user's build function may hold layers a
+    combined model could not save), local trainers only (a RunPod worker's model stays on the worker); pareto and
+    shared studies have no finals."""
+    return not (config.time_budget_minutes is None or config.final_training_share <= 0 or config.model is not None
+                or config.use_runpod_service or config.mode == "pareto" or config.storage is not None)
+
+
 def ensemble_size(config: OptimizationConfig) -> int:
-    """The most models a final's ensemble averages under ``config`` (1: no ensemble). Built-in models only (a user's
-    build function may hold layers a combined model could not save), local trainers only (a RunPod worker's
-    predictions stay on the worker: it would predict for nothing); pareto and shared studies have no finals."""
-    if (config.time_budget_minutes is None or config.final_training_share <= 0 or config.model is not None
-            or config.use_runpod_service):
-        return 1
-    return config.final_ensemble if config.mode != "pareto" and config.storage is None else 1
+    """The most models a final's ensemble averages under ``config`` (1: no ensemble)."""
+    return config.final_ensemble if _keeps(config) else 1
+
+
+def keeps_models(config: OptimizationConfig) -> bool:
+    """Whether the run keeps its best trials' models for its finals: to average them (``final_ensemble``) or to start
+    a final from its source trial's weights (``final_warm_start``)."""
+    return _keeps(config) and (config.final_ensemble > 1 or config.final_warm_start)
 
 
 class Finale:
@@ -82,6 +92,9 @@ class Finale:
         self.count = min(MAX_FINALS, config.concurrent_workers)
         #: models a final may average (1: none); trials then keep their predictions for it
         self.ensemble = ensemble_size(config) if self.active else 1
+        #: trials keep their predictions and models for the finals; a final starts from its source's weights
+        self.keep = self.active and keeps_models(config)
+        self.warm = self.keep and config.final_warm_start
         self._budget = budget
         self._min_epochs = config.min_epochs_per_trial
         # a user's model compiled with a step-based cosine would end its training before its rate reached 0: no margin
@@ -91,6 +104,7 @@ class Finale:
         self.pending = 0
         self._sources: list[int] = []  # the source trials of the finals still pending
         self.epochs_of: dict[int, int] = {}
+        self._source_of: dict[int, int] = {}  # final -> the trial whose configuration it trains again
         self._gather: dict[int, list[int]] = {}  # the last final asked (of several that average) -> the others
         self._early: set[int] = set()  # the others: they end GATHER_S earlier
         self._elapsed: dict[int, dict[int, float]] = {}  # trial -> epoch -> seconds of training at its end
@@ -229,7 +243,7 @@ class Finale:
         epochs = math.ceil(fit * self._margin)  # the margin is >= 1
         per_epoch, overhead = self.timing(source) or (0.0, 0.0)
         with self._lock:
-            self.epochs_of[number] = epochs
+            self.epochs_of[number], self._source_of[number] = epochs, source
             self.pending = max(0, self.pending - 1)
             if source in self._sources:
                 self._sources.remove(source)
@@ -237,8 +251,8 @@ class Finale:
                 self._early.add(number)
             elif self.ensemble > 1 and len(self.epochs_of) > 1:
                 self._gather[number] = sorted(n for n in self.epochs_of if n != number)
-            self._notes.append(f"final training: trial {number} trains trial {source}'s configuration again for "
-                               f"{epochs} epochs at most, until its time limit ({fit} fit in the "
+            self._notes.append(f"final training: trial {number} trains trial {source}'s configuration again"
+                               f"{' from its weights' if self.warm else ''} for {epochs} epochs at most, until its time limit ({fit} fit in the "
                                f"{(self._budget.time_left() or 0):.0f} s left at the {per_epoch:.2f} s per epoch + "
                                f"{overhead:.1f} s trial {source} measured)")
         return epochs
@@ -264,12 +278,16 @@ class Finale:
             return number in self.epochs_of
 
     def job_fields(self, number: int) -> dict[str, Any]:
-        """What trial ``number``'s job carries for the final's ensemble: keep its predictions; a final: average; the
-        last final of several: the others, to wait for."""
-        if self.ensemble <= 1:
+        """What trial ``number``'s job carries for the finals: keep its predictions (and model); a final: average,
+        start from its source trial's weights (``final_warm_start``); the last final of several: the others, to
+        wait for."""
+        if not self.keep:
             return {}
-        return {"keep_predictions": True, "ensemble": self.ensemble if number in self.epochs_of else 0,
-                "gather": list(self._gather.get(number, []))}
+        with self._lock:
+            final, source = number in self.epochs_of, self._source_of.get(number)
+            gather = list(self._gather.get(number, []))
+        return {"keep_predictions": True, "ensemble": self.ensemble if final else 0, "gather": gather,
+                **({"warm_from": source} if self.warm and source is not None else {})}
 
     def time_limit(self, number: int, left: float | None) -> float | None:
         """The seconds trial ``number`` may use when ``left`` are left (None: no budget): a final that another will

@@ -155,6 +155,8 @@ class TrialJob(Message):
     ensemble: int = 0
     #: a final that may average: the run's other finals (trial numbers), whose kept models it waits for (in time)
     gather: list[int] = field(default_factory=list)
+    #: a final (final_warm_start): start from the weights of this trial's kept model, not from scratch
+    warm_from: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -213,6 +215,9 @@ class TrialJob(Message):
         if len(self.gather) > MAX_ENSEMBLE or not all(0 <= n <= MAX_SEED for n in self.gather):
             raise ProtocolError(f"TrialJob: gather={preview(self.gather)} is not allowed; allowed: at most "
                                 f"{MAX_ENSEMBLE} trial numbers in [0, {MAX_SEED}]")
+        if self.warm_from is not None and not 0 <= self.warm_from <= MAX_SEED:
+            raise ProtocolError(f"TrialJob: warm_from={preview(self.warm_from)} is out of range; allowed: null or a "
+                                f"trial number in [0, {MAX_SEED}]")
         info = self.dataset_info()
         if self.model is not None:
             if not isinstance(self.model, str) or len(self.model) > MAX_MODEL_REF or not MODEL_REF.match(self.model):

@@ -154,6 +154,8 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
             "epochs_trained": attrs.get("epochs_trained"),
             #: a final that averages models (final_ensemble): {"members", "weights", "alone": its own metrics}
             "ensemble": _ensemble(result),
+            #: a final that started from its source trial's weights (final_warm_start): that trial's number
+            "warm_from": _warm_from(result),
         }
         records.append(record)
     retried = {r["retry_of"]: r["number"] for r in records if r["retry_of"] is not None and r["state"] != "waiting"}
@@ -166,6 +168,11 @@ def trial_records(study: Any) -> list[dict[str, Any]]:
 def _ensemble(result: dict[str, Any]) -> dict[str, Any] | None:
     found = (result.get("details") or {}).get("ensemble")
     return found if isinstance(found, dict) else None
+
+
+def _warm_from(result: dict[str, Any]) -> int | None:
+    found = (result.get("details") or {}).get("warm_start")
+    return found.get("from_trial") if isinstance(found, dict) and found.get("loaded") else None
 
 
 _CSV_FIXED = ["number", "state", "value", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "overall_health",

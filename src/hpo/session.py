@@ -19,7 +19,7 @@ from . import kept, own_run
 from .backends import Backend
 from .config import OptimizationConfig
 from .exceptions import ConfigError
-from .finale import ensemble_size
+from .finale import keeps_models
 from .progress import ProgressTracker
 from .results import CONFIG_FILE, ModelFiles, OptimizationResult, RunFilesWriter, build_result
 from .rundir import check_output_dir, prepare_run_dir, storage_url, write_config
@@ -144,7 +144,7 @@ class Session:
         write_config(self.run_dir, config)
         pruner = self.study.pruner if isinstance(self.study.pruner, FarBehindPruner) else None
         models = ModelFiles(self.run_dir, pareto=config.mode == "pareto",
-                            keep=kept.CANDIDATES if ensemble_size(config) > 1 else 0)
+                            keep=kept.CANDIDATES if keeps_models(config) else 0)
         self.search = Search(config, self.study, storage, pruner=pruner, models=models, notes=self.notes,
                              started=self.started)
         self.search.data_uri = self.data_uri

@@ -240,6 +240,29 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
     return TrialCallback()
 
 
+def _warm_start(model: Any, source: int, path: Path) -> dict[str, Any]:
+    """Set ``model``'s weights to those of trial ``source``'s kept model (the run's ``models/kept/``, :mod:`hpo.kept`),
+    the same configuration: a final continues from where its search trial ended, on a new schedule (a warm restart),
+    instead of from scratch. Returns the details' ``warm_start``; a model not kept, or one that does not fit, leaves
+    the final to train from scratch (it is never lost to its warm start)."""
+    from . import kept
+
+    found = kept.kept_dir(path) / f"trial-{source}.keras"
+    if not found.exists():
+        return {"warm_start": {"from_trial": source, "loaded": False, "why": "its model is not kept"}}
+    import keras
+
+    try:
+        weights = keras.models.load_model(found, compile=False).get_weights()
+        shapes = [tuple(w.shape) for w in weights]
+        if shapes != [tuple(v.shape) for v in model.weights]:  # checked first: nothing is half-set
+            raise ValueError(f"its {len(shapes)} weights do not fit this model's {len(model.weights)}")
+        model.set_weights(weights)
+    except (OSError, ValueError) as exc:
+        return {"warm_start": {"from_trial": source, "loaded": False, "why": f"{type(exc).__name__}: {exc}"[:200]}}
+    return {"warm_start": {"from_trial": source, "loaded": True}}
+
+
 def _evaluate(model: Any, x: Any, y: Any, batch_size: int) -> dict[str, float | None]:
     values = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
     return {k: _finite(v) for k, v in values.items()}
@@ -312,6 +335,7 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                                        decay_steps=decay_steps)
         evaluated = (len(data.x_val) + len(data.x_test)) / max(1, len(data.x_val))
         end_fixed, predicts = END_FIXED_S, bool(job.keep_predictions and save_model_to and job.model is None)
+        warm = _warm_start(model, job.warm_from, Path(save_model_to)) if predicts and job.warm_from is not None else {}
         if predicts:  # the predictions kept (final_ensemble), and a final's ensemble loaded and saved
             end_fixed = END_FIXED_S + (ENSEMBLE_FIXED_S if job.ensemble > 1 else 0.0)
         callback = _make_callback(job, on_epoch, should_stop, started, timed, steps_per_epoch, evaluated, end_fixed)
@@ -358,7 +382,7 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                 val_accuracy=alone.get("accuracy"), num_classes=info.num_classes, x_val=data.x_val,
                 x_train=data.x_train, y_train=data.y_train, param_count=common["param_count"])
             end.lap("health")
-        details = dict(details, **extra, end_phase=end.summary())
+        details = dict(details, **extra, **warm, end_phase=end.summary())
         if callback.out_of_time:  # complete at fewer epochs than asked: the job's time limit (time_budget_minutes)
             details = dict(details, out_of_time=True)
         return TrialResult(status="stopped" if callback.stopped_on_request else "completed",
