@@ -181,6 +181,31 @@ def test_usage_errors_exit_2(capsys, tmp_path):
     assert main(["runs", str(a_file)]) == 2 and "is a file, not a folder" in capsys.readouterr().err
 
 
+def test_a_rest_run_that_never_started_is_listed_and_shown_with_its_state(capsys, tmp_path):
+    """A run of the REST server that failed before its study existed leaves only run_state.json: hpo runs lists it
+    with its state (it was left out), hpo show says what happened (it said 'not an hpo run folder')."""
+    from hpo.exceptions import BackendUnavailable
+    from hpo.run_manager import RunManager
+
+    def unavailable(config, run_dir):
+        raise BackendUnavailable("no endpoint answers at http://127.0.0.1:9")
+
+    manager = RunManager(tmp_path, backend_factory=unavailable)
+    run = manager.submit({"dataset": "synthetic_images", "trials": 1, "run_name": "never", "plot_generation": "none"})
+    run.thread.join(60)
+    manager.shutdown()
+    assert manager.status("never")["state"] == "failed" and not (tmp_path / "never" / "config.json").exists()
+    assert [(r["name"], r["dataset"], r["state"], r["trials"]) for r in list_runs(tmp_path)] == [
+        ("never", "synthetic_images", "failed", 0)]
+    assert main(["runs", str(tmp_path)]) == 0
+    assert [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        ["never", "synthetic_images", "failed"]]
+    assert main(["show", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert ("is a run of the REST API that never started (failed: the execution backend is unavailable: no endpoint "
+            "answers at http://127.0.0.1:9)") in err and "Traceback" not in err
+
+
 def test_help_and_import_do_not_import_tensorflow():
     code = ("import sys, contextlib, io\n"
             "import hpo\n"

@@ -4,6 +4,7 @@ the kept models of a run."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -102,14 +103,24 @@ def test_a_final_starts_from_its_source_trials_kept_weights(tmp_path):
 
     warm, cold = final(8, warm_from=1), final(9)
     assert warm.status == cold.status == "completed"
-    assert warm.details["warm_start"] == {"from_trial": 1, "loaded": True} and "warm_start" not in cold.details
+    assert warm.details["warm_start"]["loaded"] is True and warm.details["warm_start"]["from_trial"] == 1
+    assert warm.details["warm_start"]["waited_s"] < 1 and "warm_start" not in cold.details  # it was kept already
     reached = source.val_metrics["accuracy"]
     assert reached >= 0.6  # the source learned: chance is 0.25
     assert warm.history["val_accuracy"][0] >= reached - 0.05  # it went on from there
     assert cold.history["val_accuracy"][0] < reached - 0.15  # from scratch, one slow epoch is far from it
-    missing = final(7, warm_from=3)  # no trial 3 kept
-    assert missing.status == "completed"
-    assert missing.details["warm_start"] == {"from_trial": 3, "loaded": False, "why": "its model is not kept"}
+    missing = final(7, warm_from=3, time_limit_s=20.0)  # no trial 3 kept: waited for a tenth of its time limit
+    assert missing.status == "completed" and not missing.details["warm_start"]["loaded"]
+    assert missing.details["warm_start"]["why"] == "its model was not kept within 2 s"
+    assert missing.details["warm_start"]["waited_s"] >= 2.0
+    def keep_later():  # a source still ending as its final starts: the run keeps its model a moment later
+        time.sleep(0.5)
+        shutil.copy(models / "kept" / "trial-1.keras", models / "kept" / "trial-5.keras")
+
+    threading.Thread(target=keep_later, daemon=True).start()
+    late = final(10, warm_from=5, time_limit_s=60.0)
+    assert late.details["warm_start"]["loaded"] is True and late.details["warm_start"]["waited_s"] >= 0.4
+    assert late.history["val_accuracy"][0] >= reached - 0.05
     mismatch = final(6, warm_from=2)  # another configuration's weights do not fit: nothing is set, from scratch
     assert mismatch.status == "completed" and mismatch.details["warm_start"]["loaded"] is False
     assert "do not fit" in mismatch.details["warm_start"]["why"]
@@ -242,7 +253,8 @@ def test_a_budgeted_local_run_hands_its_kept_models_to_the_final(tmp_path):
     detail = finals[0].user_attrs["result"]["details"]["ensemble"]
     # one worker: the final starts after its source ended and was kept, so it starts from its weights
     source = finals[0].user_attrs["final_of"]
-    assert finals[0].user_attrs["result"]["details"]["warm_start"] == {"from_trial": source, "loaded": True}
+    warm = finals[0].user_attrs["result"]["details"]["warm_start"]
+    assert (warm["from_trial"], warm["loaded"]) == (source, True), warm
     assert [r["warm_from"] for r in result.trials if r["number"] == finals[0].number] == [source]
     if isinstance(detail, dict):
         assert set(detail["members"][1:]) <= {t.number for t in searched}

@@ -88,6 +88,28 @@ def test_a_crashing_worker_fails_only_its_trial(backend):
     assert after.executed_on != crashed.executed_on
 
 
+def test_a_cut_asked_during_an_epoch_stops_the_trial_after_the_batch_in_training(backend):
+    """A cut (for the final training, or at the time budget's end) may come at any time: the worker is told at once
+    and the trainer stops after its batch (before, at the epoch's end: an epoch of a minute held the worker that
+    long); the trial keeps what it trained, a cut is no prune. Fashion-MNIST epochs (6,000 images: seconds) are far
+    longer than the message takes."""
+    from hpo.backends import CancelToken
+
+    token = CancelToken()
+    long_job = TrialJob(trial_id="t#cut", dataset="fashion_mnist", params=dict(PARAMS), max_epochs=30, seed=3,
+                        compute_health=False, data_fraction=0.1, patience=30)
+
+    def on_epoch(report):
+        if report.epoch == 1:  # cut once the decision on epoch 1 ("continue") has gone: during epoch 2
+            threading.Timer(0.05, token.cancel, args=("cut for the final training",)).start()
+
+    result = backend.run(long_job, on_epoch=on_epoch, cancel=token)
+    assert result.status == "stopped" and result.trial_id == "t#cut"
+    cut = result.details["cut_in_epoch"]
+    assert cut["epoch"] == 2 == result.epochs_run and 0 < cut["batches"] < cut["of"], cut
+    assert result.test_metrics["accuracy"] is not None  # kept whole: a cut is no prune
+
+
 def test_workers_are_recycled_and_memory_does_not_grow(recycling):
     backend, starting, errors = recycling  # LocalBackend(workers=1, max_trials_per_worker=4), being started
     starting.join(300)

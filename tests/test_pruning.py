@@ -85,8 +85,9 @@ def test_each_pruner_uses_the_epochs_per_trial_as_its_resources(tmp_path, name, 
     from hpo.config import OptimizationConfig
     from hpo.study import make_pruner
 
+    margins = dict(prune_below_best=0.2, prune_behind_in_time=0.07) if name != "none" else {}
     config = OptimizationConfig(dataset="synthetic_images", pruner=name, min_epochs_per_trial=2,
-                                max_epochs_per_trial=7, prune_below_best=0.2, prune_behind_in_time=0.07)
+                                max_epochs_per_trial=7, **margins)
     notes: list[str] = []
     pruner = make_pruner(config, notes)
     if name != "none":  # every real pruner is wrapped in the far-behind rule; pruner=none prunes nothing at all
@@ -101,3 +102,17 @@ def test_each_pruner_uses_the_epochs_per_trial_as_its_resources(tmp_path, name, 
     assert isinstance(make_pruner(config.replace(mode="pareto"), pareto_notes), optuna.pruners.NopPruner)
     assert pareto_notes == ([] if name == "none" else
                             [f"pruner={name} is off: Optuna cannot prune multi-objective (pareto) studies"])
+
+
+@pytest.mark.parametrize("option", ["prune_below_best", "prune_behind_in_time"])
+def test_a_pruning_margin_given_with_pruner_none_is_an_error_not_ignored(option):
+    from hpo.config import OptimizationConfig
+    from hpo.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^{option}=0.3 has no effect with pruner=none .*allowed: leave it out, or "
+                                          "a pruner: hyperband, median, successive_halving") as caught:
+        OptimizationConfig(dataset="synthetic_images", pruner="none", **{option: 0.3})
+    assert caught.value.field == option
+    for value in (1.0, OptimizationConfig.__dataclass_fields__[option].default):  # off, or the default: accepted
+        assert getattr(OptimizationConfig(dataset="synthetic_images", pruner="none", **{option: value}), option) == value
+    assert OptimizationConfig(dataset="synthetic_images", pruner="median", **{option: 0.3})  # with a pruner: applies

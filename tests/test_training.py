@@ -65,6 +65,30 @@ def test_should_stop_ends_training_after_the_current_epoch():
     assert result.test_metrics["accuracy"] is not None  # a stop that is not a prune keeps the trial whole
 
 
+def test_a_stop_asked_during_an_epoch_ends_it_after_the_batch_in_training():
+    """A cut comes at any time (the worker sets the flag as the request arrives): the trainer checks before every
+    batch, stops after that one, validates what it trained and keeps the trial whole (its best epoch)."""
+    import math as _math
+
+    from hpo import datasets
+
+    data = datasets.load("synthetic_images", seed=7)
+    steps = _math.ceil(len(data.x_train) / CNN["batch_size"])
+    checks = []
+
+    def should_stop():  # called before each batch and after each epoch: true from epoch 2's third batch on
+        checks.append(1)
+        return len(checks) > steps + 1 + 2
+
+    result = run_trial(job(max_epochs=5), should_stop=should_stop)
+    assert result.status == "stopped" and result.epochs_run == 2
+    assert result.details["cut_in_epoch"] == {"epoch": 2, "batches": 3, "of": steps}
+    assert len(result.history["val_accuracy"]) == 2  # the part of epoch 2 it trained was validated too
+    assert result.test_metrics["accuracy"] is not None and result.best_epoch in (1, 2)
+    whole = run_trial(job(max_epochs=2), should_stop=lambda: False)
+    assert "cut_in_epoch" not in whole.details and whole.epochs_run == 2
+
+
 def test_a_pruned_trial_is_evaluated_on_validation_only():
     """A stop flagged ``discard`` (a prune): the test split is not touched, validation still is; a flag whose first
     stop was not a prune (a cut) keeps the trial whole."""

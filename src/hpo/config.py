@@ -176,11 +176,12 @@ class OptimizationConfig:
                               "(off in pareto mode)")
     prune_below_best: float = _opt(0.1, "also prune a trial whose validation accuracy after an epoch is more than "
                                    "this fraction below the best any other trial had by that epoch, whatever the "
-                                   "pruner's schedule (1 = off; not with pruner=none)", low=0.0, high=1.0)
+                                   "pruner's schedule (1 = off; given with pruner=none: an error)", low=0.0,
+                                   high=1.0)
     prune_behind_in_time: float = _opt(0.05, "also prune a trial whose validation accuracy after t seconds of "
                                        "training is more than this fraction below the best any other trial had "
-                                       "reached in t seconds: a configuration must earn its cost (1 = off; not "
-                                       "with pruner=none)", low=0.0, high=1.0)
+                                       "reached in t seconds: a configuration must earn its cost (1 = off; given "
+                                       "with pruner=none: an error)", low=0.0, high=1.0)
     max_params: int = _opt(2_000_000, "configurations with more parameters are rejected before training", low=1)
     use_runpod_service: bool = _opt(False, "send trials to a RunPod serverless endpoint instead of local workers")
     runpod_endpoint_id: str | None = _opt(None, "RunPod endpoint id (default: RUNPOD_ENDPOINT_ID from the "
@@ -255,6 +256,11 @@ class OptimizationConfig:
         if self.sampler == "cmaes" and self.mode == "pareto":
             raise ConfigError("sampler=cmaes optimizes one objective and mode=pareto has two; allowed with pareto: "
                               "tpe, random, qmc, nsga2", field="sampler")
+        for name in ("prune_below_best", "prune_behind_in_time") if self.pruner == "none" else ():
+            if getattr(self, name) not in (self.__dataclass_fields__[name].default, 1.0):  # given: ignored silently
+                raise ConfigError(f"{name}={getattr(self, name)} has no effect with pruner=none (it prunes beside a "
+                                  "pruner); allowed: leave it out, or a pruner: hyperband, median, successive_halving",
+                                  field=name)
         if self.runpod_endpoint_url is not None:
             check_endpoint_url(self.runpod_endpoint_url)
         if self.use_runpod_service and not (self.runpod_endpoint_id or self.runpod_endpoint_url):

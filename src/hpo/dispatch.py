@@ -163,8 +163,9 @@ class Dispatcher:
             self.search.beat_running()
 
     def _budget_main(self) -> None:
-        """time_budget_minutes: when the time for trials is over, no trial starts and the running ones stop at their
-        epoch's end (complete at what they trained); a quarter of the finishing reserve later, they are cancelled."""
+        """time_budget_minutes: when the time for trials is over, no trial starts and the running ones stop (after the
+        batch in training; remote ones at their epoch's end), complete at what they trained; a quarter of the
+        finishing reserve later, they are cancelled."""
         budget, finale = self.search.budget, self.search.finale
         if finale.active:  # search short, then train long: at the end of the search phase
             if self._stopped.wait(max(0.0, finale.begins_at - time.monotonic())):
@@ -177,8 +178,8 @@ class Dispatcher:
 
     def _begin_finale(self, source: int | None = None) -> None:
         """The search phase is over (study thread): the best configurations (or ``source``'s: no room for a search)
-        are queued to train long, trials asked ahead are dropped and the running search trials stop at their epoch's
-        end (complete at what they trained)."""
+        are queued to train long, trials asked ahead are dropped and the running search trials stop (after the batch in
+        training; remote ones at their epoch's end), complete at what they trained."""
         search = self.search
         if search.stop_reason is not None or search.finale.begun or not (source is not None or search.finale.due()):
             return

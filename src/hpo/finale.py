@@ -5,8 +5,9 @@ schedule (``max_epochs_per_trial``, pruned by Hyperband); once ``1 - final_train
 has passed, the search stops and the best configurations found so far (one per worker, at most two; of two, one from
 the start queue: :meth:`Finale.choose`) are trained again on a learning-rate schedule that spans the time left,
 without early stopping or pruning: from the weights their search trial ended with where the run keeps that trial's
-model (``final_warm_start``: a warm restart, the search's epochs are not thrown away), else from scratch. Search trials still running are stopped at their epoch's end
-(:data:`FINAL_CUT`) and kept, complete at what they trained.
+model (``final_warm_start``: a warm restart, the search's epochs are not thrown away), else from scratch. Search
+trials still running are stopped (:data:`FINAL_CUT`; local trainers after the batch in training, RunPod workers at
+their epoch's end) and kept, complete at what they trained.
 
 A final trial is an ordinary trial of the study (queued with its parameters; user attribute ``final_of``: the trial
 whose configuration it trains again), so its result competes for the best model like any other: when a longer

@@ -35,6 +35,7 @@ __all__ = [
     "BEST_FILE",
     "TRIALS_FILE",
     "MODEL_FILE",
+    "RUN_STATE_FILE",
 ]
 
 CONFIG_FILE = "config.json"
@@ -42,6 +43,8 @@ BEST_FILE = "best.json"
 TRIALS_FILE = "trials.csv"
 MODEL_FILE = "best_model.keras"
 STUDY_FILE = "study.db"
+#: a run of the REST API: its state (queued, running, failed, ...), written from submit on (hpo.run_manager)
+RUN_STATE_FILE = "run_state.json"
 
 
 @dataclass

@@ -20,12 +20,11 @@ from typing import Any
 
 from .config import trial_limit
 from .redact import mask_obj
-from .results import BEST_FILE, CONFIG_FILE, TRIALS_FILE
+from .results import BEST_FILE, CONFIG_FILE, RUN_STATE_FILE, TRIALS_FILE
 
 __all__ = ["RUN_STATE_FILE", "FINAL_STATES", "jsonable", "read_json", "write_json", "now", "trial_summary",
            "describe", "list_files", "file_in", "lock_folder", "remove_folders"]
 
-RUN_STATE_FILE = "run_state.json"
 FINAL_STATES = frozenset({"completed", "failed", "cancelled", "interrupted"})
 
 

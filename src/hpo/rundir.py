@@ -23,7 +23,8 @@ from . import own
 from .config import OptimizationConfig
 from .exceptions import ConfigError
 from .redact import mask_obj, mask_text, mask_url
-from .results import CONFIG_FILE, MODEL_FILE, RETRIED, STUDY_FILE, OptimizationResult, build_result
+from .results import (CONFIG_FILE, MODEL_FILE, RETRIED, RUN_STATE_FILE, STUDY_FILE, OptimizationResult,
+                      build_result)
 from .runlock import HOLDER_FILE, LOCK_FILE
 
 __all__ = ["prepare_run_dir", "check_output_dir", "read_config_doc", "write_config", "storage_url",
@@ -43,6 +44,35 @@ def read_config_doc(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return doc if isinstance(doc, dict) and isinstance(doc.get("config"), dict) else None
+
+
+def read_run_state(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A REST API run folder's run_state.json as a dict (None: none, or unreadable)."""
+    try:
+        doc = json.loads((Path(run_dir) / RUN_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _not_a_run(run_dir: Path) -> ConfigError:
+    """What to say of a folder without config.json: a REST API run that never started says so, with its state."""
+    doc = read_run_state(run_dir)
+    if doc is None:
+        return ConfigError(f"{run_dir} is not an hpo run folder (no readable {CONFIG_FILE})")
+    state, error = _never_started_state(run_dir, doc), doc.get("error")
+    said = f"{state}" + (f": {mask_text(str(error))}" if error else "")
+    return ConfigError(f"{run_dir} is a run of the REST API that never started ({said}); it has no study or trials "
+                       "to show (POST it again with the same run_name to start it)")
+
+
+def _never_started_state(run_dir: Path, doc: dict[str, Any]) -> str:
+    """Its state: queued or running while a live server holds its folder, interrupted when that server stopped first,
+    or its final state (failed, cancelled)."""
+    state = str(doc.get("state") or "empty")
+    if state in ("queued", "running") and not _held(run_dir):
+        return "interrupted"
+    return state
 
 
 def storage_url(config: OptimizationConfig, run_dir: Path) -> str:
@@ -93,7 +123,7 @@ def open_run_study(run_dir: str | os.PathLike[str], *, storage: str | None = Non
     run_dir = Path(run_dir)
     doc = read_config_doc(run_dir)
     if doc is None:
-        raise ConfigError(f"{run_dir} is not an hpo run folder (no readable {CONFIG_FILE})")
+        raise _not_a_run(run_dir)
     url = study_url_of(run_dir, doc, storage)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         raise ConfigError(f"{run_dir} has no study.db: the run never started, or its files were not all copied")
@@ -151,7 +181,13 @@ def list_runs(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     rows = []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         doc = read_config_doc(folder)
-        if doc is None:
+        if doc is None:  # a REST API run that never started is listed with its state (no trials); other folders not
+            state = read_run_state(folder) if folder.is_dir() else None
+            if state is not None:
+                options = state.get("options") if isinstance(state.get("options"), dict) else {}
+                rows.append({"name": folder.name, "dataset": options.get("dataset"), "mode": options.get("mode"),
+                             "state": _never_started_state(folder, state), "best": None, "trials": 0,
+                             "completed": 0, "modified": folder.stat().st_mtime})
             continue
         best = None
         try:
@@ -176,14 +212,22 @@ def list_runs(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _run_state(folder: Path, trials: dict[str, int]) -> str:
+def _held(folder: Path) -> bool:
+    """Whether a live process holds the folder's lock (a holder was recorded and the lock cannot be taken)."""
     from .runlock import RunLock, RunLocked
 
-    if (folder / HOLDER_FILE).is_file():  # a holder was recorded: is it alive (still holding the lock)?
-        try:
-            RunLock(folder).acquire().release()
-        except RunLocked:
-            return "running"
+    if not (folder / HOLDER_FILE).is_file():
+        return False
+    try:
+        RunLock(folder).acquire().release()
+    except RunLocked:
+        return True
+    return False
+
+
+def _run_state(folder: Path, trials: dict[str, int]) -> str:
+    if _held(folder):
+        return "running"
     if not trials:
         return "empty"
     return "interrupted" if trials.get("interrupted") or trials.get("running") else "finished"

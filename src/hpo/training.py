@@ -118,6 +118,9 @@ def _finite(x: Any) -> float | None:
 #: of a Fashion-MNIST trial (1,000 validation, 10,000 test images) took 2.0-3.4 s against 2.7 s estimated without them,
 #: and a trial still running when the time budget's finishing reserve is cut is lost
 END_MARGIN, END_FIXED_S = 1.5, 1.0
+#: a final waits at most this long, and this share of its time limit, for its source trial's model to be kept
+#: (final_warm_start: a source cut as the finals began ends a few seconds later)
+WARM_WAIT_S, WARM_WAIT_SHARE = 15.0, 0.1
 #: a final that may average models (final_ensemble) also reads the kept predictions, loads the members it chooses
 #: and saves them as one model: this many seconds more
 ENSEMBLE_FIXED_S = 3.0
@@ -172,9 +175,12 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             self.reserved_s: float | None = None
             self._validation_began, self._validation_s = 0.0, 0.0  # the last epoch's validation pass
             self._step = 0  # optimizer steps taken (the timed schedule's clock)
+            self._epoch, self._batch = 0, 0  # the epoch (0-based) and batch in progress
+            #: a stop that came during an epoch ended it there: {"epoch", "batches" (trained of it), "of"}
+            self.cut_in_epoch: dict[str, int] | None = None
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self._epoch_began = time.perf_counter()
+            self._epoch_began, self._epoch = time.perf_counter(), epoch
 
         def on_test_begin(self, logs: dict | None = None) -> None:
             self._validation_began = time.perf_counter()
@@ -188,8 +194,18 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             epoch."""
             return max(0.5 * epoch_s, END_MARGIN * evaluated_share * self._validation_s + end_fixed_s)
 
-        if timed is not None:  # only then a batch-level hook: the rate of the timed cosine, set before each step
-            def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+            """Before each step (a hook without logs: no device sync): a stop asked during the epoch (a trial cut
+            for the final training or at the budget's end: the worker sets the flag as the request comes) ends the
+            epoch after this batch -- Keras then validates what it trained and ends the epoch, so the trial keeps
+            its best epoch so far, where an epoch of a minute would have held the worker that long; and the rate of
+            the timed cosine."""
+            self._batch = batch
+            if (should_stop is not None and self.cut_in_epoch is None and should_stop()
+                    and batch + 1 < steps_per_epoch):
+                self.cut_in_epoch = {"epoch": self._epoch + 1, "batches": batch + 1, "of": steps_per_epoch}
+                self.model.stop_training = True
+            if timed is not None:
                 self.model.optimizer.learning_rate = timed.rate(self._step)
                 self._step += 1
 
@@ -240,16 +256,21 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
     return TrialCallback()
 
 
-def _warm_start(model: Any, source: int, path: Path) -> dict[str, Any]:
+def _warm_start(model: Any, source: int, path: Path, wait_s: float) -> dict[str, Any]:
     """Set ``model``'s weights to those of trial ``source``'s kept model (the run's ``models/kept/``, :mod:`hpo.kept`),
     the same configuration: a final continues from where its search trial ended, on a new schedule (a warm restart),
-    instead of from scratch. Returns the details' ``warm_start``; a model not kept, or one that does not fit, leaves
-    the final to train from scratch (it is never lost to its warm start)."""
+    instead of from scratch. A source still ending (cut as the finals began: its evaluation and model file take a few
+    seconds) is waited for, at most ``wait_s``. Returns the details' ``warm_start``; a model not kept by then, or one
+    that does not fit, leaves the final to train from scratch (it is never lost to its warm start)."""
     from . import kept
 
     found = kept.kept_dir(path) / f"trial-{source}.keras"
+    began = time.perf_counter()
+    while not found.exists() and time.perf_counter() - began < wait_s:
+        time.sleep(0.1)
+    record: dict[str, Any] = {"from_trial": source, "loaded": False, "waited_s": round(time.perf_counter() - began, 2)}
     if not found.exists():
-        return {"warm_start": {"from_trial": source, "loaded": False, "why": "its model is not kept"}}
+        return {"warm_start": dict(record, why=f"its model was not kept within {wait_s:.0f} s")}
     import keras
 
     try:
@@ -258,9 +279,9 @@ def _warm_start(model: Any, source: int, path: Path) -> dict[str, Any]:
         if shapes != [tuple(v.shape) for v in model.weights]:  # checked first: nothing is half-set
             raise ValueError(f"its {len(shapes)} weights do not fit this model's {len(model.weights)}")
         model.set_weights(weights)
-    except (OSError, ValueError) as exc:
-        return {"warm_start": {"from_trial": source, "loaded": False, "why": f"{type(exc).__name__}: {exc}"[:200]}}
-    return {"warm_start": {"from_trial": source, "loaded": True}}
+    except Exception as exc:  # noqa: BLE001 - a file being replaced, another shape: the final trains from scratch
+        return {"warm_start": dict(record, why=f"{type(exc).__name__}: {exc}"[:200])}
+    return {"warm_start": dict(record, loaded=True)}
 
 
 def _evaluate(model: Any, x: Any, y: Any, batch_size: int) -> dict[str, float | None]:
@@ -295,7 +316,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
     """Train ``job`` and return its result.
 
     ``on_epoch(epoch, metrics)`` is called after every epoch (1-based; metrics: loss, accuracy, val_loss,
-    val_accuracy, learning_rate, elapsed_s). Training stops after the epoch in which ``should_stop()`` returns true
+    val_accuracy, learning_rate, elapsed_s). ``should_stop()`` is checked after every epoch and before every batch:
+    training stops after the epoch, or the batch, in which it returns true
     (status ``stopped``); when ``should_stop.discard`` is then true (a prune, :class:`hpo.worker.StopFlag`) the test
     split is not evaluated (``test_metrics`` empty) and no predictions are kept.
     ``devices`` overrides device discovery (e.g. two logical CPUs, to exercise the MirroredStrategy path).
@@ -335,7 +357,10 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                                        decay_steps=decay_steps)
         evaluated = (len(data.x_val) + len(data.x_test)) / max(1, len(data.x_val))
         end_fixed, predicts = END_FIXED_S, bool(job.keep_predictions and save_model_to and job.model is None)
-        warm = _warm_start(model, job.warm_from, Path(save_model_to)) if predicts and job.warm_from is not None else {}
+        warm = {}
+        if predicts and job.warm_from is not None:  # a final: from its source's weights (waited for, briefly)
+            wait_s = min(WARM_WAIT_S, WARM_WAIT_SHARE * job.time_limit_s) if job.time_limit_s else WARM_WAIT_S
+            warm = _warm_start(model, job.warm_from, Path(save_model_to), wait_s)
         if predicts:  # the predictions kept (final_ensemble), and a final's ensemble loaded and saved
             end_fixed = END_FIXED_S + (ENSEMBLE_FIXED_S if job.ensemble > 1 else 0.0)
         callback = _make_callback(job, on_epoch, should_stop, started, timed, steps_per_epoch, evaluated, end_fixed)
@@ -385,6 +410,8 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         details = dict(details, **extra, **warm, end_phase=end.summary())
         if callback.out_of_time:  # complete at fewer epochs than asked: the job's time limit (time_budget_minutes)
             details = dict(details, out_of_time=True)
+        if callback.cut_in_epoch is not None:  # its last epoch was cut short by a stop request
+            details = dict(details, cut_in_epoch=callback.cut_in_epoch)
         return TrialResult(status="stopped" if callback.stopped_on_request else "completed",
                            best_epoch=callback.best_epoch, val_metrics=val_metrics, test_metrics=test_metrics,
                            health=health_scores, details=details,

@@ -134,7 +134,8 @@ def stops_early(job: TrialJob, epochs_run: int, best_epoch: int | None) -> bool:
 # -- one job in flight ------------------------------------------------------------------------------------------------
 
 class StopFlag:
-    """The trainer's ``should_stop``: called after every epoch, true once the trial is to stop. ``discard``: the stop
+    """The trainer's ``should_stop``: called after every epoch and before every batch, true once the trial is to
+    stop. ``discard``: the stop
     is a prune, so the trial's result is only its validation figure (it is never the run's answer nor an ensemble's
     member): the trainer skips what only a kept trial needs, the test evaluation and the predictions kept for an
     ensemble. Set by the first stop only (a cut that came first keeps the trial whole)."""
@@ -173,7 +174,7 @@ class TrialRun:
         self._lock = threading.Lock()
 
     def cancel(self, *, discard: bool = False) -> None:
-        """The trainer stops after the epoch in progress (``discard``: a prune, :class:`StopFlag`)."""
+        """The trainer stops after the batch in progress (``discard``: a prune, :class:`StopFlag`)."""
         self.stop.set(discard=discard)
 
     @property
@@ -234,14 +235,17 @@ class TrialRun:
 
 def handle(raw: Any, trainer: Trainer, *, on_report: Callable[[TrialRun, EpochReport], None] | None = None,
            executed_on: str | None = None, save_model_to: str | None = None, label: str = "?",
-           max_input_bytes: int = MAX_INPUT_BYTES) -> Answer:
-    """Parse ``raw``, train it, answer (see the module doc); never raises. ``label`` names the job in the log."""
+           max_input_bytes: int = MAX_INPUT_BYTES, on_start: Callable[[TrialRun], None] | None = None) -> Answer:
+    """Parse ``raw``, train it, answer (see the module doc); never raises. ``label`` names the job in the log.
+    ``on_start(run)``: the run, before it trains (a transport that may stop it at any time keeps it)."""
     try:
         try:
             job = parse_input(raw, max_input_bytes=max_input_bytes)  # no commands: always a TrialJob
         except InvalidInput as exc:
             return invalid_input(exc)
         run = TrialRun(job, label)  # type: ignore[arg-type]
+        if on_start is not None:
+            on_start(run)
         return run.train(trainer, on_report=on_report, executed_on=executed_on, save_model_to=save_model_to)
     except Exception as exc:  # noqa: BLE001 - the last resort: the worker answers, whatever went wrong
         return internal_error(label, exc)

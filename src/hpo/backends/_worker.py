@@ -6,6 +6,9 @@ Speaks JSON lines on stdin/stdout with :class:`hpo.backends.local.LocalBackend`:
                        {"type": "continue" | "stop", "trial_id": str, "epoch": int, "discard": bool}
                                                                   the decision after each epoch report
                                                                   (discard: a prune, :class:`hpo.worker.StopFlag`)
+                       {"type": "stop", "trial_id": str, "now": true, "discard": bool}
+                                                                  a stop that comes during an epoch (a cut): the
+                                                                  trial stops after the batch in training
                        {"type": "exit"}
     worker -> parent   {"type": "ready", "pid": int}
                        {"type": "epoch", "report": {EpochReport}}
@@ -14,7 +17,7 @@ Speaks JSON lines on stdin/stdout with :class:`hpo.backends.local.LocalBackend`:
 Each job goes through the worker core the RunPod handler uses too (:func:`hpo.worker.handle`: parse -> run_trial ->
 answer), so both refuse a bad job in the same words; here the answer is sent as a TrialResult (a refused job is a
 failed trial). After each epoch the worker waits (briefly) for the parent's decision, so a pruned or cancelled trial
-stops exactly at the epoch it was judged on. TensorFlow is imported once per process, not per trial. Anything else
+stops exactly at the epoch it was judged on; a cut asked during an epoch stops it at the next batch. TensorFlow is imported once per process, not per trial. Anything else
 that writes to stdout (a library's print) is redirected to stderr so it cannot corrupt the protocol stream.
 """
 
@@ -55,6 +58,24 @@ def main() -> int:
 
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
     decisions: queue.Queue[dict[str, Any]] = queue.Queue()
+    # a stop that comes during an epoch ("now": a cut) stops the trial in training at its next batch: the run in
+    # training, and the trial ids stopped before their run began (the message may overtake the start)
+    current: dict[str, Any] = {"run": None, "early": {}}
+    current_lock = threading.Lock()
+
+    def stop_now(message: dict[str, Any]) -> None:
+        with current_lock:
+            run = current["run"]
+            if run is not None and run.job.trial_id == message.get("trial_id"):
+                run.cancel(discard=message.get("discard") is True)
+            else:
+                current["early"][message.get("trial_id")] = message.get("discard") is True
+
+    def started(run: Any) -> None:
+        with current_lock:
+            current["run"] = run
+            if run.job.trial_id in current["early"]:
+                run.cancel(discard=current["early"].pop(run.job.trial_id))
 
     def read_stdin() -> None:
         for line in sys.stdin:
@@ -63,7 +84,9 @@ def main() -> int:
             except json.JSONDecodeError:
                 print(f"hpo worker: ignoring malformed line {line[:200]!r}", file=sys.stderr)
                 continue
-            if message.get("type") in ("stop", "continue"):
+            if message.get("type") == "stop" and message.get("now") is True:
+                stop_now(message)
+            elif message.get("type") in ("stop", "continue"):
                 decisions.put(message)
             else:
                 inbox.put(message)
@@ -104,8 +127,10 @@ def main() -> int:
         # parse (the RunPod handler's validation too: params inside the search space) -> run_trial -> answer; a bad
         # job is a failed trial, not a dead worker
         answer = handle(raw, run_trial, on_report=on_report, executed_on=message.get("executed_on"),
-                        save_model_to=message.get("save_model_to"),
+                        save_model_to=message.get("save_model_to"), on_start=started,
                         label=str(raw.get("trial_id"))[:80] if isinstance(raw, dict) else "?")
+        with current_lock:
+            current["run"] = None
         result = result_of(answer, raw)
         send({"type": "result", "result": result.to_dict(), "rss_mb": _rss_mb()})
 

@@ -312,9 +312,12 @@ class LocalBackend(Backend):
                                        train_seconds=now - started,
                                        error=f"the trial ran past its time limit of {timeout_s:g} s and was stopped")
                 if cancel is not None and cancel.cancelled:
-                    # soft: the worker stops at its next epoch decision; hard, or past the grace: kill it now
+                    # soft: the worker stops after the batch in training (told now) or at its next epoch decision;
+                    # hard, or past the grace: kill it now
                     if stop_sent_at is None:
                         stop_sent_at = now
+                        worker.send({"type": "stop", "trial_id": job.trial_id, "now": True,
+                                     "discard": cancel.discard})
                     if cancel.hard or now - stop_sent_at > self.stop_grace_s:
                         self._retire(worker, kill=True)
                         self._release(None)
