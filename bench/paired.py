@@ -88,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         print("no (dataset, seed, T) recorded on both sides", file=sys.stderr)
         return 2
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-    print(f"{'dataset':<14}{'seed':>5}{'T':>6}   {'val A':>7}{'val B':>7}{'A-B':>7}   {'test A':>7}{'test B':>7}{'A-B':>7}")
+    print(f"{'dataset':<14}{'seed':>5}{'T':>6}   {'val A':>7}{'val B':>7}{'A-B':>7}   "
+          f"{'test A':>7}{'test B':>7}{'A-B':>7}")
     for r in result["pairs"]:
         (va, vb, vd), (ta, tb, td) = r["val"], r["test"]
-        print(f"{r['dataset']:<14}{r['seed']:>5}{r['budget_s']:>6g}   {pct(va):>7}{pct(vb):>7}{vd if vd is not None else '-':>7}"
-              f"   {pct(ta):>7}{pct(tb):>7}{td if td is not None else '-':>7}")
+        dv, dt = "-" if vd is None else vd, "-" if td is None else td
+        print(f"{r['dataset']:<14}{r['seed']:>5}{r['budget_s']:>6g}   {pct(va):>7}{pct(vb):>7}{dv:>7}   "
+              f"{pct(ta):>7}{pct(tb):>7}{dt:>7}")
     for name, g in result["groups"].items():
         for split in ("val", "test"):
             s = g[split]

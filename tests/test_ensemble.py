@@ -99,7 +99,8 @@ def test_a_final_starts_from_its_source_trials_kept_weights(tmp_path):
 
     def final(number, **kw):
         return run_trial(job(max_epochs=1, seed=19, split_seed=7, params=dict(CNN, learning_rate=1e-4),
-                             keep_predictions=True, ensemble=1, **kw), save_model_to=str(models / f"trial-{number}.keras"))
+                             keep_predictions=True, ensemble=1, **kw),
+                         save_model_to=str(models / f"trial-{number}.keras"))
 
     warm, cold = final(8, warm_from=1), final(9)
     assert warm.status == cold.status == "completed"

@@ -114,5 +114,6 @@ def test_a_pruning_margin_given_with_pruner_none_is_an_error_not_ignored(option)
         OptimizationConfig(dataset="synthetic_images", pruner="none", **{option: 0.3})
     assert caught.value.field == option
     for value in (1.0, OptimizationConfig.__dataclass_fields__[option].default):  # off, or the default: accepted
-        assert getattr(OptimizationConfig(dataset="synthetic_images", pruner="none", **{option: value}), option) == value
+        config = OptimizationConfig(dataset="synthetic_images", pruner="none", **{option: value})
+        assert getattr(config, option) == value
     assert OptimizationConfig(dataset="synthetic_images", pruner="median", **{option: 0.3})  # with a pruner: applies

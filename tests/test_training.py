@@ -87,6 +87,10 @@ def test_a_stop_asked_during_an_epoch_ends_it_after_the_batch_in_training():
     assert result.test_metrics["accuracy"] is not None and result.best_epoch in (1, 2)
     whole = run_trial(job(max_epochs=2), should_stop=lambda: False)
     assert "cut_in_epoch" not in whole.details and whole.epochs_run == 2
+    checks.clear()  # a stop in the first epoch: not one whole epoch trained, nothing to keep (the run records a cut)
+    first = run_trial(job(max_epochs=5), should_stop=lambda: len(checks.append(1) or checks) > 4)
+    assert first.status == "stopped" and first.details["cut_in_epoch"] == {"epoch": 1, "batches": 5, "of": steps}
+    assert first.val_metrics == {} and first.test_metrics == {}
 
 
 def test_a_pruned_trial_is_evaluated_on_validation_only():

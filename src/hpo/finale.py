@@ -37,8 +37,8 @@ from .budget import TimeBudget
 from .config import OptimizationConfig
 from .search_space import start_params
 
-__all__ = ["Finale", "ensemble_size", "keeps_models", "FINAL_CUT", "FINAL_DROPPED", "FINAL_EPOCHS_MARGIN", "FINAL_LATE", "GATHER_S",
-           "MAX_FINALS", "MIN_SEARCH_TRIALS", "ROOM_EPOCH"]
+__all__ = ["Finale", "ensemble_size", "keeps_models", "FINAL_CUT", "FINAL_DROPPED", "FINAL_EPOCHS_MARGIN",
+           "FINAL_LATE", "GATHER_S", "MAX_FINALS", "MIN_SEARCH_TRIALS", "ROOM_EPOCH"]
 
 #: the cancel reason of a search trial still running when the final training begins
 FINAL_CUT = "cut for the final training"
@@ -253,9 +253,9 @@ class Finale:
             elif self.ensemble > 1 and len(self.epochs_of) > 1:
                 self._gather[number] = sorted(n for n in self.epochs_of if n != number)
             self._notes.append(f"final training: trial {number} trains trial {source}'s configuration again"
-                               f"{' from its weights' if self.warm else ''} for {epochs} epochs at most, until its time limit ({fit} fit in the "
-                               f"{(self._budget.time_left() or 0):.0f} s left at the {per_epoch:.2f} s per epoch + "
-                               f"{overhead:.1f} s trial {source} measured)")
+                               f"{' from its weights' if self.warm else ''} for {epochs} epochs at most, until its "
+                               f"time limit ({fit} fit in the {(self._budget.time_left() or 0):.0f} s left at the "
+                               f"{per_epoch:.2f} s per epoch + {overhead:.1f} s trial {source} measured)")
         return epochs
 
     def final_fits(self, left: float) -> bool | None:

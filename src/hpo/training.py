@@ -371,6 +371,10 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
                       param_count=int(model.count_params()), train_seconds=seconds)
         if callback.non_finite:
             return TrialResult(status="failed", error=f"training diverged: {callback.non_finite}", **common)
+        if callback.cut_in_epoch is not None and callback.cut_in_epoch["epoch"] == 1:
+            # stopped before one whole epoch: a model of a few batches is nothing to keep (the run records it cut,
+            # not complete), so neither evaluation nor model file
+            return TrialResult(status="stopped", details={"cut_in_epoch": callback.cut_in_epoch}, **common)
         if callback.best_weights is None:
             return TrialResult(status="failed", error="no epoch finished with a validation accuracy", **common)
         model.set_weights(callback.best_weights)

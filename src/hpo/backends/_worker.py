@@ -17,8 +17,9 @@ Speaks JSON lines on stdin/stdout with :class:`hpo.backends.local.LocalBackend`:
 Each job goes through the worker core the RunPod handler uses too (:func:`hpo.worker.handle`: parse -> run_trial ->
 answer), so both refuse a bad job in the same words; here the answer is sent as a TrialResult (a refused job is a
 failed trial). After each epoch the worker waits (briefly) for the parent's decision, so a pruned or cancelled trial
-stops exactly at the epoch it was judged on; a cut asked during an epoch stops it at the next batch. TensorFlow is imported once per process, not per trial. Anything else
-that writes to stdout (a library's print) is redirected to stderr so it cannot corrupt the protocol stream.
+stops exactly at the epoch it was judged on; a cut asked during an epoch stops it at the next batch. TensorFlow is
+imported once per process, not per trial. Anything else that writes to stdout (a library's print) is redirected to
+stderr so it cannot corrupt the protocol stream.
 """
 
 from __future__ import annotations
