@@ -239,14 +239,15 @@ def test_a_trial_without_predictions_is_not_kept(tmp_path):
 
 
 def test_a_budgeted_local_run_hands_its_kept_models_to_the_final(tmp_path):
-    """The whole path on real training: trials leave predictions, the search keeps the best, the final reads them."""
+    """The whole path on real training: trials leave predictions, the search keeps the best, the final reads them
+    (and, final_warm_start, starts from its source's weights)."""
     import optuna
 
     import hpo
 
     result = hpo.optimize(dataset="synthetic_images", trials=500, max_epochs_per_trial=2, time_budget_minutes=0.4,
                           concurrent_workers=1, quiet=True, plot_generation="none", output_dir=str(tmp_path),
-                          run_name="e", seed=3)
+                          run_name="e", seed=3, final_warm_start=True)
     study = optuna.load_study(study_name="e", storage=f"sqlite:///{tmp_path / 'e' / 'study.db'}")
     finals = [t for t in study.trials if "final_of" in t.user_attrs and t.state.name == "COMPLETE"]
     assert finals, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in study.trials]

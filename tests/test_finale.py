@@ -55,7 +55,7 @@ def test_the_best_configuration_found_is_trained_again_on_a_schedule_spanning_th
     assert final.state.name == "COMPLETE" and final.user_attrs["epochs_trained"] > 4
     assert result.best_trial_number == final.number  # it trained longest, and longer is better here
     assert any(n.startswith(f"final training: trial {final.number} trains trial {source.number}'s configuration again "
-                            f"from its weights for {job.max_epochs} epochs") for n in result.notes), result.notes
+                            f"for {job.max_epochs} epochs") for n in result.notes), result.notes
     # no search trial started after the final training began
     assert [j for j in backend.jobs if j.max_epochs > 4] == [job]
 
@@ -331,7 +331,7 @@ def test_every_trial_keeps_its_predictions_and_the_final_may_average_final_ensem
     assert all(j.ensemble == 0 for j in backend.jobs if not j.trial_id.endswith(f"#{final.number}"))
 
 
-@pytest.mark.parametrize("options", [{"final_ensemble": 1, "final_warm_start": False}, {"final_training_share": 0.0}])
+@pytest.mark.parametrize("options", [{"final_ensemble": 1}, {"final_training_share": 0.0}])
 def test_no_predictions_kept_when_no_final_may_average_or_start_warm(tmp_path, options):
     backend = Paced(0.05)
     hpo.optimize(trials=500, max_epochs_per_trial=4, time_budget_minutes=0.08, concurrent_workers=1, backend=backend,
@@ -386,7 +386,7 @@ def test_finals_asked_in_one_batch_each_train_long_and_none_is_dropped(tmp_path)
 @pytest.mark.parametrize("ensemble, planned, averaged", [(3, 2, True), (1, 2, False), (3, 1, False)])
 def test_the_last_of_two_finals_waits_for_the_other_which_ends_earlier(ensemble, planned, averaged):
     config = OptimizationConfig(dataset="synthetic_images", plot_generation="none", time_budget_minutes=2.0,
-                                concurrent_workers=2, final_ensemble=ensemble)
+                                concurrent_workers=2, final_ensemble=ensemble, final_warm_start=True)
     finale = Finale(config, TimeBudget(config))
     finale.begun, finale.pending = True, planned  # finals planned (queued), asked in order
     finale.asked(5, 2)
@@ -419,11 +419,13 @@ def test_a_final_starts_from_its_source_trials_weights_unless_final_warm_start_i
     assert finale.job_fields(5) == fields
     assert "warm_from" not in finale.job_fields(4)  # a search trial starts from scratch
     assert ("from its weights" in finale._notes[-1]) is warm
+    assert OptimizationConfig(dataset="synthetic_images").final_warm_start is False  # off unless asked (measured)
 
 
 def test_a_final_of_a_budgeted_run_starts_from_its_source_trials_weights(tmp_path):
     backend = Paced(0.05)
-    _, study = _budgeted(tmp_path, "w", backend, workers=1, epochs=4, minutes=0.15, final_ensemble=1)
+    _, study = _budgeted(tmp_path, "w", backend, workers=1, epochs=4, minutes=0.15, final_ensemble=1,
+                         final_warm_start=True)
     final = _finals(study)[0]
     jobs = {j.trial_id: j for j in backend.jobs}
     assert jobs[f"w#{final.number}"].warm_from == final.user_attrs["final_of"]

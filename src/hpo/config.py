@@ -154,9 +154,10 @@ class OptimizationConfig:
                                "models: itself and the run's best completed trials (with two workers, the other "
                                "final too), each added only when it raises validation accuracy (chosen on validation "
                                "only; 1 = the final alone)", low=1, high=5)
-    final_warm_start: bool = _opt(True, "time_budget_minutes: a final training starts from the weights its "
+    final_warm_start: bool = _opt(False, "time_budget_minutes: a final training starts from the weights its "
                                   "configuration's search trial ended with (a warm restart of its schedule), not from "
-                                  "scratch (built-in models, local trainers)")
+                                  "scratch (built-in models, local trainers; off: measured, it did not raise the "
+                                  "finals' validation accuracy, docs/bench/protocol-20261206-warm.md)")
     trial_timeout_minutes: float | None = _opt(None, "a trial running longer than this is cancelled and failed",
                                                low=0.0, low_open=True)
     max_consecutive_failures: int = _opt(5, "stop the run after this many failed trials in a row", low=1)

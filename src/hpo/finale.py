@@ -4,8 +4,8 @@ Under ``time_budget_minutes`` the run knows its horizon. Trials of the search ph
 schedule (``max_epochs_per_trial``, pruned by Hyperband); once ``1 - final_training_share`` of the time for trials
 has passed, the search stops and the best configurations found so far (one per worker, at most two; of two, one from
 the start queue: :meth:`Finale.choose`) are trained again on a learning-rate schedule that spans the time left,
-without early stopping or pruning: from the weights their search trial ended with where the run keeps that trial's
-model (``final_warm_start``: a warm restart, the search's epochs are not thrown away), else from scratch. Search
+without early stopping or pruning: from scratch, or (``final_warm_start``, off by default: measured, it did not
+raise the finals' validation accuracy) from the weights their search trial ended with, where the run keeps its model. Search
 trials still running are stopped (:data:`FINAL_CUT`; local trainers after the batch in training, RunPod workers at
 their epoch's end) and kept, complete at what they trained.
 
