@@ -37,7 +37,7 @@ VALID = {"trial_id": ["x"], "max_epochs": [1], "seed": [0, 1, 2**31], "dataset_o
          "schema_version": [1], "schedule_epochs": [None], "data_uri": [None], "data_sha256": [None],
          "modality": [None], "input_shape": [[]], "num_classes": [None], "vocab_size": [None], "model": [None],
          "return_model": [True, False], "time_limit_s": [None, 1, 1.5], "keep_predictions": [True, False],
-         "ensemble": [0, 1], "gather": [[]], "deadline_unix": [None]}
+         "ensemble": [0, 1], "gather": [[]], "deadline_unix": [None], "warm_from": [None, 0, 1, 2**31]}
 FIELDS = [f for f in TrialJob.__dataclass_fields__]
 
 
