@@ -175,7 +175,7 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             self.reserved_s: float | None = None
             self._validation_began, self._validation_s = 0.0, 0.0  # the last epoch's validation pass
             self._step = 0  # optimizer steps taken (the timed schedule's clock)
-            self._epoch, self._batch = 0, 0  # the epoch (0-based) and batch in progress
+            self._epoch = 0  # the epoch in progress (0-based)
             #: a stop that came during an epoch ended it there: {"epoch", "batches" (trained of it), "of"}
             self.cut_in_epoch: dict[str, int] | None = None
 
@@ -200,7 +200,6 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             epoch after this batch -- Keras then validates what it trained and ends the epoch, so the trial keeps
             its best epoch so far, where an epoch of a minute would have held the worker that long; and the rate of
             the timed cosine."""
-            self._batch = batch
             if (should_stop is not None and self.cut_in_epoch is None and should_stop()
                     and batch + 1 < steps_per_epoch):
                 self.cut_in_epoch = {"epoch": self._epoch + 1, "batches": batch + 1, "of": steps_per_epoch}
@@ -264,7 +263,7 @@ def _warm_start(model: Any, source: int, path: Path, wait_s: float) -> dict[str,
     that does not fit, leaves the final to train from scratch (it is never lost to its warm start)."""
     from . import kept
 
-    found = kept.kept_dir(path) / f"trial-{source}.keras"
+    found = kept.kept_dir(path) / f"trial-{source}.keras"  # only the model: not ensemble.await_kept's .npz too
     began = time.perf_counter()
     while not found.exists() and time.perf_counter() - began < wait_s:
         time.sleep(0.1)
