@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -284,6 +285,74 @@ def test_a_time_limit_keeps_room_for_the_evaluation_at_the_end_at_the_rate_valid
         epoch += 1
     assert callback.out_of_time and callback.epochs_run == stops_after
     assert clock[0] + callback.end_s(1.0) <= 10.0  # what the end is expected to take fits
+
+
+def test_an_epoch_slower_than_the_ones_judged_is_cut_after_the_batch_that_would_end_late(monkeypatch):
+    """Epochs of 40 batches of 0.0225 s and a 0.1 s validation pass (1 s), a 10 s limit: the rule at epoch 6's end
+    lets epoch 7 start (6 + 1 + 1.3 s of end fits). When that epoch's batches take 0.11 s each (a shared machine),
+    the epoch would end at 10.5 s: it is cut after the batch at which its validation pass and the trial's end would
+    no longer end in time, and the trial is complete at what it trained, out of time."""
+    import types
+
+    import hpo.training as training
+
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    callback = training._make_callback(job(max_epochs=100, patience=100, time_limit_s=10.0), None, None, 0.0,
+                                       steps_per_epoch=40, evaluated_share=2.0)
+    model = types.SimpleNamespace(stop_training=False, get_weights=lambda: [], optimizer=None)
+    callback.set_model(model)
+    epoch = 0
+    while not model.stop_training:
+        callback.on_epoch_begin(epoch)
+        for batch in range(40):
+            callback.on_train_batch_begin(batch)
+            clock[0] += 0.11 if epoch == 6 else 0.0225
+            if model.stop_training:
+                break
+        callback.on_test_begin()
+        clock[0] += 0.1
+        callback.on_test_end()
+        callback.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+        epoch += 1
+    # not cut before a batch, it and the next one run: 2 x 0.11 s, the validation pass (0.1 s) and the end kept
+    # (1.3 s) must fit, so a batch may begin without a cut until 8.38 s; the 23rd begins at 6 + 22 x 0.11 s
+    assert callback.out_of_time and callback.epochs_run == 7
+    assert callback.cut_in_epoch == {"epoch": 7, "batches": 23, "of": 40}
+    assert clock[0] + callback.end_s(1.0) <= 10.0  # what the end is expected to take still fits
+    fast, clock[0] = training._make_callback(job(max_epochs=7, patience=100, time_limit_s=10.0), None, None, 0.0,
+                                             steps_per_epoch=40, evaluated_share=2.0), 0.0
+    fast.set_model(types.SimpleNamespace(stop_training=False, get_weights=lambda: [], optimizer=None))
+    for epoch in range(7):  # epochs as fast as judged: never cut within one
+        fast.on_epoch_begin(epoch)
+        for batch in range(40):
+            fast.on_train_batch_begin(batch)
+            clock[0] += 0.0225
+        fast.on_test_begin()
+        clock[0] += 0.1
+        fast.on_test_end()
+        fast.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+    assert fast.cut_in_epoch is None and fast.epochs_run == 7 and not fast.out_of_time
+
+
+def test_a_real_trial_whose_epoch_turns_slow_ends_by_its_time_limit():
+    """The same in a real trial: from epoch 3 on each batch takes 0.3 s more (an epoch of 12 s, longer than the 8 s
+    limit); the trial is cut within epoch 3, validates what it trained and is complete at its best epoch in time."""
+    slow = []
+
+    def should_stop():  # checked before every batch: where the slow machine is simulated
+        if slow:
+            time.sleep(0.3)
+        return False
+
+    result = run_trial(job(max_epochs=50, patience=50, time_limit_s=8.0), should_stop=should_stop,
+                       on_epoch=lambda e, m: slow.append(e) if e >= 2 else None)
+    assert result.status == "completed", result.error
+    assert result.details["out_of_time"] is True and result.epochs_run == 3
+    cut = result.details["cut_in_epoch"]
+    assert cut["epoch"] == 3 and 0 < cut["batches"] < cut["of"]
+    assert len(result.history["val_accuracy"]) == 3 and result.test_metrics["accuracy"] is not None
+    assert result.train_seconds <= 8.0  # epoch 3 whole would have ended after 12 s
 
 
 def test_a_time_limit_out_of_range_is_refused_naming_the_field():

@@ -7,7 +7,8 @@ The budget counts from the moment the run began (before the workers start). Its 
   epoch of the trials so far);
 - each job carries the seconds left (``TrialJob.time_limit_s``, counted from the call to the backend's ``run``: what a
   backend spends before the trainer starts is taken off, :func:`hpo.backends.started_late`): its trainer starts no
-  epoch that would not end in time, and the trial is complete at the epochs it trained, its best weights kept;
+  epoch that would not end in time and cuts one that runs slower than judged (after a batch, wherever it runs), and
+  the trial is complete at the epochs it trained, its best weights kept;
 - at ``end_by`` the trials still running are stopped (:data:`BUDGET_CUT`; local trainers after the batch in training,
   RunPod workers at their epoch's end; complete at what they trained), and cancelled at once a quarter of the
   finishing reserve later.

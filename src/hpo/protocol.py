@@ -143,7 +143,7 @@ class TrialJob(Message):
     #: a remote worker brings the trained model back (uploaded to the bucket, or inline when small)
     return_model: bool = False
     #: seconds the trainer may use, start to answer (time_budget_minutes): it starts no epoch that would not end in
-    #: time; the trial is complete at the epochs it trained. None: no limit
+    #: time and cuts one that runs slower than judged; the trial is complete at the epochs it trained. None: no limit
     time_limit_s: float | None = None
     #: when the answer is due, on the orchestrator's wall clock (seconds since the epoch): set by a backend whose jobs
     #: may wait in a queue first (RunPod), so the trainer takes the wait off ``time_limit_s`` (:meth:`by_deadline`).

@@ -64,7 +64,8 @@ def _strategy(job: TrialJob, devices: list[str] | None) -> tuple[Any, str]:
 
     if devices is not None:
         if len(devices) > 1:
-            return tf.distribute.MirroredStrategy(devices), f"{len(devices)}x {devices[0].split(':')[-2].strip('/').upper()} (MirroredStrategy)"
+            kind = devices[0].split(':')[-2].strip('/').upper()
+            return tf.distribute.MirroredStrategy(devices), f"{len(devices)}x {kind} (MirroredStrategy)"
         return tf.distribute.OneDeviceStrategy(devices[0]), devices[0]
     gpus = tf.config.list_logical_devices("GPU")
     if job.use_multi_gpu and len(gpus) > 1:
@@ -175,6 +176,7 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             self.reserved_s: float | None = None
             self._validation_began, self._validation_s = 0.0, 0.0  # the last epoch's validation pass
             self._step = 0  # optimizer steps taken (the timed schedule's clock)
+            self._batch_began = 0.0  # when the last batch began (the time limit within an epoch)
             self._epoch = 0  # the epoch in progress (0-based)
             #: a stop that came during an epoch ended it there: {"epoch", "batches" (trained of it), "of"}
             self.cut_in_epoch: dict[str, int] | None = None
@@ -198,15 +200,29 @@ def _make_callback(job: TrialJob, on_epoch: EpochCallback | None, should_stop: S
             """Before each step (a hook without logs: no device sync): a stop asked during the epoch (a trial cut
             for the final training or at the budget's end: the worker sets the flag as the request comes) ends the
             epoch after this batch -- Keras then validates what it trained and ends the epoch, so the trial keeps
-            its best epoch so far, where an epoch of a minute would have held the worker that long; and the rate of
-            the timed cosine."""
-            if (should_stop is not None and self.cut_in_epoch is None and should_stop()
-                    and batch + 1 < steps_per_epoch):
-                self.cut_in_epoch = {"epoch": self._epoch + 1, "batches": batch + 1, "of": steps_per_epoch}
-                self.model.stop_training = True
+            its best epoch so far, where an epoch of a minute would have held the worker that long. The same for the
+            job's time limit when this epoch runs slower than the ones it was judged on (a shared machine): cut when
+            its validation pass and the trial's end would no longer end in time. And the rate of the timed cosine."""
+            if self.cut_in_epoch is None:  # (the last batch ends the epoch anyway)
+                if should_stop is not None and should_stop():
+                    self._cut(batch)
+                elif self.reserved_s is not None and job.time_limit_s is not None:  # judged at an epoch's end
+                    now = time.perf_counter()
+                    step_s, self._batch_began = (now - self._batch_began if batch else 0.0), now
+                    # this batch and, not cut now, the next one must leave the validation pass and the end in time
+                    if now - started + 2 * step_s + self._validation_s + self.reserved_s > job.time_limit_s:
+                        self.out_of_time = self._cut(batch)
             if timed is not None:
                 self.model.optimizer.learning_rate = timed.rate(self._step)
                 self._step += 1
+
+        def _cut(self, batch: int) -> bool:
+            """End the epoch after this batch (whether it did: not at the epoch's last, which ends it anyway)."""
+            if batch + 1 >= steps_per_epoch:
+                return False
+            self.cut_in_epoch = {"epoch": self._epoch + 1, "batches": batch + 1, "of": steps_per_epoch}
+            self.model.stop_training = True
+            return True
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             # NaN/inf is checked once per epoch (the epoch's mean loss is NaN if any batch was): a batch-level hook
@@ -413,7 +429,7 @@ def run_trial(job: TrialJob, on_epoch: EpochCallback | None = None, should_stop:
         details = dict(details, **extra, **warm, end_phase=end.summary())
         if callback.out_of_time:  # complete at fewer epochs than asked: the job's time limit (time_budget_minutes)
             details = dict(details, out_of_time=True)
-        if callback.cut_in_epoch is not None:  # its last epoch was cut short by a stop request
+        if callback.cut_in_epoch is not None:  # its last epoch was cut short (a stop request, the time limit)
             details = dict(details, cut_in_epoch=callback.cut_in_epoch)
         return TrialResult(status="stopped" if callback.stopped_on_request else "completed",
                            best_epoch=callback.best_epoch, val_metrics=val_metrics, test_metrics=test_metrics,
