@@ -122,3 +122,15 @@ def test_config_json_masks_every_secret_it_would_hold(tmp_path):
     text = write_config(tmp_path, config).read_text()
     assert_no_secret(text, "pw-SECRET-789", "db-SECRET-456")
     assert "http://u:***@127.0.0.1:9/v2/sim" in text and "synthetic_images" in text
+
+
+def test_first_line_of_an_error_is_masked_and_never_empty():
+    """What a driver or parser error says, for a user's message: its first line only, secrets hidden; an error with
+    no message gives its type's name."""
+    from hpo.redact import MASK, first_line
+
+    exc = RuntimeError("could not connect to postgresql://u:SECRETz1@127.0.0.1:5/db\n  DETAIL: password=SECRETz1")
+    line = first_line(exc)
+    assert line.startswith("could not connect to postgresql://u:") and MASK in line
+    assert "SECRETz1" not in line and "DETAIL" not in line
+    assert first_line(ValueError("  \n ")) == "ValueError" and first_line(KeyError()) == "KeyError"

@@ -141,3 +141,16 @@ def test_a_budget_of_zero_or_less_is_refused_by_the_cli_with_exit_2(capsys):
     assert main(["optimize", "dataset=synthetic_images", "time_budget_minutes=0"]) == 2
     err = capsys.readouterr().err
     assert "time_budget_minutes" in err and "Traceback" not in err
+
+
+def test_a_budget_that_ends_before_any_trial_completes_says_so_and_how_to_mend_it(tmp_path, capsys):
+    """A budget too short for one trial (the workers' start-up alone takes seconds): the run ends by it, exit 1 (the
+    run happened, nothing completed), and the message names the option, its seconds and the remedy."""
+    from hpo.cli import main
+
+    code = main(["optimize", "dataset=synthetic_images", "time_budget_minutes=0.02", "plot_generation=none",
+                 f"output_dir={tmp_path}", "concurrent_workers=1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "0 completed" in out
+    assert "no trial completed within time_budget_minutes=0.02 (1 s" in err and "give the run more time" in err
+    assert "Traceback" not in err

@@ -114,7 +114,11 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     if result.stop_reason:
         _print(f"stopped: {mask_text(result.stop_reason)}")
     if result.completed == 0:
-        print("error: no trial completed", file=sys.stderr)
+        budget = config.time_budget_minutes
+        hint = "" if not budget or "time_budget_minutes" not in (result.stop_reason or "") else (
+            f" within time_budget_minutes={budget:g} ({budget * 60:.0f} s, the workers' start-up included): give the "
+            "run more time")
+        print(f"error: no trial completed{hint}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED if result.aborted else EXIT_OK
 

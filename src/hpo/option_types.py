@@ -231,5 +231,6 @@ def read_mapping_file(path: str | os.PathLike[str], *, field: str,
 
         return yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{field}={str(path)!r} cannot be read: {first}", field=field) from None
+        from .redact import first_line
+
+        raise ConfigError(f"{field}={str(path)!r} cannot be read: {first_line(exc)}", field=field) from None

@@ -20,7 +20,7 @@ import threading
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-__all__ = ["MASK", "mask_url", "mask_text", "mask_obj", "register_secret", "install_log_masking",
+__all__ = ["MASK", "mask_url", "mask_text", "mask_obj", "first_line", "register_secret", "install_log_masking",
            "SECRET_QUERY_KEYS"]
 
 MASK = "***"
@@ -114,6 +114,13 @@ def mask_text(text: Any) -> Any:
         return out
     except Exception:  # noqa: BLE001 - masking never fails the caller; hide the whole text instead
         return MASK
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, every secret hidden (its type's name when it has no message): what a
+    driver or parser error says, for a user's message, without its details."""
+    text = str(exc).strip()
+    return mask_text(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def mask_obj(value: Any) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 from . import own
 from .config import OptimizationConfig
 from .exceptions import ConfigError
-from .redact import mask_obj, mask_text, mask_url
+from .redact import first_line, mask_obj, mask_text, mask_url
 from .results import (CONFIG_FILE, MODEL_FILE, RETRIED, RUN_STATE_FILE, STUDY_FILE, OptimizationResult,
                       build_result)
 from .runlock import HOLDER_FILE, LOCK_FILE
@@ -141,8 +141,7 @@ def open_run_study(run_dir: str | os.PathLike[str], *, storage: str | None = Non
     except KeyError:
         raise ConfigError(f"the study {doc['study_name']!r} of {run_dir} is not in {mask_url(url)}") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver: a file that is no database, a server that is down
-        first = mask_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        raise ConfigError(f"the study of {run_dir} ({mask_url(url)}) cannot be read: {first}") from None
+        raise ConfigError(f"the study of {run_dir} ({mask_url(url)}) cannot be read: {first_line(exc)}") from None
     return study, doc
 
 

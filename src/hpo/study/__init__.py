@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import OptimizationConfig
 from ..exceptions import ConfigError
-from ..redact import mask_text, mask_url
+from ..redact import first_line, mask_url
 from .batch import ask_trials
 from .rdb import ask_trial, gathered_writes, reject, shared_totals, surplus, tell, waiting_trials
 
@@ -78,8 +78,7 @@ def open_storage(url: str, *, heartbeat_grace_s: float | None = None,
         raise ConfigError(f"storage={mask_url(url)!r} needs a database driver that is not installed "
                           f"({exc.name or exc}); {hint}", field="storage") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: the database named by the user is unreachable
-        first = mask_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        raise ConfigError(f"storage={mask_url(url)!r} cannot be opened: {first}", field="storage") from None
+        raise ConfigError(f"storage={mask_url(url)!r} cannot be opened: {first_line(exc)}", field="storage") from None
     if url.startswith("sqlite"):
         tune_sqlite(storage)
     return storage
