@@ -31,7 +31,8 @@ the epoch list is cumulative (a client that polls slower than epochs end misses 
 epochs' timing, the job's early-stopping rule and the learned evaluation time) lets the client poll fast just when
 the trial should end. Training runs in a thread so the event loop keeps serving; when RunPod cancels the job
 (``/cancel``, execution timeout) the SDK cancels this handler's task, the handler tells the trainer to stop after the
-epoch it is in, waits for it, and re-raises ``CancelledError``.
+batch it is training (the part of the epoch it trained is validated, as a local trial cut), waits for it, and
+re-raises ``CancelledError``.
 
 The SDK's job-take loop looks for the next job once a second while the worker is busy, so a worker that answers a
 job idles up to a second before it asks for the next (5-10 % of a 10-s trial). :func:`prompt_job_scaler` makes it
@@ -248,8 +249,8 @@ class Worker:
         except asyncio.CancelledError:
             run.cancel()
             at = run.epochs
-            print(f"hpo-worker: job {run.key} ({trial.trial_id}) cancelled after epoch {at}; stopping at the "
-                  "end of the epoch in progress", flush=True)
+            print(f"hpo-worker: job {run.key} ({trial.trial_id}) cancelled after epoch {at}; stopping after the "
+                  "batch in training", flush=True)
             while not future.done():
                 try:
                     await asyncio.wait({future})

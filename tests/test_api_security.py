@@ -340,12 +340,21 @@ def test_serve_takes_the_endpoint_allow_list_and_the_body_limit(tmp_path, monkey
 
 # -- 3. secrets masked -------------------------------------------------------------------------------------------------
 
-def test_planted_secrets_appear_in_no_answer_file_or_log_line(tmp_path, monkeypatch, caplog):
+@pytest.fixture(scope="module")
+def pg():
+    from hpo.testing.postgres import postgres_cluster
+
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+def test_planted_secrets_appear_in_no_answer_file_or_log_line(tmp_path, monkeypatch, caplog, pg):
     monkeypatch.setenv("RUNPOD_API_KEY", PLANTED_KEY)
-    out, port = tmp_path / "runs", free_port()  # nothing listens there: the database cannot be reached
-    query_url = f"postgresql://127.0.0.1:{port}/db?user=u&password=SECRETq77"
-    userinfo_url = f"postgresql://:pw@127.0.0.1:{port}/db"
-    secrets = ("SECRETq77", ":pw@", "password=SECRETq77", PLANTED_KEY)
+    out, pw = tmp_path / "runs", pg["password"]  # a real database (a POST names one it can open), its password
+    query_url = f"postgresql+psycopg://{pg['user']}@127.0.0.1:{pg['port']}/{pg['database']}?password={pw}"
+    userinfo_url = pg["url"]
+    unreachable = f"postgresql+psycopg://u:SECRETq77@127.0.0.1:{free_port()}/db"  # nothing listens there
+    secrets = ("SECRETq77", f":{pw}@", f"password={pw}", pw, PLANTED_KEY)
 
     class Leaky(FakeBackend):  # a backend whose failure message quotes the storage URL and the key
         def __init__(self, config):
@@ -366,6 +375,12 @@ def test_planted_secrets_appear_in_no_answer_file_or_log_line(tmp_path, monkeypa
         for path in ("/runs", "/runs/query", "/runs/userinfo", "/runs/query/trials", "/runs/query/best",
                      "/runs/query/files", "/runs/userinfo/files/run_state.json"):
             answers.append(client.get(path).text)
+        # a database that cannot be opened: refused at once (as the CLI's exit 2), nothing queued or written
+        r = client.post("/runs", json=dict(FAST, storage=unreachable, run_name="unreachable"))
+        answers.append(r.text)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "storage"], r.text
+        assert "cannot be opened" in r.json()["detail"][0]["msg"] and "***" in r.json()["detail"][0]["msg"]
+        assert not (out / "unreachable").exists() and client.get("/runs/unreachable").status_code == 404
         # 422 and 409 answers that quote the secret
         r = client.post("/runs", json=dict(FAST, seed=query_url, mode=userinfo_url, storage=f"sqlite:///{query_url}"))
         assert r.status_code == 422 and len(r.json()["detail"]) == 3

@@ -84,7 +84,7 @@ def test_a_running_job_that_is_cancelled_stops_within_an_epoch_and_the_worker_se
     assert result.status == "stopped" and result.error == "pruned" and epochs and epochs == sorted(set(epochs))
     cancelled = next(j for j in sim.jobs() if j["input"]["trial_id"] == "d#1")
     assert cancelled["status"] == "CANCELLED"
-    # the SDK stops the handler's task; the handler stops the trainer after the epoch in progress and says so
+    # the SDK stops the handler's task; the handler stops the trainer after the batch in training and says so
     done = f"job {cancelled['id']} (d#1) cancelled; training stopped"
     sim.wait_for(lambda s: done in procs[0].log_text(), 20, what="the worker's stop line")
     line = next(x for x in procs[0].log_text().splitlines() if done in x)

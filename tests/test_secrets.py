@@ -134,3 +134,39 @@ def test_first_line_of_an_error_is_masked_and_never_empty():
     assert line.startswith("could not connect to postgresql://u:") and MASK in line
     assert "SECRETz1" not in line and "DETAIL" not in line
     assert first_line(ValueError("  \n ")) == "ValueError" and first_line(KeyError()) == "KeyError"
+
+
+@pytest.mark.parametrize("url_timeout", [False, True])
+def test_a_database_server_that_never_answers_is_a_clear_error_in_bounded_time(monkeypatch, url_timeout):
+    """A server that accepts the connection and never answers (a stuck proxy; here a loopback socket nobody serves):
+    opening the storage ends after libpq's connect_timeout (hpo's default, or the URL's own, which wins), as a clear
+    error without the password, where it waited forever."""
+    import socket
+    import threading
+
+    import hpo.study
+    from hpo.exceptions import ConfigError
+
+    monkeypatch.setattr(hpo.study, "CONNECT_TIMEOUT_S", 600 if url_timeout else 2)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # the kernel completes the handshake; nothing ever reads or answers
+        url = f"postgresql+psycopg://u:SECRETw9@127.0.0.1:{server.getsockname()[1]}/db"
+        if url_timeout:
+            url += "?connect_timeout=2"
+        outcome: list[BaseException | None] = []
+
+        def attempt() -> None:
+            try:
+                hpo.study.open_storage(url)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - the test reads it
+                outcome.append(exc)
+
+        thread = threading.Thread(target=attempt, daemon=True)
+        thread.start()
+        thread.join(60)  # ended by the 2 s timeout; without one it would wait forever
+        assert not thread.is_alive(), "opening the storage still waits after 60 s"
+    error = outcome[0]
+    assert isinstance(error, ConfigError) and "cannot be opened" in str(error), error
+    assert "SECRETw9" not in str(error) and error.field == "storage"

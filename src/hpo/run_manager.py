@@ -143,6 +143,8 @@ class RunManager:
                                    '{"dataset": "synthetic_images", "trials": 2}', "type": "config_error"}])
         options = dict(options)
         config = validate_options(options, server_owned_options(options, self.output_dir, self.endpoints))
+        if config.storage and not config.storage.startswith("sqlite"):
+            self._check_storage(config.storage)  # before the lock: a server may take its connect_timeout to answer
         with self._lock:
             if self.closing:
                 raise RunConflict("the server is shutting down")
@@ -166,6 +168,20 @@ class RunManager:
             self._save(run)
             self._pump()
             return run
+
+    @staticmethod
+    def _check_storage(url: str) -> None:
+        """OptionsInvalid (storage) when the shared study's database cannot be opened, as the CLI's exit 2: a run
+        that could only fail is not queued (the answer was 201, then a failed run)."""
+        from .study import open_storage
+
+        try:
+            storage = open_storage(url)
+        except ConfigError as exc:  # masked: the URL and the driver's first line
+            raise OptionsInvalid([{"loc": ["body", "storage"], "msg": str(exc), "type": "config_error"}]) from None
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()  # the run opens its own
 
     def _take_lock(self, folder: Path, created: list[Path]) -> Any:
         """The folder's RunLock (creating the folder); RunConflict naming the holder when another process has it."""

@@ -134,6 +134,10 @@ def open_run_study(run_dir: str | os.PathLike[str], *, storage: str | None = Non
 
             storage_cache[url] = open_storage(url)
         store: Any = storage_cache[url]
+    elif url.startswith("postgresql"):  # its connection's wait bounded (hpo.study.CONNECT_TIMEOUT_S)
+        from .study import open_storage
+
+        store = open_storage(url)
     else:
         store = url
     try:

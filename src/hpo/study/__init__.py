@@ -31,6 +31,11 @@ warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental")
 warnings.filterwarnings("ignore", message="Argument ``heartbeat_interval`` is an experimental feature")
 
 
+#: seconds a PostgreSQL connection may take to open (libpq's connect_timeout) unless the URL names its own: a server
+#: that accepts and never answers (a stuck proxy, a firewall that drops) would hold a run or a POST forever
+CONNECT_TIMEOUT_S = 10
+
+
 def tune_sqlite(storage: Any) -> None:
     """WAL journal + synchronous=NORMAL: commits cost a fraction of the default rollback journal's fsyncs (it made
     every ask/tell ~15 ms), readers (optuna-dashboard, `hpo show`) never block writers, and a killed process still
@@ -61,6 +66,8 @@ def open_storage(url: str, *, heartbeat_grace_s: float | None = None,
         # hpo's sessions close); the pool's own ROLLBACK on return was one more round trip to the server per
         # transaction, a third of them.
         kwargs["engine_kwargs"] = {"pool_reset_on_return": None}
+        if "connect_timeout" not in url:  # the URL's own (?connect_timeout=N) wins
+            kwargs["engine_kwargs"]["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     if heartbeat_grace_s is not None:
         kwargs["heartbeat_interval"] = max(1, int(heartbeat_grace_s // 4))
         kwargs["grace_period"] = max(2, int(heartbeat_grace_s))
