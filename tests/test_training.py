@@ -257,6 +257,21 @@ def test_a_time_limit_ends_training_in_time_and_the_trial_is_complete_at_its_bes
     assert unlimited.details["end_phase"]["reserved_s"] is None  # no time limit: nothing kept for the end
 
 
+def _simulated_epoch(callback, clock: list, epoch: int, batch_s: float, batches: int = 1, val_s: float = 0.1) -> None:
+    """One epoch of ``batches`` batches of ``batch_s`` seconds and a validation pass of ``val_s`` on a simulated clock,
+    through the callback's hooks as Keras calls them (a stop asked before a batch ends the epoch after it)."""
+    callback.on_epoch_begin(epoch)
+    for batch in range(batches):
+        callback.on_train_batch_begin(batch)
+        clock[0] += batch_s
+        if callback.model.stop_training:
+            break
+    callback.on_test_begin()
+    clock[0] += val_s
+    callback.on_test_end()
+    callback.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+
+
 @pytest.mark.parametrize("evaluated_share, stops_after", [(2.0, 8), (21.0, 5)])
 def test_a_time_limit_keeps_room_for_the_evaluation_at_the_end_at_the_rate_validation_ran(
         monkeypatch, evaluated_share, stops_after):
@@ -276,12 +291,7 @@ def test_a_time_limit_keeps_room_for_the_evaluation_at_the_end_at_the_rate_valid
     callback.set_model(model)
     epoch = 0
     while not model.stop_training:
-        callback.on_epoch_begin(epoch)
-        clock[0] += 0.9
-        callback.on_test_begin()
-        clock[0] += 0.1
-        callback.on_test_end()
-        callback.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+        _simulated_epoch(callback, clock, epoch, batch_s=0.9)
         epoch += 1
     assert callback.out_of_time and callback.epochs_run == stops_after
     assert clock[0] + callback.end_s(1.0) <= 10.0  # what the end is expected to take fits
@@ -304,16 +314,7 @@ def test_an_epoch_slower_than_the_ones_judged_is_cut_after_the_batch_that_would_
     callback.set_model(model)
     epoch = 0
     while not model.stop_training:
-        callback.on_epoch_begin(epoch)
-        for batch in range(40):
-            callback.on_train_batch_begin(batch)
-            clock[0] += 0.11 if epoch == 6 else 0.0225
-            if model.stop_training:
-                break
-        callback.on_test_begin()
-        clock[0] += 0.1
-        callback.on_test_end()
-        callback.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+        _simulated_epoch(callback, clock, epoch, batch_s=0.11 if epoch == 6 else 0.0225, batches=40)
         epoch += 1
     # not cut before a batch, it and the next one run: 2 x 0.11 s, the validation pass (0.1 s) and the end kept
     # (1.3 s) must fit, so a batch may begin without a cut until 8.38 s; the 23rd begins at 6 + 22 x 0.11 s
@@ -324,14 +325,7 @@ def test_an_epoch_slower_than_the_ones_judged_is_cut_after_the_batch_that_would_
                                              steps_per_epoch=40, evaluated_share=2.0), 0.0
     fast.set_model(types.SimpleNamespace(stop_training=False, get_weights=lambda: [], optimizer=None))
     for epoch in range(7):  # epochs as fast as judged: never cut within one
-        fast.on_epoch_begin(epoch)
-        for batch in range(40):
-            fast.on_train_batch_begin(batch)
-            clock[0] += 0.0225
-        fast.on_test_begin()
-        clock[0] += 0.1
-        fast.on_test_end()
-        fast.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+        _simulated_epoch(fast, clock, epoch, batch_s=0.0225, batches=40)
     assert fast.cut_in_epoch is None and fast.epochs_run == 7 and not fast.out_of_time
 
 
