@@ -169,19 +169,21 @@ class RunManager:
             self._pump()
             return run
 
-    @staticmethod
-    def _check_storage(url: str) -> None:
+    def _check_storage(self, url: str) -> None:
         """OptionsInvalid (storage) when the shared study's database cannot be opened, as the CLI's exit 2: a run
-        that could only fail is not queued (the answer was 201, then a failed run)."""
+        that could only fail is not queued (the answer was 201, then a failed run). The storage opened is kept with
+        the ones the run's trials are read through (one connection pool per URL), not opened again for them."""
         from .study import open_storage
 
+        with self._storage_lock:
+            if url in self._storages:
+                return
         try:
             storage = open_storage(url)
         except ConfigError as exc:  # masked: the URL and the driver's first line
             raise OptionsInvalid([{"loc": ["body", "storage"], "msg": str(exc), "type": "config_error"}]) from None
-        engine = getattr(storage, "engine", None)
-        if engine is not None:
-            engine.dispose()  # the run opens its own
+        with self._storage_lock:
+            self._storages.setdefault(url, storage)
 
     def _take_lock(self, folder: Path, created: list[Path]) -> Any:
         """The folder's RunLock (creating the folder); RunConflict naming the holder when another process has it."""
